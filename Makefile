@@ -1,0 +1,32 @@
+# Every target creates the environment it needs, so each works on a fresh machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export WANDB_MODE := disabled
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: env demo test test-slow bench clean
+
+$(BIN)/.installed: pyproject.toml constraints-cpu.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints-cpu.txt -e ".[dev]"
+	touch $@
+
+env: $(BIN)/.installed
+
+demo: env
+	$(BIN)/python examples/zoo_circuits.py --out runs/demo
+
+test: env
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-slow: env
+	$(BIN)/python -m pytest -m slow -q
+
+bench: env
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,197 @@
+"""The attribution engine: source-delta buffers, forward hooks and gradient contraction.
+
+For one batch, `delta[s]` holds, for every source s, the change of s's residual contribution when s alone
+is set to its counterfactual value (corrupt, zero or mean activation). It is laid out `[n_src, B, T, d]`
+so that the incoming edges of any destination (always a prefix of the sources) contract against the
+destination's gradient in one matmul, inside a backward tensor hook: no Python loop over edges.
+
+Post-norm models (Gemma3) normalise the attention output before the residual add, so a head's residual
+contribution is not its `hook_result`. There the delta is computed through the norm exactly:
+`N(out + r_cf - r) - N(out)`, with `out` the pre-norm attention output of the same run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import torch
+from torch import Tensor
+
+from circuitdyn.graph import Graph
+from circuitdyn.tasks.base import PairBatch
+
+HookList = list[tuple[str, Callable[..., Any]]]
+
+
+class MemoryBudgetError(MemoryError):
+    """Attribution would not fit in the memory budget even one example at a time."""
+
+
+def buffer_bytes(graph: Graph, batch: int, seq: int, copies: int = 1) -> int:
+    return copies * graph.n_src * batch * seq * graph.spec.d_model * 4
+
+
+def examples_per_chunk(graph: Graph, seq: int, budget: int, copies: int = 1) -> int:
+    """How many examples fit in `budget` bytes of float32 delta buffers; refuses with the estimate."""
+    one = buffer_bytes(graph, 1, seq, copies)
+    if one > budget:
+        raise MemoryBudgetError(
+            f"one example needs {one / 2**20:.1f} MiB of activation-difference buffers ({graph.n_src} sources x "
+            f"{seq} tokens x d_model {graph.spec.d_model} x 4 bytes x {copies}) but memory_budget is "
+            f"{budget / 2**20:.1f} MiB. Raise memory_budget, shorten the prompts, or use granularity='layer'."
+        )
+    return max(1, budget // one)
+
+
+@contextlib.contextmanager
+def frozen_parameters(bridge: Any) -> Iterator[None]:
+    """No parameter gradients during attribution: the backward pass computes only what scores need."""
+    params = [p for p in bridge.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+
+
+def post_norm(bridge: Any, path: str) -> Callable[[Tensor], Tensor]:
+    module = bridge.get_submodule(path)
+    return getattr(module, "original_component", module)
+
+
+@dataclass
+class Deltas:
+    """Per-source deltas of one batch. `residual` is what attribution contracts; `raw` (counterfactual
+    minus run, in hook space) and `run` are kept only when a method needs them."""
+
+    residual: Tensor  # [n_src, B, T, d] float32
+    raw: Tensor | None = None
+    run: Tensor | None = None
+
+
+def _write(buf: Tensor, start: int, stop: int, per_head: bool, act: Tensor, op: str) -> None:
+    value = act.detach().float()
+    value = value.permute(2, 0, 1, 3) if per_head else value[None]
+    if op == "set":
+        buf[start:stop] = value
+    else:
+        buf[start:stop] -= value
+
+
+def counterfactual_hooks(graph: Graph, buf: Tensor) -> HookList:
+    """Hooks for the counterfactual forward: store each source's raw activation into buf."""
+    hooks: HookList = []
+    for sh in graph.source_hooks:
+        def fn(act: Tensor, hook: Any, sh: Any = sh) -> Tensor:
+            _write(buf, sh.start, sh.stop, sh.per_head, act, "set")
+            return act
+        hooks.append((sh.name, fn))
+    return hooks
+
+
+def delta_hooks(
+    graph: Graph, bridge: Any, deltas: Deltas, *, skip_input: bool = False
+) -> HookList:
+    """Hooks for the run forward: delta = counterfactual - run (buffer pre-filled with the counterfactual),
+    mapped through the post-attention norm where the model has one. With `keep_raw`, deltas.raw keeps the
+    unmapped difference and deltas.run the run activations."""
+    hooks: HookList = []
+    buf = deltas.raw if deltas.raw is not None else deltas.residual
+    for sh in graph.source_hooks:
+        if skip_input and sh.layer == -1:
+            continue
+
+        def fn(act: Tensor, hook: Any, sh: Any = sh) -> Tensor:
+            _write(buf, sh.start, sh.stop, sh.per_head, act, "sub")
+            if deltas.run is not None:
+                _write(deltas.run, sh.start, sh.stop, sh.per_head, act, "set")
+            if buf is not deltas.residual:
+                deltas.residual[sh.start:sh.stop] = buf[sh.start:sh.stop]
+            return act
+        hooks.append((sh.name, fn))
+    for ph in graph.post_norm_hooks:
+        norm = post_norm(bridge, ph.module)
+
+        def fn_norm(out: Tensor, hook: Any, ph: Any = ph, norm: Any = norm) -> Tensor:
+            with torch.no_grad():
+                o = out.detach()
+                base = norm(o).float()
+                raw = buf[ph.start:ph.stop].to(o.dtype)
+                deltas.residual[ph.start:ph.stop] = norm(o[None] + raw).float() - base[None]
+            return out
+        hooks.append((ph.name, fn_norm))
+    return hooks
+
+
+class ScoreAccumulator:
+    """Contracts destination gradients with the residual deltas into `[n_src, n_dst]` scores."""
+
+    def __init__(self, graph: Graph, n_examples: int | None, device: torch.device) -> None:
+        self.graph = graph
+        self.total = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float32, device=device)
+        self.per_example: Tensor | None = None
+        if n_examples is not None:
+            self.per_example = torch.zeros(n_examples, graph.n_src, graph.n_dst, dtype=torch.float32, device=device)
+        self.offset = 0  # index of the first example of the current batch (per-example scores)
+
+    def hooks(self, deltas: Tensor, weights: Tensor, scale: float = 1.0) -> HookList:
+        """Forward hooks that register gradient hooks on each destination input.
+
+        `weights [B, T]` weight each position (1/n_tokens for per-token averaging, the mask for raw sums).
+        """
+        hooks: HookList = []
+        for dh in self.graph.dest_hooks:
+            def on_grad(grad: Tensor, dh: Any = dh) -> None:
+                g = grad.detach().float()
+                g = g if dh.per_head else g[:, :, None]
+                if dh.sum_heads:
+                    g = g.sum(2, keepdim=True)
+                g = g * (weights[:, :, None, None] * scale)
+                up = deltas[: dh.n_upstream]
+                width = dh.stop - dh.start
+                flat = g.permute(0, 1, 3, 2).reshape(-1, width)  # [B*T*d, width], same order as up
+                self.total[: dh.n_upstream, dh.start:dh.stop] += up.reshape(dh.n_upstream, -1) @ flat
+                if self.per_example is not None:
+                    ex = torch.einsum("sbtd,bthd->bsh", up, g)
+                    rows = slice(self.offset, self.offset + g.shape[0])
+                    self.per_example[rows, : dh.n_upstream, dh.start:dh.stop] += ex
+
+            def fn(act: Tensor, hook: Any, on_grad: Any = on_grad) -> Tensor:
+                if not act.requires_grad:
+                    return act
+                # A fresh view: some hook points hand over the residual tensor itself (hook_mlp_in is a
+                # pre-hook on ln2), whose gradient would include the skip path. The view's gradient is
+                # only what flows through this destination's own branch.
+                out = act.view_as(act)
+                out.register_hook(on_grad)
+                return out
+            hooks.append((dh.name, fn))
+        return hooks
+
+
+def token_weights(batch: PairBatch, per_token: bool, device: torch.device) -> Tensor:
+    mask = batch.mask.to(device).float()
+    if per_token:
+        return mask / mask.sum(1, keepdim=True)
+    return mask
+
+
+def input_leaf_hook(graph: Graph, store: dict[str, Tensor], value: Callable[[Tensor], Tensor] | None = None) -> HookList:
+    """Replace the input residual by a leaf that requires grad (optionally by `value(x)` first)."""
+    name = graph.source_hooks[0].name
+
+    def fn(act: Tensor, hook: Any) -> Tensor:
+        x = act.detach() if value is None else value(act.detach())
+        leaf = x.clone().requires_grad_(True)
+        store["leaf"] = leaf
+        return leaf
+    return [(name, fn)]
+
+
+def forward(bridge: Any, ids: Tensor, mask: Tensor, hooks: HookList) -> Tensor:
+    with bridge.hooks(fwd_hooks=hooks):
+        return bridge(ids, attention_mask=mask.long())

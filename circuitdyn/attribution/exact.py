@@ -1,0 +1,95 @@
+"""Slow references: exact edge patching and the brute-force first-order effect of each edge.
+
+`exact`: for each edge u -> v, run the model with only v's input changed by u's delta (u set to its
+counterfactual along that one edge) and report metric(patched) - metric(run). `first_order`: the derivative
+of the same patched metric with respect to a scale on that delta, at 0, computed by autograd per edge: the
+quantity EAP approximates in one backward pass. Edges are batched by replicating the prompts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from circuitdyn.attribution.eap import Counterfactual, MetricFn, prepare_deltas
+from circuitdyn.attribution.engine import HookList, forward
+from circuitdyn.attribution.metrics import checked
+from circuitdyn.graph import Graph
+from circuitdyn.tasks.base import PairBatch
+
+MAX_ROWS = 512
+
+
+def repeat_batch(batch: PairBatch, times: int) -> PairBatch:
+    return PairBatch(
+        batch.clean.repeat(times, 1), batch.corrupt.repeat(times, 1), batch.mask.repeat(times, 1),
+        batch.answer_pos.repeat(times), batch.answers.repeat(times, 1), batch.foils.repeat(times),
+    )
+
+
+def _edge_patch_hooks(graph: Graph, edges: list[tuple[int, int]], residual: Tensor, scale: Tensor) -> HookList:
+    """Hooks adding scale[r] * delta[u] to destination v's input in replica r of the batch."""
+    batch = residual.shape[1]
+    hooks: HookList = []
+    for dh in graph.dest_hooks:
+        mine = [(r, i, j) for r, (i, j) in enumerate(edges) if dh.start <= j < dh.stop]
+        if not mine:
+            continue
+
+        def fn(act: Tensor, hook: Any, dh: Any = dh, mine: Any = mine) -> Tensor:
+            act = act.clone()
+            for r, i, j in mine:
+                rows = slice(r * batch, (r + 1) * batch)
+                d = (residual[i] * scale[r]).to(act.dtype)
+                if dh.per_head and not dh.sum_heads:
+                    act[rows, :, j - dh.start] = act[rows, :, j - dh.start] + d
+                elif dh.per_head:
+                    act[rows] = act[rows] + d[:, :, None]
+                else:
+                    act[rows] = act[rows] + d
+            return act
+        hooks.append((dh.name, fn))
+    return hooks
+
+
+def _per_edge(
+    bridge: Any, graph: Graph, batch: PairBatch, metric: MetricFn, cf: Counterfactual, means: Tensor | None,
+    edges: list[tuple[int, int]] | None, derivative: bool,
+) -> tuple[Tensor, Tensor]:
+    """[n_examples, n_src, n_dst] effects (exact or first-order) and the metric at the run."""
+    deltas, base = prepare_deltas(bridge, graph, batch, cf, means, metric)
+    assert base is not None
+    edges = list(graph.edges()) if edges is None else edges
+    n = len(batch)
+    out = torch.zeros(n, graph.n_src, graph.n_dst)
+    chunk = max(1, MAX_ROWS // n)
+    for start in range(0, len(edges), chunk):
+        part = edges[start:start + chunk]
+        rep = repeat_batch(batch, len(part))
+        # exact: the full delta (scale 1); first order: d/dscale at scale 0, i.e. at the unpatched run.
+        scale = torch.full((len(part),), 0.0 if derivative else 1.0, device=batch.clean.device, requires_grad=derivative)
+        with torch.set_grad_enabled(derivative):
+            logits = forward(bridge, rep.clean, rep.mask, _edge_patch_hooks(graph, part, deltas.residual, scale))
+            values = checked(metric(logits, rep), rep).view(len(part), n)
+            if derivative:
+                # d/dscale_r of sum_b M_b gives the summed effect; per example needs one grad per row b.
+                effects = torch.stack([torch.autograd.grad(values[:, b].sum(), scale, retain_graph=True)[0]
+                                       for b in range(n)], dim=1)
+            else:
+                effects = values - base[None, :]
+        for r, (i, j) in enumerate(part):
+            out[:, i, j] = effects[r].detach().cpu()
+    return out, base
+
+
+def exact_effects(bridge: Any, graph: Graph, batch: PairBatch, metric: MetricFn, cf: Counterfactual,
+                  means: Tensor | None = None, edges: list[tuple[int, int]] | None = None) -> tuple[Tensor, Tensor]:
+    return _per_edge(bridge, graph, batch, metric, cf, means, edges, derivative=False)
+
+
+def first_order_effects(bridge: Any, graph: Graph, batch: PairBatch, metric: MetricFn, cf: Counterfactual,
+                        means: Tensor | None = None, edges: list[tuple[int, int]] | None = None) -> tuple[Tensor, Tensor]:
+    return _per_edge(bridge, graph, batch, metric, cf, means, edges, derivative=True)
+

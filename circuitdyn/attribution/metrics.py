@@ -1,0 +1,89 @@
+"""Attribution metrics: functions of (logits, batch) returning one value per example.
+
+A metric takes `logits [batch, seq, vocab]` and the PairBatch, and returns `[batch]`. Built-ins read the
+answer position(s) of the batch; any user callable with that signature works too.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Protocol
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from circuitdyn.tasks.base import PairBatch
+
+
+class MetricError(ValueError):
+    """A metric that returned something other than one finite value per example."""
+
+
+class Metric(Protocol):
+    def __call__(self, logits: Float[Tensor, "batch seq vocab"], batch: PairBatch) -> Float[Tensor, " batch"]: ...
+
+
+def _rows(batch: PairBatch, device: torch.device) -> Tensor:
+    return torch.arange(len(batch), device=device)
+
+
+def logit_diff(logits: Tensor, batch: PairBatch) -> Tensor:
+    """logit(answer) - logit(foil) at the position that predicts the first answer token."""
+    rows, pos = _rows(batch, logits.device), batch.answer_pos.to(logits.device)
+    at = logits[rows, pos].float()
+    return at[rows, batch.answers[:, 0].to(logits.device)] - at[rows, batch.foils.to(logits.device)]
+
+
+def answer_logprob(logits: Tensor, batch: PairBatch) -> Tensor:
+    """Sum of log p(answer token i | prefix) over the first k answer tokens (teacher forced)."""
+    k = batch.answers.shape[1]
+    rows = _rows(batch, logits.device)[:, None]
+    pos = batch.answer_pos.to(logits.device)[:, None] + torch.arange(k, device=logits.device)[None, :]
+    logp = torch.log_softmax(logits[rows, pos].float(), dim=-1)  # [batch, k, vocab]
+    answers = batch.answers.to(logits.device)
+    picked = logp.gather(-1, answers.clamp(min=0)[..., None])[..., 0]
+    return (picked * (answers >= 0)).sum(-1)
+
+
+def answer_nll(logits: Tensor, batch: PairBatch) -> Tensor:
+    """Teacher-forced negative log-likelihood of the first k answer tokens (the RL-circuitry protocol)."""
+    return -answer_logprob(logits, batch)
+
+
+def kl_to_reference(logits: Tensor, reference: Tensor, batch: PairBatch) -> Tensor:
+    """KL(reference || current) of the next-token distribution at the first answer position."""
+    rows, pos = _rows(batch, logits.device), batch.answer_pos.to(logits.device)
+    logq = torch.log_softmax(logits[rows, pos].float(), -1)
+    logp = torch.log_softmax(reference[rows, pos].float(), -1)
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+METRICS: dict[str, Callable[[Tensor, PairBatch], Tensor]] = {
+    "logit_diff": logit_diff,
+    "answer_logprob": answer_logprob,
+    "answer_nll": answer_nll,
+}
+
+
+def resolve_metric(metric: str | Callable[[Tensor, PairBatch], Tensor]) -> Callable[[Tensor, PairBatch], Tensor]:
+    if callable(metric):
+        return metric
+    if metric not in METRICS:
+        raise MetricError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)} or pass a callable "
+                          "(logits [batch, seq, vocab], batch) -> [batch]")
+    return METRICS[metric]
+
+
+def checked(values: Tensor, batch: PairBatch, name: str = "metric") -> Tensor:
+    """Validate a metric's output: a finite float tensor of shape [batch]."""
+    if not isinstance(values, Tensor):
+        raise MetricError(f"{name} returned {type(values).__name__}; it must return a tensor of shape [batch]")
+    if values.shape != (len(batch),):
+        raise MetricError(
+            f"{name} returned shape {tuple(values.shape)}; it must return one value per example, shape "
+            f"[{len(batch)}] (do not reduce over the batch: circuitdyn sums it for the backward pass)"
+        )
+    if not torch.isfinite(values).all():
+        bad = torch.nonzero(~torch.isfinite(values)).flatten().tolist()
+        raise MetricError(f"{name} is not finite for examples {bad[:8]}: check the answers and the model")
+    return values

