@@ -1,0 +1,98 @@
+import pytest
+import torch
+
+from circuitdyn.attribution import attribute, logit_diff
+from circuitdyn.circuit import Circuit, greedy, prune, threshold, top_n
+from circuitdyn.graph import Graph, GraphError, GraphSpec, Granularity
+from circuitdyn.patching import evaluate_circuit, faithfulness_curve, patched_metric
+from circuitdyn.tasks import Addition, tokenize_pairs
+from tests.conftest import zoo_model
+
+
+def small_graph():
+    return Graph(GraphSpec(2, 2, 2, 8, False, False, Granularity.HEAD))
+
+
+def test_selection_rules():
+    g = small_graph()
+    s = torch.randn(g.n_src, g.n_dst) * g.edge_mask
+    c = top_n(s, 5, graph=g)
+    assert c.n_edges == 5
+    kept = s.abs()[c.edges]
+    assert kept.min() >= s.abs()[g.edge_mask & ~c.edges].max()
+    assert threshold(s, float(kept.min()), graph=g).n_edges == 5
+    with pytest.raises(GraphError, match="number of edges"):
+        top_n(s, g.n_edges + 1, graph=g)
+
+
+def test_greedy_is_connected_to_logits():
+    g = small_graph()
+    s = torch.randn(g.n_src, g.n_dst) * g.edge_mask
+    c = greedy(s, 8, graph=g)
+    assert c.n_edges == 8
+    assert any(name.endswith("->logits") for name in c.edge_names())
+    # every chosen edge reads into logits or into a node that already writes into the circuit
+    writers = {name.split("->")[0] for name in c.edge_names()}
+    for name in c.edge_names():
+        j = g.dest_index(name.split("->")[1])
+        assert not g.owners(j) or set(g.owners(j)) & writers
+
+
+def test_prune_removes_dangling_edges():
+    g = small_graph()
+    c = Circuit.from_edges(g, ["input->a0.h0<q>", "a0.h0->logits", "a0.h1->logits", "input->m1"])
+    p = prune(c)
+    # a0.h1 is never fed from the input; m1 never reaches the logits
+    assert set(p.edge_names()) == {"input->a0.h0<q>", "a0.h0->logits"}
+    assert prune(Circuit.full(g)).n_edges == g.n_edges
+
+
+def test_circuit_rejects_non_edges():
+    g = small_graph()
+    bad = torch.zeros(g.n_src, g.n_dst, dtype=torch.bool)
+    bad[g.source_index("m1"), g.dest_index("a0.h0<q>")] = True
+    with pytest.raises(GraphError, match="not an edge"):
+        Circuit(g, bad)
+
+
+@pytest.mark.parametrize("granularity", ["head", "layer"])
+@pytest.mark.parametrize("ablation", ["noising", "zero"])
+def test_full_circuit_is_clean_and_empty_is_counterfactual(family, granularity, ablation):
+    m = zoo_model(family)
+    data = tokenize_pairs(m.tokenizer, Addition().examples(4, seed=2))
+    g = Graph.from_model(m, granularity)
+    with torch.no_grad():
+        clean = logit_diff(m.bridge(data.clean), data)
+        corrupt = logit_diff(m.bridge(data.corrupt), data)
+    full = patched_metric(m, Circuit.full(g), data, logit_diff, ablation=ablation)
+    empty = patched_metric(m, Circuit.empty(g), data, logit_diff, ablation=ablation)
+    assert torch.allclose(full, clean, atol=1e-5)
+    if ablation == "noising":
+        assert torch.allclose(empty, corrupt, atol=1e-5)
+    res = evaluate_circuit(m, Circuit.full(g), data, "logit_diff", ablation=ablation)
+    assert res.faithfulness == pytest.approx(1.0, abs=1e-6)
+    assert evaluate_circuit(m, Circuit.empty(g), data, ablation=ablation).faithfulness == pytest.approx(0.0, abs=1e-6)
+
+
+def test_single_edge_circuit_patches_that_edge_only():
+    """Keeping every edge but one equals exact patching of that one edge."""
+    m = zoo_model("llama")
+    data = tokenize_pairs(m.tokenizer, Addition().examples(3, seed=4))
+    g = Graph.from_model(m, "head")
+    exact = attribute(m, g, data, "logit_diff", method="exact", per_example=True)
+    i, j = g.edge_index("a0.h2->a1.kv0<v>")
+    keep = g.edge_mask.clone()
+    keep[i, j] = False
+    with torch.no_grad():
+        base = logit_diff(m.bridge(data.clean), data)
+    patched = patched_metric(m, Circuit(g, keep), data, logit_diff)
+    assert torch.allclose(patched - base, exact.per_example[:, i, j], atol=1e-5)
+
+
+def test_faithfulness_curve_reaches_one():
+    m = zoo_model("gpt2")
+    data = tokenize_pairs(m.tokenizer, Addition().examples(6, seed=2))
+    a = attribute(m, "layer", data, "logit_diff", method="eap-ig-inputs", steps=8)
+    curve = faithfulness_curve(m, a, data, [2, 5, a.graph.n_edges], selection="greedy")
+    assert [c.n_edges for c in curve] == [2, 5, a.graph.n_edges]
+    assert curve[-1].faithfulness == pytest.approx(1.0, abs=1e-6)
