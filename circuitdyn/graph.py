@@ -167,14 +167,8 @@ class Graph:
                 for kind, count, prefix in (("q", H, "h"), ("k", K, kv_prefix), ("v", K, kv_prefix)):
                     items = [Destination(f"a{layer}.{prefix}{i}<{kind}>", kind, layer, i) for i in range(count)]  # type: ignore[arg-type]
                     add_dest(f"{attn}.hook_{kind}_input", items, True, False, upstream)
-            else:
-                item = Destination(f"a{layer}", "attn", layer)
-                for kind in ("q", "k", "v"):
-                    if kind == "q":
-                        add_dest(f"{attn}.hook_q_input", [item], True, True, upstream)
-                    else:  # k and v gradients fold into the same destination column
-                        start = len(dests) - 1
-                        dst_hooks.append(DestHook(f"{attn}.hook_{kind}_input", start, start + 1, True, True, upstream, "attn", layer))
+            else:  # the attention's pre-norm input: its gradient is the q, k, v gradients summed over heads
+                add_dest(f"blocks.{layer}.ln1.hook_in", [Destination(f"a{layer}", "attn", layer)], False, False, upstream)
             start = len(sources)
             if head:
                 sources.extend(Source(f"a{layer}.h{h}", "head", layer, h) for h in range(H))
@@ -199,6 +193,11 @@ class Graph:
         object.__setattr__(self, "post_norm_hooks", post)
 
     # ---- construction -------------------------------------------------------------------------------
+    @property
+    def needs_split_qkv(self) -> bool:
+        """Head-level graphs read per-head q/k/v inputs, which the bridge only provides with split_qkv_input."""
+        return any(h.per_head for h in self.dest_hooks)
+
     @classmethod
     def from_model(cls, model: Any, granularity: Granularity | str = Granularity.HEAD) -> "Graph":
         """The graph of a loaded model. Raises HookFlagsUnavailable if it has no per-head hooks."""

@@ -213,9 +213,10 @@ def as_bridge(model: Any) -> Any:
 
 
 @contextlib.contextmanager
-def attribution_hooks(model: Any) -> Iterator[Any]:
+def attribution_hooks(model: Any, *, split_qkv: bool = True) -> Iterator[Any]:
     """Switch on the per-head hooks edge attribution needs (attn result, split q/k/v input, mlp_in) and
-    restore every flag afterwards, also on error. Yields the bridge."""
+    restore every flag afterwards, also on error. Yields the bridge. `split_qkv=False` leaves out the
+    per-head q/k/v copies (about 30% of a forward), which layer-level graphs do not read."""
     bridge = as_bridge(model)
     cfg = bridge.cfg
     old = {name: bool(getattr(cfg, name, False)) for name in HOOK_FLAGS + ("use_attn_in",)}
@@ -230,7 +231,7 @@ def attribution_hooks(model: Any) -> Iterator[Any]:
             if old["use_attn_in"]:
                 setters["use_attn_in"](False)
             for name in HOOK_FLAGS:
-                setters[name](True)
+                setters[name](split_qkv or name != "use_split_qkv_input")
         except Exception as err:  # the bridge refuses: e.g. boot_native random-init bridges
             raise HookFlagsUnavailable(
                 f"this model cannot provide per-head hooks ({err}). Load it with "
@@ -245,6 +246,19 @@ def attribution_hooks(model: Any) -> Iterator[Any]:
         if old["use_attn_in"]:
             with contextlib.suppress(Exception):
                 setters["use_attn_in"](True)
+
+
+@contextlib.contextmanager
+def split_qkv_off(bridge: Any) -> Iterator[None]:
+    """Temporarily drop the per-head q/k/v copies (for passes that read no q/k/v destination)."""
+    was = bool(getattr(bridge.cfg, "use_split_qkv_input", False))
+    if was:
+        bridge.set_use_split_qkv_input(False)
+    try:
+        yield
+    finally:
+        if was:
+            bridge.set_use_split_qkv_input(True)
 
 
 def save_model_folder(

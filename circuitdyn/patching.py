@@ -85,7 +85,7 @@ def patched_metric(
     cf_kind = {Ablation.ZERO: Counterfactual.ZERO, Ablation.MEAN: Counterfactual.MEAN}.get(ablation, Counterfactual.CORRUPT)
     shape = (graph.n_src, *batch.clean.shape, graph.spec.d_model)
     cf, cur = torch.zeros(shape, device=device), torch.zeros(shape, device=device)
-    with attribution_hooks(bridge):
+    with attribution_hooks(bridge, split_qkv=graph.needs_split_qkv):
         if cf_kind is Counterfactual.MEAN and means is None:
             means = source_means(bridge, graph, [batch])
         fill_counterfactual(bridge, graph, batch, cf_kind, cf, means)

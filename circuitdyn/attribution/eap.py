@@ -14,6 +14,7 @@ from torch import Tensor
 
 from circuitdyn.attribution.engine import (
     Deltas,
+    GradientSum,
     HookList,
     ScoreAccumulator,
     counterfactual_hooks,
@@ -23,6 +24,7 @@ from circuitdyn.attribution.engine import (
 )
 from circuitdyn.attribution.metrics import checked
 from circuitdyn.graph import Graph
+from circuitdyn.models import split_qkv_off
 from circuitdyn.tasks.base import PairBatch
 
 MetricFn = Callable[[Tensor, PairBatch], Tensor]
@@ -46,7 +48,8 @@ def source_means(bridge: Any, graph: Graph, batches: list[PairBatch]) -> Tensor:
     for batch in batches:
         buf = torch.zeros(graph.n_src, *batch.clean.shape, graph.spec.d_model, device=device)
         mask = batch.mask.to(device)
-        forward(bridge, batch.clean.to(device), mask, counterfactual_hooks(graph, buf))
+        with split_qkv_off(bridge):
+            forward(bridge, batch.clean.to(device), mask, counterfactual_hooks(graph, buf))
         total += (buf * mask[None, :, :, None]).sum((1, 2)).double()
         count += int(mask.sum())
     return (total / count).float()
@@ -61,7 +64,7 @@ def fill_counterfactual(
         assert means is not None
         buf.copy_(means[:, None, None, :].expand_as(buf))
     else:
-        with torch.no_grad():
+        with torch.no_grad(), split_qkv_off(bridge):
             forward(bridge, batch.corrupt, batch.mask, counterfactual_hooks(graph, buf))
 
 
@@ -83,7 +86,7 @@ def prepare_deltas(
     metric at the run when `metric` is given."""
     deltas = new_deltas(graph, batch, batch.clean.device, raw=raw, run=run)
     fill_counterfactual(bridge, graph, batch, cf, deltas.raw if deltas.raw is not None else deltas.residual, means)
-    with torch.no_grad():
+    with torch.no_grad(), split_qkv_off(bridge):
         logits = forward(bridge, batch.clean, batch.mask, delta_hooks(graph, bridge, deltas))
     values = checked(metric(logits, batch), batch) if metric is not None else None
     return deltas, values
@@ -101,7 +104,7 @@ def eap_batch(
     deltas = new_deltas(graph, batch, batch.clean.device)
     fill_counterfactual(bridge, graph, batch, cf, deltas.residual, means)
     store: dict[str, Tensor] = {}
-    hooks = delta_hooks(graph, bridge, deltas) + input_leaf_hook(graph, store) + acc.hooks(deltas.residual, weights)
+    hooks = delta_hooks(graph, bridge, deltas) + input_leaf_hook(graph, store) + acc.contracting_hooks(deltas.residual, weights)
     with torch.enable_grad():
         values = checked(metric(forward(bridge, batch.clean, batch.mask, hooks), batch), batch)
         _backward(values, store["leaf"])
@@ -121,13 +124,15 @@ def eap_ig_inputs_batch(
     the counterfactual one, contracted with the (counterfactual - run) deltas."""
     deltas, values = prepare_deltas(bridge, graph, batch, cf, means, metric)
     delta_input = deltas.residual[0]
+    grads = GradientSum()
     for alpha in midpoints(steps):
         store: dict[str, Tensor] = {}
         leaf = input_leaf_hook(graph, store, value=lambda x, a=alpha: x + a * delta_input.to(x.dtype))
-        hooks = leaf + acc.hooks(deltas.residual, weights, scale=1.0 / steps)
+        hooks = leaf + acc.hooks(lambda dh, g: grads.add(dh, g, 1.0 / steps))
         with torch.enable_grad():
             out = checked(metric(forward(bridge, batch.clean, batch.mask, hooks), batch), batch)
             _backward(out, store["leaf"])
+    grads.flush(acc, deltas.residual, weights)
     assert values is not None
     return values
 
@@ -158,11 +163,13 @@ def eap_ig_activations_batch(
     """EAP-IG over activations: at each step every source output is interpolated between its run and
     counterfactual value; destination gradients are averaged over the steps."""
     deltas, values = prepare_deltas(bridge, graph, batch, cf, means, metric, raw=True, run=True)
+    grads = GradientSum()
     for alpha in midpoints(steps):
         store: dict[str, Tensor] = {}
-        hooks = _interpolating_hooks(graph, deltas, alpha, store) + acc.hooks(deltas.residual, weights, scale=1.0 / steps)
+        hooks = _interpolating_hooks(graph, deltas, alpha, store) + acc.hooks(lambda dh, g: grads.add(dh, g, 1.0 / steps))
         with torch.enable_grad():
             out = checked(metric(forward(bridge, batch.clean, batch.mask, hooks), batch), batch)
             _backward(out, store["leaf"])
+    grads.flush(acc, deltas.residual, weights)
     assert values is not None
     return values

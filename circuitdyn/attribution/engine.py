@@ -29,17 +29,17 @@ class MemoryBudgetError(MemoryError):
     """Attribution would not fit in the memory budget even one example at a time."""
 
 
-def buffer_bytes(graph: Graph, batch: int, seq: int, copies: int = 1) -> int:
-    return copies * graph.n_src * batch * seq * graph.spec.d_model * 4
+def buffer_bytes(graph: Graph, batch: int, seq: int, copies: float = 1) -> int:
+    return int(copies * graph.n_src * batch * seq * graph.spec.d_model * 4)
 
 
-def examples_per_chunk(graph: Graph, seq: int, budget: int, copies: int = 1) -> int:
+def examples_per_chunk(graph: Graph, seq: int, budget: int, copies: float = 1) -> int:
     """How many examples fit in `budget` bytes of float32 delta buffers; refuses with the estimate."""
     one = buffer_bytes(graph, 1, seq, copies)
     if one > budget:
         raise MemoryBudgetError(
             f"one example needs {one / 2**20:.1f} MiB of activation-difference buffers ({graph.n_src} sources x "
-            f"{seq} tokens x d_model {graph.spec.d_model} x 4 bytes x {copies}) but memory_budget is "
+            f"{seq} tokens x d_model {graph.spec.d_model} x 4 bytes x {copies:.1f} buffers) but memory_budget is "
             f"{budget / 2**20:.1f} MiB. Raise memory_budget, shorten the prompts, or use granularity='layer'."
         )
     return max(1, budget // one)
@@ -138,39 +138,60 @@ class ScoreAccumulator:
             self.per_example = torch.zeros(n_examples, graph.n_src, graph.n_dst, dtype=torch.float32, device=device)
         self.offset = 0  # index of the first example of the current batch (per-example scores)
 
-    def hooks(self, deltas: Tensor, weights: Tensor, scale: float = 1.0) -> HookList:
-        """Forward hooks that register gradient hooks on each destination input.
+    def contract(self, dh: Any, grad: Tensor, deltas: Tensor, weights: Tensor) -> None:
+        """Add delta . grad for every incoming edge of the destinations of hook `dh`."""
+        g = grad.float()
+        g = g if dh.per_head else g[:, :, None]
+        if dh.sum_heads:
+            g = g.sum(2, keepdim=True)
+        g = g * weights[:, :, None, None]
+        up = deltas[: dh.n_upstream]
+        width = dh.stop - dh.start
+        flat = g.permute(0, 1, 3, 2).reshape(-1, width)  # [B*T*d, width], same order as up
+        self.total[: dh.n_upstream, dh.start:dh.stop] += up.reshape(dh.n_upstream, -1) @ flat
+        if self.per_example is not None:
+            ex = torch.einsum("sbtd,bthd->bsh", up, g)
+            self.per_example[self.offset:self.offset + g.shape[0], : dh.n_upstream, dh.start:dh.stop] += ex
 
-        `weights [B, T]` weight each position (1/n_tokens for per-token averaging, the mask for raw sums).
-        """
+    def hooks(self, on_grad: Callable[[Any, Tensor], None]) -> HookList:
+        """Forward hooks that call `on_grad(dest_hook, gradient)` when each destination's gradient arrives."""
         hooks: HookList = []
         for dh in self.graph.dest_hooks:
-            def on_grad(grad: Tensor, dh: Any = dh) -> None:
-                g = grad.detach().float()
-                g = g if dh.per_head else g[:, :, None]
-                if dh.sum_heads:
-                    g = g.sum(2, keepdim=True)
-                g = g * (weights[:, :, None, None] * scale)
-                up = deltas[: dh.n_upstream]
-                width = dh.stop - dh.start
-                flat = g.permute(0, 1, 3, 2).reshape(-1, width)  # [B*T*d, width], same order as up
-                self.total[: dh.n_upstream, dh.start:dh.stop] += up.reshape(dh.n_upstream, -1) @ flat
-                if self.per_example is not None:
-                    ex = torch.einsum("sbtd,bthd->bsh", up, g)
-                    rows = slice(self.offset, self.offset + g.shape[0])
-                    self.per_example[rows, : dh.n_upstream, dh.start:dh.stop] += ex
-
-            def fn(act: Tensor, hook: Any, on_grad: Any = on_grad) -> Tensor:
+            def fn(act: Tensor, hook: Any, dh: Any = dh) -> Tensor:
                 if not act.requires_grad:
                     return act
                 # A fresh view: some hook points hand over the residual tensor itself (hook_mlp_in is a
                 # pre-hook on ln2), whose gradient would include the skip path. The view's gradient is
                 # only what flows through this destination's own branch.
                 out = act.view_as(act)
-                out.register_hook(on_grad)
+                out.register_hook(lambda grad: on_grad(dh, grad.detach()))
                 return out
             hooks.append((dh.name, fn))
         return hooks
+
+    def contracting_hooks(self, deltas: Tensor, weights: Tensor) -> HookList:
+        """Contract each destination gradient as soon as it arrives (one backward pass)."""
+        return self.hooks(lambda dh, g: self.contract(dh, g, deltas, weights))
+
+
+class GradientSum:
+    """Sums destination gradients over several backward passes (EAP-IG steps), so that the contraction
+    with the deltas, which is linear in the gradient, runs once instead of once per step."""
+
+    def __init__(self) -> None:
+        self.grads: dict[Any, Tensor] = {}
+
+    def add(self, dh: Any, grad: Tensor, scale: float) -> None:
+        g = grad.float() * scale
+        if dh in self.grads:
+            self.grads[dh] += g
+        else:
+            self.grads[dh] = g
+
+    def flush(self, acc: ScoreAccumulator, deltas: Tensor, weights: Tensor) -> None:
+        for dh, g in self.grads.items():
+            acc.contract(dh, g, deltas, weights)
+        self.grads.clear()
 
 
 def token_weights(batch: PairBatch, per_token: bool, device: torch.device) -> Tensor:

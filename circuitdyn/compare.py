@@ -1,0 +1,155 @@
+"""Paired base-vs-tuned statistics of circuit metrics, edge-level diffs, and cross-family tables.
+
+Per-example metrics are computed on the same prompts for both models; each metric's paired differences
+(tuned - base) get a mean, a seeded bootstrap 95% CI, a Wilcoxon signed-rank p-value and a paired effect
+size (d_z = mean / sd of the differences). The seed protocol keeps only prompts both models answer
+correctly (teacher-forced greedy check of the answer tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from scipy import stats
+from torch import Tensor
+
+from circuitdyn.metrics import METRIC_NAMES, circuit_metrics, edge_vector
+from circuitdyn.models import as_bridge
+from circuitdyn.tasks.base import PairBatch
+
+
+class ComparisonError(ValueError):
+    """Attributions that cannot be compared: the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class MetricDelta:
+    metric: str
+    base_mean: float
+    tuned_mean: float
+    delta: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    effect_size: float
+    n: int
+
+
+@dataclass(frozen=True)
+class Comparison:
+    name: str
+    deltas: tuple[MetricDelta, ...]
+    pooled: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric -> (base, tuned) on mean scores
+
+    def __getitem__(self, metric: str) -> MetricDelta:
+        for d in self.deltas:
+            if d.metric == metric:
+                return d
+        raise KeyError(f"no metric {metric!r}; have {[d.metric for d in self.deltas]}")
+
+    def records(self) -> list[dict[str, Any]]:
+        return [{"comparison": self.name, **d.__dict__} for d in self.deltas]
+
+
+def _check_pair(base: Any, tuned: Any) -> None:
+    if base.graph.spec != tuned.graph.spec:
+        raise ComparisonError(
+            f"cannot compare attributions over different graphs ({base.graph.spec} vs {tuned.graph.spec}); "
+            "attribute both models with the same granularity on models of the same shape, or compare "
+            "normalized metrics across families with cross_family_table()"
+        )
+    if base.per_example is None or tuned.per_example is None:
+        raise ComparisonError("paired comparison needs per-example scores: attribute(..., per_example=True)")
+    if base.per_example.shape[0] != tuned.per_example.shape[0]:
+        raise ComparisonError(f"base has {base.per_example.shape[0]} examples and tuned {tuned.per_example.shape[0]}; "
+                              "attribute both on the same prompts")
+
+
+def bootstrap_ci(diff: np.ndarray, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(diff), size=(n_boot, len(diff)))
+    means = diff[idx].mean(1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
+    return float(lo), float(hi)
+
+
+def paired_delta(metric: str, base: np.ndarray, tuned: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> MetricDelta:
+    ok = np.isfinite(base) & np.isfinite(tuned)
+    base, tuned = base[ok], tuned[ok]
+    diff = tuned - base
+    n = len(diff)
+    if n == 0:
+        nan = float("nan")
+        return MetricDelta(metric, nan, nan, nan, nan, nan, nan, nan, 0)
+    lo, hi = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
+    p = float(stats.wilcoxon(diff).pvalue) if n > 1 and np.any(diff != 0) else 1.0
+    sd = diff.std(ddof=1) if n > 1 else 0.0
+    effect = float(diff.mean() / sd) if sd > 0 else 0.0
+    return MetricDelta(metric, float(base.mean()), float(tuned.mean()), float(diff.mean()), lo, hi, p, effect, n)
+
+
+def compare(base: Any, tuned: Any, *, name: str = "tuned - base", keep: Tensor | None = None,
+            n_boot: int = 2000, seed: int = 0) -> Comparison:
+    """Paired comparison of two Attributions on the same prompts (`keep`: boolean mask of examples)."""
+    _check_pair(base, tuned)
+    mb = circuit_metrics(base, per_example=True)
+    mt = circuit_metrics(tuned, per_example=True)
+    mask = np.ones(base.per_example.shape[0], bool) if keep is None else np.asarray(keep.cpu(), bool)
+    if mask.sum() == 0:
+        raise ComparisonError("no examples left to compare (keep removed them all)")
+    deltas = tuple(paired_delta(m, mb[m].numpy()[mask], mt[m].numpy()[mask], n_boot=n_boot, seed=seed) for m in METRIC_NAMES)
+    pb, pt = circuit_metrics(base), circuit_metrics(tuned)
+    pooled = {m: (float(pb[m]), float(pt[m])) for m in METRIC_NAMES}
+    return Comparison(name, deltas, pooled)
+
+
+def compare_many(base: Any, tuned: Mapping[str, Any], **kw: Any) -> dict[str, Comparison]:
+    return {name: compare(base, t, name=name, **kw) for name, t in tuned.items()}
+
+
+@torch.no_grad()
+def correct_mask(model: Any, batch: PairBatch) -> Tensor:
+    """True where the model's greedy prediction matches every scored answer token (teacher forced)."""
+    bridge = as_bridge(model)
+    device = next(bridge.parameters()).device
+    logits = bridge(batch.clean.to(device), attention_mask=batch.mask.to(device).long())
+    k = batch.answers.shape[1]
+    rows = torch.arange(len(batch), device=device)[:, None]
+    pos = batch.answer_pos.to(device)[:, None] + torch.arange(k, device=device)[None]
+    pred = logits[rows, pos].argmax(-1)
+    answers = batch.answers.to(device)
+    return ((pred == answers) | (answers < 0)).all(-1).cpu()
+
+
+def edge_diff(base: Any, tuned: Any, k: int) -> dict[str, Any]:
+    """Top-k circuits by |score|: edges gained and lost, Jaccard overlap, and the Spearman rank correlation
+    of all edge scores."""
+    if base.graph.spec != tuned.graph.spec:
+        raise ComparisonError("edge_diff needs attributions over the same graph")
+    names = base.graph.edge_names()
+    sb, st = base.edge_scores(), tuned.edge_scores()
+    if not 0 < k <= len(names):
+        raise ComparisonError(f"k must be in [1, {len(names)}], got {k}")
+    top_b = {names[i] for i in torch.argsort(sb.abs(), descending=True, stable=True)[:k].tolist()}
+    top_t = {names[i] for i in torch.argsort(st.abs(), descending=True, stable=True)[:k].tolist()}
+    rho = stats.spearmanr(sb.numpy(), st.numpy()).statistic
+    return {"k": k, "gained": sorted(top_t - top_b), "lost": sorted(top_b - top_t),
+            "jaccard": len(top_b & top_t) / len(top_b | top_t), "spearman": float(rho)}
+
+
+def cross_family_table(rows: Sequence[tuple[str, str, str, Any]]) -> list[dict[str, Any]]:
+    """One record per (family, model, method, Attribution) with pooled metrics and the graph size, so that
+    families of different sizes compare through normalized measures (normalized_entropy, gini, top shares)."""
+    out = []
+    for family, model, method, attribution in rows:
+        m = circuit_metrics(attribution)
+        out.append({"family": family, "model": model, "method": method, "edges": attribution.graph.n_edges,
+                    "granularity": attribution.graph.spec.granularity.value, **{k: float(v) for k, v in m.items()}})
+    return out
+
+
+__all__ = ["Comparison", "ComparisonError", "MetricDelta", "bootstrap_ci", "compare", "compare_many", "correct_mask",
+           "cross_family_table", "edge_diff", "edge_vector", "paired_delta"]

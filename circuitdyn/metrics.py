@@ -1,0 +1,109 @@
+"""Circuit metrics over edge scores, as pinned in ../shared/DESIGN.md.
+
+Let s be the scores of the E real edges and a = |s|:
+  intensity = mean(a)              total_intensity = sum(a)
+  entropy = -sum p log p, p = a / sum(a) (nats)    normalized_entropy = entropy / log(E)
+  effective_edges = exp(entropy)   gini = Gini coefficient of a
+  top_share_q = share of sum(a) held by the top ceil(q E) edges (q = 0.01, 0.05, 0.10)
+  kurtosis = excess (Fisher) kurtosis of s
+Every function takes `[..., E]` and reduces the last axis, so per-example scores `[N, E]` give `[N]`.
+An all-zero score vector has no distribution: its entropy-type metrics are NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+TOP_SHARES = (0.01, 0.05, 0.10)
+METRIC_NAMES = ("intensity", "total_intensity", "entropy", "normalized_entropy", "effective_edges", "gini",
+                "top_share_0.01", "top_share_0.05", "top_share_0.1", "kurtosis")
+
+
+def _check(s: Tensor) -> Tensor:
+    if s.ndim == 0 or s.shape[-1] == 0:
+        raise ValueError("metrics need at least one edge score along the last axis")
+    return s.double()
+
+
+def intensity(s: Float[Tensor, "... E"]) -> Tensor:
+    return _check(s).abs().mean(-1)
+
+
+def total_intensity(s: Float[Tensor, "... E"]) -> Tensor:
+    return _check(s).abs().sum(-1)
+
+
+def entropy(s: Float[Tensor, "... E"]) -> Tensor:
+    a = _check(s).abs()
+    p = a / a.sum(-1, keepdim=True)
+    return -torch.where(p > 0, p * torch.log(p), torch.zeros_like(p)).sum(-1)
+
+
+def normalized_entropy(s: Float[Tensor, "... E"]) -> Tensor:
+    n = s.shape[-1]
+    return entropy(s) / math.log(n) if n > 1 else torch.zeros(s.shape[:-1], dtype=torch.float64)
+
+
+def effective_edges(s: Float[Tensor, "... E"]) -> Tensor:
+    return torch.exp(entropy(s))
+
+
+def gini(s: Float[Tensor, "... E"]) -> Tensor:
+    a = torch.sort(_check(s).abs(), dim=-1).values
+    n = a.shape[-1]
+    i = torch.arange(1, n + 1, dtype=a.dtype)
+    return ((2 * i - n - 1) * a).sum(-1) / (n * a.sum(-1))
+
+
+def top_share(s: Float[Tensor, "... E"], q: float) -> Tensor:
+    if not 0 < q <= 1:
+        raise ValueError(f"q must be in (0, 1], got {q}")
+    a = _check(s).abs()
+    k = max(1, math.ceil(q * a.shape[-1]))
+    return torch.topk(a, k, dim=-1).values.sum(-1) / a.sum(-1)
+
+
+def kurtosis(s: Float[Tensor, "... E"]) -> Tensor:
+    x = _check(s)
+    d = x - x.mean(-1, keepdim=True)
+    m2, m4 = (d**2).mean(-1), (d**4).mean(-1)
+    return m4 / m2**2 - 3.0
+
+
+def all_metrics(s: Float[Tensor, "... E"]) -> dict[str, Tensor]:
+    out = {
+        "intensity": intensity(s), "total_intensity": total_intensity(s), "entropy": entropy(s),
+        "normalized_entropy": normalized_entropy(s), "effective_edges": effective_edges(s), "gini": gini(s),
+    }
+    for q in TOP_SHARES:
+        out[f"top_share_{q:g}"] = top_share(s, q)
+    out["kurtosis"] = kurtosis(s)
+    return out
+
+
+def edge_vector(attribution: Any, *, per_example: bool = False) -> Tensor:
+    """The real edges' scores of an Attribution: `[E]`, or `[N, E]` with per_example."""
+    mask = attribution.graph.edge_mask
+    if per_example:
+        if attribution.per_example is None:
+            raise ValueError("this attribution has no per-example scores: rerun attribute(..., per_example=True)")
+        return attribution.per_example[:, mask]
+    return attribution.scores[mask]
+
+
+def circuit_metrics(attribution: Any, *, per_example: bool = False) -> dict[str, Tensor]:
+    """All metrics of an attribution's edge scores (pooled over examples, or one value per example)."""
+    return all_metrics(edge_vector(attribution, per_example=per_example))
+
+
+def per_layer_metrics(attribution: Any, *, per_example: bool = False) -> dict[int, dict[str, Tensor]]:
+    """Metrics of the edges grouped by destination layer (the logits are layer n_layers)."""
+    g = attribution.graph
+    layers = g.dest_layers()[None, :].expand(g.n_src, -1)[g.edge_mask]
+    s = edge_vector(attribution, per_example=per_example)
+    return {int(l): all_metrics(s[..., layers == l]) for l in torch.unique(layers)}
