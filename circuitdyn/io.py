@@ -1,0 +1,124 @@
+"""Save and load attributions as safetensors + JSON metadata. No pickle; writes are atomic.
+
+A file holds the tensors `scores`, `metric_values` and optionally `per_example`, and in its metadata a
+JSON document with the schema name and version, the graph spec, the attribution config and provenance.
+Loading validates the schema, the version and every tensor's shape against the graph, and names the
+file in every error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from circuitdyn.attribution.attribute import Attribution, AttributionConfig
+from circuitdyn.graph import Graph, GraphSpec, Granularity
+
+SCHEMA = "circuitdyn.attribution"
+VERSION = 1
+
+
+class ArtifactError(ValueError):
+    """A file that is not a valid circuitdyn artifact; the message names the file."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def safe_child(root: Path, name: str) -> Path:
+    """`root / name`, refusing names that would escape `root` (absolute paths, '..')."""
+    target = (root / name).resolve()
+    if not target.is_relative_to(root.resolve()):
+        raise ArtifactError(f"refusing to write {name!r}: it escapes the output folder {root}")
+    return target
+
+
+def save_attribution(attribution: Attribution, path: str | Path) -> Path:
+    path = Path(path)
+    tensors = {"scores": attribution.scores.contiguous(), "metric_values": attribution.metric_values.contiguous()}
+    if attribution.per_example is not None:
+        tensors["per_example"] = attribution.per_example.contiguous()
+    meta = {"schema": SCHEMA, "version": VERSION, "graph": attribution.graph.spec.as_dict(),
+            "config": attribution.config.as_dict(), "provenance": attribution.provenance}
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"circuitdyn": json.dumps(meta)})
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def load_attribution(path: str | Path, *, expected_graph: Graph | None = None) -> Attribution:
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"{path}: no such file")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            raw_meta = (f.metadata() or {}).get("circuitdyn")
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ArtifactError(f"{path}: not a readable safetensors file (truncated or corrupted?): {err}") from None
+    if raw_meta is None:
+        raise ArtifactError(f"{path}: no circuitdyn metadata; it was not written by circuitdyn.io.save_attribution")
+    try:
+        meta = json.loads(raw_meta)
+        if meta.get("schema") != SCHEMA:
+            raise ArtifactError(f"{path}: schema {meta.get('schema')!r}, expected {SCHEMA!r}")
+        if meta.get("version") != VERSION:
+            raise ArtifactError(f"{path}: version {meta.get('version')!r}; this circuitdyn reads version {VERSION}")
+        spec_d = dict(meta["graph"])
+        spec_d["granularity"] = Granularity(spec_d["granularity"])
+        graph = Graph(GraphSpec(**spec_d))
+        config = AttributionConfig(**meta["config"])
+    except ArtifactError:
+        raise
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ArtifactError(f"{path}: invalid metadata ({err})") from None
+    if expected_graph is not None and expected_graph.spec != graph.spec:
+        raise ArtifactError(f"{path}: its graph {graph.spec} does not match the expected {expected_graph.spec}")
+    shape = (graph.n_src, graph.n_dst)
+    scores = tensors.get("scores")
+    if scores is None or tuple(scores.shape) != shape:
+        raise ArtifactError(f"{path}: scores have shape {None if scores is None else tuple(scores.shape)}, graph needs {shape}")
+    values = tensors.get("metric_values")
+    per_example = tensors.get("per_example")
+    if values is None or values.ndim != 1:
+        raise ArtifactError(f"{path}: missing or malformed metric_values")
+    if per_example is not None and tuple(per_example.shape) != (values.shape[0], *shape):
+        raise ArtifactError(f"{path}: per_example has shape {tuple(per_example.shape)}, expected {(values.shape[0], *shape)}")
+    if not torch.isfinite(scores).all():
+        raise ArtifactError(f"{path}: scores contain NaN or inf")
+    return Attribution(scores, graph, values, config, per_example, meta.get("provenance", {}))
+
+
+def save_records(records: list[dict[str, Any]], path: str | Path) -> Path:
+    """A list of flat records as JSON (atomic)."""
+    path = Path(path)
+    atomic_write_text(path, json.dumps(records, indent=1, default=float))
+    return path
