@@ -248,6 +248,24 @@ def attribution_hooks(model: Any, *, split_qkv: bool = True) -> Iterator[Any]:
                 setters["use_attn_in"](True)
 
 
+def clone_bridge(bridge: Any) -> Any:
+    """A deep copy of a bridge. Tensors the bridge caches on its modules during a forward with gradients
+    (non-leaf tensors, which deepcopy refuses) are copied detached."""
+    import copy
+
+    memo: dict[int, Any] = {}
+    for module in bridge.modules():
+        for value in vars(module).values():
+            if isinstance(value, torch.Tensor) and value.grad_fn is not None:
+                memo[id(value)] = value.detach().clone()
+    return copy.deepcopy(bridge, memo)
+
+
+def clone_model(model: LoadedModel) -> LoadedModel:
+    """An independent copy of a loaded model (same provenance), e.g. to fine-tune while keeping the base."""
+    return LoadedModel(clone_bridge(model.bridge), model.tokenizer, model.provenance)
+
+
 @contextlib.contextmanager
 def split_qkv_off(bridge: Any) -> Iterator[None]:
     """Temporarily drop the per-head q/k/v copies (for passes that read no q/k/v destination)."""

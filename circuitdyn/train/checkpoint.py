@@ -1,0 +1,106 @@
+"""Training checkpoints: weights and optimizer tensors in safetensors, everything else in JSON.
+
+Nothing is pickled. A checkpoint is a folder written under a temporary name and renamed into place, so a
+run killed mid-save leaves the previous checkpoint intact and no folder that loads as valid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+SCHEMA = "circuitdyn.checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the folder or file."""
+
+
+def _unique_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """State dict without tied duplicates (safetensors refuses shared storage)."""
+    seen: dict[int, str] = {}
+    out = {}
+    for name, t in module.state_dict().items():
+        key = t.untyped_storage().data_ptr() if t.numel() else id(t)
+        if key in seen and t.numel():
+            continue
+        seen[key] = name
+        out[name] = t.detach().contiguous().clone()
+    return out
+
+
+def save_checkpoint(folder: Path, *, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+                    generator: torch.Generator, py_random: random.Random, state: dict[str, Any]) -> Path:
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".tmp", dir=folder.parent))
+    try:
+        for name, module in modules.items():
+            save_file(_unique_state(module), str(tmp / f"{name}.safetensors"))
+        opt = optimizer.state_dict()
+        tensors, scalars = {}, {}
+        for idx, st in opt["state"].items():
+            for k, v in st.items():
+                if torch.is_tensor(v):
+                    tensors[f"{idx}.{k}"] = v.contiguous()
+                else:
+                    scalars[f"{idx}.{k}"] = v
+        tensors["__rng__"] = generator.get_state()
+        save_file(tensors, str(tmp / "optimizer.safetensors"))
+        py_state = py_random.getstate()
+        meta = {"schema": SCHEMA, "version": VERSION, "state": state, "param_groups": opt["param_groups"],
+                "optimizer_scalars": scalars, "py_random": [py_state[0], list(py_state[1]), py_state[2]]}
+        (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=1))
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def load_checkpoint(folder: Path, *, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+                    generator: torch.Generator, py_random: random.Random) -> dict[str, Any]:
+    """Restore modules, optimizer and RNG states in place; returns the saved trainer state."""
+    folder = Path(folder)
+    meta_path = folder / "checkpoint.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{meta_path}: missing or not valid JSON ({err}); is {folder} a circuitdyn checkpoint?") from None
+    if meta.get("schema") != SCHEMA or meta.get("version") != VERSION:
+        raise CheckpointError(f"{meta_path}: schema/version {meta.get('schema')}/{meta.get('version')}, expected {SCHEMA}/{VERSION}")
+    try:
+        for name, module in modules.items():
+            saved = load_file(str(folder / f"{name}.safetensors"))
+            expected = set(_unique_state(module))  # tied duplicates are stored once
+            if set(saved) != expected:
+                raise CheckpointError(f"{folder / (name + '.safetensors')}: weights do not match the model "
+                                      f"(missing {sorted(expected - set(saved))[:3]}, unexpected {sorted(set(saved) - expected)[:3]})")
+            module.load_state_dict(saved, strict=False)
+        tensors = load_file(str(folder / "optimizer.safetensors"))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{folder}: unreadable weights (truncated or corrupted?): {err}") from None
+    generator.set_state(tensors.pop("__rng__"))
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        idx, k = key.split(".", 1)
+        state.setdefault(int(idx), {})[k] = v
+    for key, v in meta["optimizer_scalars"].items():
+        idx, k = key.split(".", 1)
+        state.setdefault(int(idx), {})[k] = v
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    version, internal, gauss = meta["py_random"]
+    py_random.setstate((version, tuple(internal), gauss))
+    return meta["state"]

@@ -1,0 +1,195 @@
+"""Frozen, validated training configs. Field names follow trl where a trl user would look for them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from enum import Enum
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A config field out of range or an inconsistent combination; the message names the field."""
+
+
+class Algorithm(str, Enum):
+    GRPO = "grpo"
+    CFRL = "cfrl"
+    PPO = "ppo"
+    DPO = "dpo"
+
+
+class ScaleRewards(str, Enum):
+    GROUP = "group"  # (r - mean_g) / (std_g + eps)
+    BATCH = "batch"  # (r - mean_g) / (std over the batch + eps)
+    NONE = "none"  # r - mean_g (Dr. GRPO)
+
+
+class LossType(str, Enum):
+    GRPO = "grpo"  # mean over each sequence's tokens, then over sequences
+    DAPO = "dapo"  # mean over all tokens of the batch
+    DR_GRPO = "dr_grpo"  # sum over tokens / (sequences x max_completion_length)
+
+
+def _enum(kind: type[Enum], value: Any, name: str) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not valid; choose one of {[m.value for m in kind]}") from None
+
+
+def _positive(obj: Any, *names: str) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        if not isinstance(v, (int, float)) or v <= 0:
+            raise ConfigError(f"{n} must be > 0, got {v!r}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """What every algorithm shares. `per_device_train_batch_size` counts completions (trl's meaning) and
+    is split into `gradient_accumulation_steps` micro-batches of equal size."""
+
+    task: str = "addition"
+    max_steps: int = 40
+    learning_rate: float = 3e-5
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    max_grad_norm: float = 1.0
+    per_device_train_batch_size: int = 32
+    gradient_accumulation_steps: int = 1
+    max_completion_length: int = 4
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0
+    logging_steps: int = 1
+    eval_steps: int = 10
+    eval_size: int = 200
+    save_steps: int = 0  # 0: no intermediate checkpoints
+    output_dir: str | None = None
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_steps", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
+                  "max_completion_length", "temperature", "eval_size", "logging_steps")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.per_device_train_batch_size % self.gradient_accumulation_steps:
+            raise ConfigError(f"per_device_train_batch_size {self.per_device_train_batch_size} must be divisible by "
+                              f"gradient_accumulation_steps {self.gradient_accumulation_steps}")
+        if self.weight_decay < 0 or self.max_grad_norm <= 0 or self.eval_steps < 0 or self.save_steps < 0:
+            raise ConfigError("weight_decay, eval_steps and save_steps must be >= 0 and max_grad_norm > 0")
+
+    @property
+    def algorithm(self) -> Algorithm:
+        raise NotImplementedError  # every concrete config names its algorithm
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(self).items()} | {"algorithm": self.algorithm.value}
+
+
+@dataclass(frozen=True)
+class GRPOConfig(TrainConfig):
+    num_generations: int = 8
+    beta: float = 0.0  # KL to the frozen reference (k3 estimator); 0 skips the reference model
+    epsilon: float = 0.2  # lower clip
+    epsilon_high: float | None = None  # upper clip (clip-higher); None: same as epsilon
+    scale_rewards: ScaleRewards = ScaleRewards.GROUP
+    loss_type: LossType = LossType.DAPO
+    num_iterations: int = 1  # policy updates per batch of rollouts
+    advantage_eps: float = 1e-4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "scale_rewards", _enum(ScaleRewards, self.scale_rewards, "scale_rewards"))
+        object.__setattr__(self, "loss_type", _enum(LossType, self.loss_type, "loss_type"))
+        _positive(self, "num_generations", "num_iterations", "epsilon")
+        if self.num_generations < 2:
+            raise ConfigError("num_generations must be >= 2: group advantages compare completions of one prompt")
+        if self.per_device_train_batch_size % self.num_generations:
+            raise ConfigError(f"per_device_train_batch_size {self.per_device_train_batch_size} must be divisible by "
+                              f"num_generations {self.num_generations} (whole groups per batch)")
+        if self.beta < 0 or (self.epsilon_high is not None and self.epsilon_high <= 0):
+            raise ConfigError("beta must be >= 0 and epsilon_high > 0")
+
+    @property
+    def algorithm(self) -> Algorithm:
+        return Algorithm.GRPO
+
+
+@dataclass(frozen=True)
+class CFRLConfig(GRPOConfig):
+    """Classifier-first RL: stage 1 trains only the classifier (unembedding, optionally the final norm)
+    under the GRPO objective for `classifier_steps` steps, or until the mean reward reaches
+    `classifier_until_reward`; stage 2 runs GRPO on every parameter for the remaining steps."""
+
+    classifier_steps: int = 10
+    classifier_until_reward: float | None = None
+    train_final_norm: bool = False
+    classifier_learning_rate: float | None = None  # None: learning_rate
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0 <= self.classifier_steps <= self.max_steps:
+            raise ConfigError(f"classifier_steps must be in [0, max_steps={self.max_steps}], got {self.classifier_steps}")
+
+    @property
+    def algorithm(self) -> Algorithm:
+        return Algorithm.CFRL
+
+
+@dataclass(frozen=True)
+class PPOConfig(TrainConfig):
+    kl_coef: float = 0.05  # per-token KL penalty folded into the rewards
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.5
+    num_ppo_epochs: int = 2
+    whiten_advantages: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive(self, "cliprange", "cliprange_value", "vf_coef", "num_ppo_epochs")
+        if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1) or self.kl_coef < 0:
+            raise ConfigError("gamma and lam must be in [0, 1] and kl_coef >= 0")
+
+    @property
+    def algorithm(self) -> Algorithm:
+        return Algorithm.PPO
+
+
+@dataclass(frozen=True)
+class DPOConfig(TrainConfig):
+    beta: float = 0.1
+    rpo_alpha: float = 0.0  # weight of the NLL of the chosen completion added to the DPO loss (trl's RPO)
+    pair_prompts: int = 256  # prompts sampled from the reference model to build (chosen, rejected) pairs
+    pair_generations: int = 8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _positive(self, "beta", "pair_prompts", "pair_generations")
+        if self.rpo_alpha < 0:
+            raise ConfigError(f"rpo_alpha must be >= 0, got {self.rpo_alpha}")
+
+    @property
+    def algorithm(self) -> Algorithm:
+        return Algorithm.DPO
+
+
+CONFIGS: dict[Algorithm, type[TrainConfig]] = {
+    Algorithm.GRPO: GRPOConfig, Algorithm.CFRL: CFRLConfig, Algorithm.PPO: PPOConfig, Algorithm.DPO: DPOConfig,
+}
+
+
+def config_from_dict(d: dict[str, Any]) -> TrainConfig:
+    d = dict(d)
+    algo = _enum(Algorithm, d.pop("algorithm", None), "algorithm")
+    kind = CONFIGS[algo]
+    known = {f for f in kind.__dataclass_fields__}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"unknown {kind.__name__} fields {unknown}")
+    return kind(**d)
+

@@ -1,0 +1,138 @@
+import pytest
+import torch
+
+from circuitdyn.models import clone_model
+from circuitdyn.train import (
+    CFRLConfig, DPOConfig, GRPOConfig, PPOConfig, RewardError, Trainer, TrainingError, classifier_parameters, train,
+)
+from circuitdyn.train.checkpoint import CheckpointError
+from tests.conftest import zoo_model
+
+
+def fresh(family="llama"):
+    return clone_model(zoo_model(family))
+
+
+def snapshot(m):
+    return {n: p.detach().clone() for n, p in m.bridge.named_parameters()}
+
+
+SMALL = dict(max_steps=2, eval_steps=0, per_device_train_batch_size=16, learning_rate=1e-3)
+
+
+@pytest.mark.parametrize("config", [GRPOConfig(num_generations=4, **SMALL), PPOConfig(**SMALL),
+                                    DPOConfig(pair_prompts=64, **SMALL)], ids=["grpo", "ppo", "dpo"])
+def test_two_steps_change_every_parameter(config):
+    m = fresh()
+    before = snapshot(m)
+    result = train(m, config)
+    assert len(result.history) == 2
+    unchanged = [n for n, p in m.bridge.named_parameters() if torch.equal(p, before[n])]
+    assert not unchanged
+
+
+def test_cfrl_stage_one_trains_only_the_classifier():
+    m = fresh()
+    before = snapshot(m)
+    trainer = Trainer(m, CFRLConfig(num_generations=4, classifier_steps=2, **{**SMALL, "max_steps": 3}))
+    trainer.train_step()
+    trainer.train_step()
+    ids = {id(p) for p in classifier_parameters(m.bridge)}
+    for name, p in m.bridge.named_parameters():
+        assert torch.equal(p, before[name]) != (id(p) in ids), name
+    logs = trainer.train_step()  # stage 2: everything moves
+    assert logs["stage"] == "rl"
+    moved = [n for n, p in m.bridge.named_parameters() if not torch.equal(p, before[n])]
+    assert len(moved) == len(before)
+
+
+@pytest.mark.parametrize("loss_type", ["grpo", "dapo", "dr_grpo"])
+def test_gradient_accumulation_invariance(loss_type):
+    """A batch of 8 in one pass and 8 accumulated micro-batches of 1 give the same gradient. (Compared
+    before the optimizer: Adam's first step is ~lr * sign(g), which float noise near 0 would flip.)"""
+    grads = []
+    for accum in (1, 8):
+        m = fresh()
+        cfg = GRPOConfig(num_generations=4, gradient_accumulation_steps=accum, loss_type=loss_type,
+                         **{**SMALL, "per_device_train_batch_size": 8, "max_steps": 1})
+        trainer = Trainer(m, cfg)
+        trainer.optimizer.step = lambda *a, **k: None
+        trainer.train_step()
+        grads.append({n: p.grad.clone() for n, p in m.bridge.named_parameters()})
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-7, rtol=1e-5), name
+    assert any(g.abs().max() > 1e-4 for g in grads[0].values())
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    cfg = GRPOConfig(num_generations=4, beta=0.05, **{**SMALL, "max_steps": 4, "save_steps": 2,
+                                                      "output_dir": str(tmp_path / "run")})
+    full = fresh()
+    train(full, cfg)
+    resumed = fresh()
+    trainer = Trainer(resumed, cfg, resume_from=tmp_path / "run" / "checkpoint-2")
+    assert trainer.step == 2
+    trainer.train()
+    for (n, a), (_, b) in zip(full.bridge.named_parameters(), resumed.bridge.named_parameters()):
+        assert torch.equal(a, b), n
+
+
+def test_resume_refuses_other_config_and_corrupt_files(tmp_path):
+    cfg = GRPOConfig(num_generations=4, **{**SMALL, "output_dir": str(tmp_path / "r"), "save_steps": 1})
+    train(fresh(), cfg)
+    with pytest.raises(CheckpointError, match="different config"):
+        Trainer(fresh(), GRPOConfig(num_generations=8, **SMALL), resume_from=tmp_path / "r" / "checkpoint-1")
+    weights = tmp_path / "r" / "checkpoint-1" / "policy.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="checkpoint-1"):
+        Trainer(fresh(), cfg, resume_from=tmp_path / "r" / "checkpoint-1")
+
+
+def test_bad_rewards_fail_clearly():
+    cfg = GRPOConfig(num_generations=4, **SMALL)
+    with pytest.raises(RewardError, match="shape"):
+        train(fresh(), cfg, reward=lambda prompts, completions, **kw: [1.0])
+    with pytest.raises(RewardError, match="NaN"):
+        train(fresh(), cfg, reward=lambda prompts, completions, **kw: [float("nan")] * len(completions))
+    with pytest.raises(RewardError, match="not a list of numbers"):
+        train(fresh(), cfg, reward=lambda prompts, completions, **kw: ["yes"] * len(completions))
+
+
+def test_user_reward_and_logs():
+    seen = {}
+
+    def length_reward(prompts, completions, **columns):
+        seen["columns"] = sorted(columns)
+        return [float(len(c)) for c in completions]
+    result = train(fresh(), GRPOConfig(num_generations=4, **SMALL), reward=length_reward)
+    assert seen["columns"] == ["examples"]
+    for key in ("reward_mean", "reward_std", "frac_reward_zero_std", "entropy", "clip_ratio_low", "clip_ratio_high",
+                "completion_length", "grad_norm", "learning_rate", "kl", "stage"):
+        assert key in result.history[0]
+
+
+def test_training_is_deterministic():
+    a, b = fresh(), fresh()
+    train(a, GRPOConfig(num_generations=4, **SMALL))
+    train(b, GRPOConfig(num_generations=4, **SMALL))
+    for (n, x), (_, y) in zip(a.bridge.named_parameters(), b.bridge.named_parameters()):
+        assert torch.equal(x, y), n
+
+
+@pytest.mark.parametrize("config", [
+    GRPOConfig(max_steps=40, eval_steps=40, per_device_train_batch_size=64, num_generations=8),
+    PPOConfig(max_steps=40, eval_steps=40, per_device_train_batch_size=64),
+    DPOConfig(max_steps=40, eval_steps=40, per_device_train_batch_size=32, rpo_alpha=1.0),
+], ids=["grpo", "ppo", "dpo"])
+def test_rl_raises_held_out_accuracy(config):
+    result = train(fresh(), config)
+    assert result.final_accuracy > result.base_accuracy + 0.03, (result.base_accuracy, result.final_accuracy)
+
+
+def test_non_finite_loss_stops_with_the_step():
+    m = fresh()
+    trainer = Trainer(m, GRPOConfig(num_generations=4, **SMALL))
+    with torch.no_grad():
+        next(m.bridge.parameters()).fill_(float("nan"))
+    with pytest.raises(TrainingError, match="step 0: .*non-finite"):
+        trainer.train_step()
