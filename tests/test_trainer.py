@@ -136,3 +136,17 @@ def test_non_finite_loss_stops_with_the_step():
         next(m.bridge.parameters()).fill_(float("nan"))
     with pytest.raises(TrainingError, match="step 0: .*non-finite"):
         trainer.train_step()
+
+
+def test_sampling_twin_shares_the_policy_weights(family):
+    from circuitdyn.train.rollout import sampling_twin
+
+    m = fresh(family)
+    twin = sampling_twin(m.bridge)
+    # the GPT-2 and NeoX bridges compute with split copies of their fused qkv weights (and add an
+    # unembedding bias): they must keep the bridge-wrapped module; the others get the fast twin
+    assert (twin is m.bridge.original_model) == (family in ("gpt2", "neox"))
+    ids = torch.tensor([m.tokenizer("12+34=").input_ids])
+    train(m, GRPOConfig(num_generations=4, **SMALL))  # in-place updates of the bridge...
+    with torch.no_grad():  # ...are what the twin computes with
+        assert torch.allclose(twin(ids).logits, m.bridge(ids), atol=1e-5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import lru_cache
 
 from circuitdyn.tasks.base import TaskError, TaskExample
 
@@ -16,14 +17,19 @@ _PAIRS = [(a, b) for a in range(10, 100) for b in range(10, 100)]
 _TEST_FRACTION = 0.2
 
 
-def _split(split: str) -> list[tuple[int, int]]:
+def _split(split: str) -> tuple[tuple[int, int], ...]:
     if split not in ("train", "test"):
         raise TaskError(f"unknown split {split!r}; use 'train' or 'test'")
+    return _split_pairs(split)
+
+
+@lru_cache(maxsize=2)
+def _split_pairs(split: str) -> tuple[tuple[int, int], ...]:
     order = list(range(len(_PAIRS)))
     random.Random(1234).shuffle(order)
     n_test = int(len(order) * _TEST_FRACTION)
     chosen = order[:n_test] if split == "test" else order[n_test:]
-    return [_PAIRS[i] for i in sorted(chosen)]
+    return tuple(_PAIRS[i] for i in sorted(chosen))
 
 
 def leading_digits(text: str) -> str:

@@ -25,6 +25,29 @@ class Rollout:
     texts: tuple[str, ...]
 
 
+def sampling_twin(bridge: Any) -> torch.nn.Module:
+    """A plain Hugging Face model whose parameters ARE the bridge's (the same Parameter objects), without the
+    bridge's wrapper components: ~1.7x faster sampling, identical samples. Updates to the bridge are seen at
+    once. Falls back to `bridge.original_model` when any weight cannot be shared."""
+    hf = bridge.original_model
+    state = {k.replace("._original_component", ""): v for k, v in hf.state_dict(keep_vars=True).items()}
+    twin = type(hf)(hf.config)
+    expected = list(twin.state_dict().keys())
+    if any(k not in state for k in expected):
+        return hf
+    twin.load_state_dict({k: state[k] for k in expected}, assign=True)
+    # The parameters the bridge actually computes with must all be the twin's: the GPT-2 bridge, for one,
+    # computes with split q/k/v copies of c_attn and adds an unembedding bias, so its twin would be stale.
+    params = [p for p in bridge.parameters() if p.requires_grad]
+    probe = torch.zeros(1, 2, dtype=torch.long, device=params[0].device if params else None)
+    with torch.enable_grad():
+        grads = torch.autograd.grad(bridge(probe).float().sum(), params, allow_unused=True) if params else []
+    used = {id(p) for p, g in zip(params, grads) if g is not None}
+    if used - {id(p) for p in twin.parameters()}:
+        return hf
+    return twin.eval()
+
+
 def encode_prompts(tokenizer: Any, prompts: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
     rows = [list(tokenizer(p, add_special_tokens=True)["input_ids"]) for p in prompts]
     width = max(map(len, rows))
@@ -53,8 +76,9 @@ def sample(
     bridge: Any, tokenizer: Any, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int,
     temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None, greedy: bool = False,
 ) -> Rollout:
-    """Sample completions with a KV cache; stops a row at the tokenizer's eos token."""
-    hf = bridge.original_model
+    """Sample completions with a KV cache; stops a row at the tokenizer's eos token. `bridge` may also be
+    a plain Hugging Face causal LM (e.g. a sampling_twin)."""
+    hf = getattr(bridge, "original_model", bridge)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     n = prompt_ids.shape[0]
     mask = prompt_mask.long()

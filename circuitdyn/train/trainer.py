@@ -25,7 +25,7 @@ from circuitdyn.train import losses as L
 from circuitdyn.train.checkpoint import load_checkpoint, save_checkpoint
 from circuitdyn.train.config import CFRLConfig, DPOConfig, GRPOConfig, PPOConfig, TrainConfig
 from circuitdyn.train.rewards import RewardFn, compute_rewards, task_reward
-from circuitdyn.train.rollout import Rollout, encode_prompts, sample, token_logprobs
+from circuitdyn.train.rollout import Rollout, encode_prompts, sample, sampling_twin, token_logprobs
 
 
 class TrainingError(RuntimeError):
@@ -79,6 +79,7 @@ class Trainer:
             torch.nn.init.zeros_(self.value_head.bias)
         needs_ref = isinstance(config, (PPOConfig, DPOConfig)) or (isinstance(config, GRPOConfig) and config.beta > 0)
         self.reference = self._frozen_copy() if needs_ref else None
+        self.sampler = sampling_twin(self.bridge)
         classifier = classifier_parameters(self.bridge, final_norm=getattr(config, "train_final_norm", False))
         ids = {id(p) for p in classifier}
         backbone = [p for p in self.bridge.parameters() if id(p) not in ids]
@@ -117,7 +118,7 @@ class Trainer:
         prompts = [ex.clean for ex in examples for _ in range(repeats)]
         ids, mask = encode_prompts(self.tokenizer, prompts, self.device)
         try:
-            return sample(bridge or self.bridge, self.tokenizer, ids, mask, max_new_tokens=self.config.max_completion_length,
+            return sample(bridge or self.sampler, self.tokenizer, ids, mask, max_new_tokens=self.config.max_completion_length,
                           temperature=self.config.temperature, top_p=self.config.top_p, generator=self.generator,
                           greedy=greedy)
         except FloatingPointError as err:

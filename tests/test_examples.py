@@ -1,0 +1,37 @@
+"""The examples run as a user runs them (quick settings)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script: str, *args: str) -> str:
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / script), *args], capture_output=True, text=True,
+                         timeout=600, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_main_job_quick(tmp_path):
+    stdout = run("compare_ppo_grpo_dpo.py", "--quick", "--out", str(tmp_path))
+    report = (tmp_path / "report.md").read_text()
+    assert "Held-out accuracy" in report and "| llama |" in report and "neox GRPO" in report
+    for family in ("llama", "neox"):
+        for png in ("metric_deltas_head.png", "per_layer_intensity.png", "training_curves.png"):
+            assert (tmp_path / family / png).stat().st_size > 5000
+    assert (tmp_path / "comparisons.csv").read_text().count("\n") > 20
+    assert "total wall time" in stdout
+
+
+def test_compare_zoo_models(tmp_path):
+    run("compare_zoo_models.py", "--out", str(tmp_path), "--examples", "16")
+    assert (tmp_path / "summary.md").exists() and (tmp_path / "circuit.png").exists()
+
+
+@pytest.mark.parametrize("script", ["zoo_circuits.py"])
+def test_zoo_circuits(tmp_path, script):
+    assert "total wall time" in run(script, "--quick", "--out", str(tmp_path))
