@@ -17,7 +17,7 @@ $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 env: $(BIN)/.installed
 
 demo: env
-	$(BIN)/python examples/zoo_circuits.py --out runs/demo
+	$(BIN)/python examples/compare_ppo_grpo_dpo.py --out runs/demo
 
 test: env
 	$(BIN)/python -m pytest -m "not slow" -q

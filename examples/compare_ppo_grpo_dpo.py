@@ -8,7 +8,7 @@ models answer correctly, at layer and head granularity; plus clean/corrupt EAP (
 The report gives accuracy before/after, paired metric deltas with 95% bootstrap CIs and Wilcoxon
 p-values, and one sentence per family on whether PPO/GRPO raised intensity and entropy more than DPO.
 
-    python examples/compare_ppo_grpo_dpo.py --out runs/compare            # default, ~1-2 min on 2 CPUs
+    python examples/compare_ppo_grpo_dpo.py --out runs/compare            # default, ~3 min on 2 CPUs
     python examples/compare_ppo_grpo_dpo.py --quick --out runs/quick      # smoke test
     python examples/compare_ppo_grpo_dpo.py --model smollm2-135m --task ioi --steps 20
 """
@@ -58,15 +58,19 @@ def analyse(model: LoadedModel, data: Any, graphs: dict[str, Graph]) -> dict[str
 
 
 def family_sentence(family: str, comps: dict[str, Any]) -> str:
+    """Whether PPO and GRPO raised intensity and entropy more than DPO, with the signs spelled out."""
     parts = []
     for metric in ("intensity", "normalized_entropy"):
         d = {a: comps[a][metric].delta for a in ALGORITHMS}
-        both = d["ppo"] > d["dpo"] and d["grpo"] > d["dpo"]
-        verdict = "both PPO and GRPO raised it more than DPO" if both else (
-            "only " + ("PPO" if d["ppo"] > d["dpo"] else "GRPO") + " raised it more than DPO"
-            if (d["ppo"] > d["dpo"]) != (d["grpo"] > d["dpo"]) else "neither PPO nor GRPO raised it more than DPO")
-        parts.append(f"{metric}: {verdict} (delta PPO {d['ppo']:+.3g}, GRPO {d['grpo']:+.3g}, DPO {d['dpo']:+.3g})")
-    return f"**{family}** (zero-ablation, head level) - " + "; ".join(parts) + "."
+        signs = ", ".join(f"{a.upper()} {d[a]:+.3g}" for a in ALGORITHMS)
+        raised = [a.upper() for a in ALGORITHMS if d[a] > 0]
+        moved = "raised by " + ", ".join(raised) if raised else "raised by none"
+        more = [a.upper() for a in ("ppo", "grpo") if d[a] > d["dpo"]]
+        verdict = {2: "both PPO and GRPO changed it upward more than DPO",
+                   1: f"only {more[0] if more else ''} changed it upward more than DPO",
+                   0: "neither PPO nor GRPO changed it upward more than DPO"}[len(more)]
+        parts.append(f"{metric} ({signs}; {moved}): {verdict}")
+    return f"- **{family}** (zero-ablation, head level) - " + "; ".join(parts) + "."
 
 
 def run_family(spec: str, family: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -165,7 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", help="model spec (repeatable); default: every zoo family")
     parser.add_argument("--task", default="addition")
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--probes", type=int, default=256)
     parser.add_argument("--answer-tokens", type=int, default=2, help="answer tokens in the teacher-forced NLL")
     parser.add_argument("--completion-length", type=int, default=4)

@@ -70,6 +70,19 @@ def save_checkpoint(folder: Path, *, modules: dict[str, torch.nn.Module], optimi
     return folder
 
 
+def load_module_weights(path: Path, module: torch.nn.Module) -> None:
+    """Load one module's weights from a checkpoint file, refusing files that do not match it exactly."""
+    try:
+        saved = load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path}: unreadable weights (missing, truncated or corrupted?): {err}") from None
+    expected = set(_unique_state(module))  # tied duplicates are stored once
+    if set(saved) != expected:
+        raise CheckpointError(f"{path}: weights do not match the model (missing {sorted(expected - set(saved))[:3]}, "
+                              f"unexpected {sorted(set(saved) - expected)[:3]}); was it saved from another model?")
+    module.load_state_dict(saved, strict=False)
+
+
 def load_checkpoint(folder: Path, *, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
                     generator: torch.Generator, py_random: random.Random) -> dict[str, Any]:
     """Restore modules, optimizer and RNG states in place; returns the saved trainer state."""
@@ -81,14 +94,9 @@ def load_checkpoint(folder: Path, *, modules: dict[str, torch.nn.Module], optimi
         raise CheckpointError(f"{meta_path}: missing or not valid JSON ({err}); is {folder} a circuitdyn checkpoint?") from None
     if meta.get("schema") != SCHEMA or meta.get("version") != VERSION:
         raise CheckpointError(f"{meta_path}: schema/version {meta.get('schema')}/{meta.get('version')}, expected {SCHEMA}/{VERSION}")
+    for name, module in modules.items():
+        load_module_weights(folder / f"{name}.safetensors", module)
     try:
-        for name, module in modules.items():
-            saved = load_file(str(folder / f"{name}.safetensors"))
-            expected = set(_unique_state(module))  # tied duplicates are stored once
-            if set(saved) != expected:
-                raise CheckpointError(f"{folder / (name + '.safetensors')}: weights do not match the model "
-                                      f"(missing {sorted(expected - set(saved))[:3]}, unexpected {sorted(set(saved) - expected)[:3]})")
-            module.load_state_dict(saved, strict=False)
         tensors = load_file(str(folder / "optimizer.safetensors"))
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{folder}: unreadable weights (truncated or corrupted?): {err}") from None

@@ -1,0 +1,171 @@
+"""Command line: `circuitdyn attribute | compare | train | report`, mirroring the Python API.
+
+    circuitdyn attribute --model zoo:llama --task addition --method eap-ig-inputs --out base.safetensors
+    circuitdyn train --model zoo:llama --algorithm grpo --set max_steps=40 --out runs/grpo
+    circuitdyn attribute --model zoo:llama --checkpoint runs/grpo/final --out tuned.safetensors
+    circuitdyn compare base.safetensors tuned.safetensors --out runs/cmp
+    circuitdyn report runs/cmp/comparison.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from circuitdyn.attribution.attribute import Ablation, Aggregation, Method
+from circuitdyn.graph import Granularity
+
+ALGORITHMS = ("grpo", "cfrl", "ppo", "dpo")
+
+
+def _model(spec: str, checkpoint: str | None) -> Any:
+    from circuitdyn.models import load_model
+
+    model = load_model(spec)
+    if checkpoint:
+        from circuitdyn.train.checkpoint import load_module_weights
+
+        load_module_weights(Path(checkpoint) / "policy.safetensors", model.bridge.original_model)
+    return model
+
+
+def cmd_attribute(args: argparse.Namespace) -> int:
+    from circuitdyn.attribution import attribute
+    from circuitdyn.io import save_attribution
+    from circuitdyn.metrics import circuit_metrics
+    from circuitdyn.tasks import get_task, tokenize_pairs
+
+    model = _model(args.model, args.checkpoint)
+    task = get_task(args.task)
+    data = tokenize_pairs(model.tokenizer, task.examples(args.examples, seed=args.seed), answer_tokens=args.answer_tokens)
+    result = attribute(model, args.granularity, data, args.metric or task.default_metric, method=args.method,
+                       ablation=args.ablation, steps=args.steps, aggregation=args.aggregation, per_example=True,
+                       progress=True)
+    if args.out:
+        save_attribution(result, args.out)
+        print(f"wrote {args.out}")
+    print(f"{result.graph.n_edges} edges, {len(data)} examples, {result.provenance['seconds']} s")
+    for name, score in result.top_edges(args.top):
+        print(f"  {score:+.5f}  {name}")
+    print(json.dumps({k: round(float(v), 6) for k, v in circuit_metrics(result).items()}, indent=1))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from circuitdyn.compare import compare, edge_diff
+    from circuitdyn.io import load_attribution, save_records
+    from circuitdyn.report import comparison_records, markdown_table, to_csv
+
+    base, tuned = load_attribution(args.base), load_attribution(args.tuned)
+    comp = compare(base, tuned, name=args.name, seed=args.seed)
+    print(markdown_table([comp]))
+    print(json.dumps(edge_diff(base, tuned, min(args.top_k, base.graph.n_edges)), indent=1))
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        records = comparison_records([comp])
+        to_csv(records, out / "comparison.csv")
+        save_records(records, out / "comparison.json")
+        print(f"wrote {out}")
+    return 0
+
+
+def _parse_sets(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--set takes key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from circuitdyn.train import config_from_dict, train
+
+    fields = json.loads(Path(args.config).read_text()) if args.config else {}
+    fields.update(_parse_sets(args.set))
+    fields.update({"algorithm": args.algorithm, "output_dir": args.out, "progress": True})
+    config = config_from_dict(fields)
+    model = _model(args.model, None)
+    result = train(model, config)
+    print(f"{args.algorithm}: held-out accuracy {result.base_accuracy:.3f} -> {result.final_accuracy:.3f} "
+          f"in {result.seconds:.1f} s; checkpoint {result.checkpoint}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from circuitdyn.compare import Comparison, MetricDelta
+
+    records = json.loads(Path(args.records).read_text())
+    by_name: dict[str, list[MetricDelta]] = {}
+    fields = MetricDelta.__dataclass_fields__
+    for r in records:
+        by_name.setdefault(r["comparison"], []).append(MetricDelta(**{k: r[k] for k in fields}))
+    from circuitdyn.report import markdown_table
+
+    print(markdown_table([Comparison(name, tuple(ds)) for name, ds in by_name.items()]))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="circuitdyn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("attribute", help="edge scores of a model on a task (saved as safetensors)")
+    a.add_argument("--model", required=True, help="zoo:NAME, smollm2-135m, gemma3-270m, a folder, a .gguf or a hub id")
+    a.add_argument("--checkpoint", help="a `circuitdyn train` checkpoint folder to load into the model")
+    a.add_argument("--task", default="addition", help="addition, ioi, greater_than, or a .jsonl file")
+    a.add_argument("--examples", type=int, default=32)
+    a.add_argument("--method", choices=[m.value for m in Method], default="eap")
+    a.add_argument("--ablation", choices=[m.value for m in Ablation], default="noising")
+    a.add_argument("--granularity", choices=[g.value for g in Granularity], default="head")
+    a.add_argument("--aggregation", choices=[g.value for g in Aggregation], default="per_token")
+    a.add_argument("--metric", help="logit_diff, answer_nll, answer_logprob, kl_to_clean (default: the task's)")
+    a.add_argument("--steps", type=int, default=5, help="EAP-IG interpolation steps")
+    a.add_argument("--answer-tokens", type=int, default=1)
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--top", type=int, default=10)
+    a.add_argument("--out", help="output .safetensors")
+    a.set_defaults(fn=cmd_attribute)
+
+    c = sub.add_parser("compare", help="paired comparison of two attributions on the same prompts")
+    c.add_argument("base")
+    c.add_argument("tuned")
+    c.add_argument("--name", default="tuned - base")
+    c.add_argument("--top-k", type=int, default=20)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--out", help="folder for comparison.csv / comparison.json")
+    c.set_defaults(fn=cmd_compare)
+
+    t = sub.add_parser("train", help="fine-tune with GRPO, CF-RL, PPO or DPO")
+    t.add_argument("--model", required=True)
+    t.add_argument("--algorithm", choices=ALGORITHMS, default="grpo")
+    t.add_argument("--config", help="JSON file of config fields")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    t.add_argument("--out", required=True, help="output folder (log.jsonl, checkpoints)")
+    t.set_defaults(fn=cmd_train)
+
+    r = sub.add_parser("report", help="markdown table from comparison records (JSON)")
+    r.add_argument("records")
+    r.set_defaults(fn=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except (ValueError, FileNotFoundError, RuntimeError, MemoryError) as err:
+        print(f"circuitdyn {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,33 @@
+import json
+
+import pytest
+
+from circuitdyn.cli import main
+
+
+def test_attribute_train_compare_report(tmp_path, capsys):
+    base, tuned, run = tmp_path / "base.safetensors", tmp_path / "tuned.safetensors", tmp_path / "run"
+    common = ["--model", "zoo:llama", "--examples", "12", "--ablation", "zero", "--metric", "answer_nll"]
+    assert main(["attribute", *common, "--out", str(base)]) == 0
+    assert main(["train", "--model", "zoo:llama", "--algorithm", "grpo", "--set", "max_steps=2", "--set", "eval_steps=0",
+                 "--set", "per_device_train_batch_size=16", "--out", str(run)]) == 0
+    assert (run / "final" / "policy.safetensors").exists() and (run / "log.jsonl").read_text().count("\n") == 2
+    assert main(["attribute", *common, "--checkpoint", str(run / "final"), "--out", str(tuned)]) == 0
+    assert main(["compare", str(base), str(tuned), "--out", str(tmp_path / "cmp")]) == 0
+    records = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert {r["metric"] for r in records} >= {"intensity", "normalized_entropy", "gini", "kurtosis"}
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "cmp" / "comparison.json")]) == 0
+    assert "| tuned - base | 12 |" in capsys.readouterr().out
+
+
+def test_errors_are_one_line(capsys, tmp_path):
+    assert main(["attribute", "--model", "zoo:nope"]) == 2
+    assert "zoo:llama" in capsys.readouterr().err
+    assert main(["train", "--model", "zoo:llama", "--set", "per_device_train_batch_size=10", "--out", str(tmp_path)]) == 2
+    assert "num_generations" in capsys.readouterr().err
+    assert main(["attribute", "--model", "zoo:llama", "--task", "nope"]) == 2
+    assert "addition" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["attribute", "--model", "zoo:llama", "--method", "magic"])
+    assert "eap-ig-inputs" in capsys.readouterr().err
