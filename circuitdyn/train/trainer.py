@@ -335,6 +335,9 @@ class Trainer:
         log_file = (out_dir / "log.jsonl") if out_dir else None
         if out_dir:
             out_dir.mkdir(parents=True, exist_ok=True)
+        for cb in self.callbacks:
+            if hasattr(cb, "on_train_begin"):
+                cb.on_train_begin(self)
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc=cfg.algorithm.value, disable=not cfg.progress)
         checkpoint = None
         while self.step < cfg.max_steps:

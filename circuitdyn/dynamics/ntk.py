@@ -1,0 +1,150 @@
+"""Empirical NTK of the chosen-token log-probability, split into a feature part and a backbone part.
+
+For a probe sample x with chosen next token y, f(x) = log pi(y|x) = log softmax(W_U h(x) + b_U)_y, with
+h(x) the final normalised residual at the predicting position. Its parameter gradient has two blocks:
+  classifier:  df/dW_U = a(x) h(x)^T,  df/db_U = a(x),   with a(x) = e_y - softmax(z(x))
+  backbone:    df/dtheta_b = J_h(x)^T W_U^T a(x)
+so K(x, x') = <df(x), df(x')> = K_feature + K_backbone with
+  K_feature(x, x')  = (h(x).h(x') + [b_U]) * a(x).a(x')
+  K_backbone(x, x') = (J_h(x)^T u(x)) . (J_h(x')^T u(x')),  u = W_U^T a   (one backward per sample)
+The split is exact when the unembedding is not tied to the embedding; for tied models the gradient of
+the shared matrix also flows through the embedding, and `cross` (= full - feature - backbone, computed
+from per-sample gradients when asked) holds that remainder.
+
+One-step prediction: after SGD with learning rate eta on the loss -A log pi(y|x) (a policy-gradient step
+with advantage A), log pi(y'|x') changes by eta * A * K(x', x) to first order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from circuitdyn.models import as_bridge
+from circuitdyn.tasks.base import PairBatch
+
+
+class NTKError(ValueError):
+    """A probe set or model the eNTK cannot be computed for; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class NTKDecomposition:
+    feature: Float[Tensor, "N N"]
+    backbone: Float[Tensor, "N N"]
+    features: Float[Tensor, "N d"]  # h(x): final normalised residual at the predicting position
+    logprob: Float[Tensor, " N"]  # log pi(y|x)
+    tied: bool  # the unembedding shares its matrix with the embedding
+    full: Float[Tensor, "N N"] | None = None  # brute force from per-sample gradients, when asked
+
+    @property
+    def total(self) -> Tensor:
+        return self.feature + self.backbone
+
+    @property
+    def cross(self) -> Tensor | None:
+        return None if self.full is None else self.full - self.total
+
+    def summary(self) -> dict[str, float]:
+        """Scalars for time series: mean diagonal of each part and the feature share of the trace."""
+        f, b = torch.diagonal(self.feature).mean(), torch.diagonal(self.backbone).mean()
+        return {"ntk_feature_diag": float(f), "ntk_backbone_diag": float(b),
+                "ntk_feature_share": float(f / (f + b)) if float(f + b) > 0 else float("nan")}
+
+
+def _classifier(bridge: Any) -> tuple[Tensor, Tensor | None]:
+    unembed = bridge.unembed
+    module = getattr(unembed, "original_component", unembed)
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.nn.Parameter):
+        raise NTKError("the model has no unembedding weight parameter (bridge.unembed): the feature/backbone split "
+                       "needs a linear classifier on the final residual")
+    bias = getattr(module, "bias", None)
+    return weight, bias if isinstance(bias, torch.nn.Parameter) else None
+
+
+def estimate_bytes(n_params: int, n_samples: int) -> int:
+    """Memory of the per-sample gradients the computation keeps (float32)."""
+    return 4 * n_params * n_samples
+
+
+def entk(model: Any, batch: PairBatch, *, brute_force: bool = False, memory_budget: int = 2 * 2**30) -> NTKDecomposition:
+    """eNTK of log pi(answer | clean prompt) over the probe batch (first answer token, at answer_pos)."""
+    bridge = as_bridge(model)
+    n = len(batch)
+    if n < 2:
+        raise NTKError(f"the probe set has {n} sample; a kernel compares samples, give at least 2")
+    weight, bias = _classifier(bridge)
+    params = [p for p in bridge.parameters()]
+    cls_ids = {id(weight)} | ({id(bias)} if bias is not None else set())
+    backbone = [p for p in params if id(p) not in cls_ids]
+    n_back = sum(p.numel() for p in backbone)
+    need = estimate_bytes(n_back + (sum(p.numel() for p in params) if brute_force else 0), n)
+    if need > memory_budget:
+        raise NTKError(f"the eNTK needs ~{need / 2**20:.0f} MiB of per-sample gradients ({n} samples x {n_back} backbone "
+                       f"parameters); raise memory_budget (now {memory_budget / 2**20:.0f} MiB) or use fewer probe samples")
+    tied = any(weight is p for p in bridge.embed.parameters())
+    device = weight.device
+    rows = torch.arange(n, device=device)
+    store: dict[str, Tensor] = {}
+
+    def grab(x: Tensor, hook: Any) -> Tensor:
+        store["h"] = x
+        return x
+
+    ids, mask, pos = batch.clean.to(device), batch.mask.to(device).long(), batch.answer_pos.to(device)
+    answers = batch.answers[:, 0].to(device)
+    with torch.enable_grad(), bridge.hooks(fwd_hooks=[("unembed.hook_in", grab)]):
+        logits = bridge(ids, attention_mask=mask)
+    z = logits[rows, pos].float()
+    h = store["h"][rows, pos]
+    logp_all = torch.log_softmax(z, -1)
+    logprob = logp_all[rows, answers]
+    a = (torch.nn.functional.one_hot(answers, z.shape[-1]).float() - logp_all.exp()).detach()
+    hd = h.detach().float()
+    feature = (hd @ hd.T + (1.0 if bias is not None else 0.0)) * (a @ a.T)
+    # backbone: one vector-Jacobian product per sample, u = W_U^T a through h (classifier held fixed)
+    u = a @ weight.detach().float()  # [N, d]; W_U is [V, d]
+    grads = []
+    for i in range(n):
+        g = torch.autograd.grad(h[i], backbone, grad_outputs=u[i].to(h.dtype), retain_graph=True, allow_unused=True)
+        grads.append(torch.cat([(x if x is not None else torch.zeros_like(p)).flatten().float() for x, p in zip(g, backbone)]))
+    gb = torch.stack(grads)
+    backbone_k = gb @ gb.T
+    full = None
+    if brute_force:
+        per = []
+        for i in range(n):
+            g = torch.autograd.grad(logprob[i], params, retain_graph=True, allow_unused=True)
+            per.append(torch.cat([(x if x is not None else torch.zeros_like(p)).flatten().float() for x, p in zip(g, params)]))
+        gf = torch.stack(per)
+        full = gf @ gf.T
+    return NTKDecomposition(feature.detach(), backbone_k.detach(), hd, logprob.detach(), tied, full)
+
+
+def predicted_logprob_change(decomposition: NTKDecomposition, source: int, lr: float, advantage: float) -> Tensor:
+    """First-order change of log pi(y'|x') for every probe x' after one SGD step of size lr on
+    -advantage * log pi(y|x_source)."""
+    return lr * advantage * decomposition.total[:, source]
+
+
+def feature_variability(features: Float[Tensor, "N d"]) -> dict[str, float]:
+    """Spread of h over the probe set: total variance, effective rank (exp of the entropy of the normalised
+    singular values of the centred features) and mean pairwise cosine similarity."""
+    if features.shape[0] < 2:
+        raise NTKError("feature variability needs at least 2 probe samples")
+    x = features.double()
+    c = x - x.mean(0, keepdim=True)
+    s = torch.linalg.svdvals(c)
+    p = s / s.sum() if float(s.sum()) > 0 else s
+    eff = float(torch.exp(-(p[p > 0] * torch.log(p[p > 0])).sum())) if float(s.sum()) > 0 else 0.0
+    unit = x / x.norm(dim=1, keepdim=True).clamp(min=1e-12)
+    cos = unit @ unit.T
+    n = x.shape[0]
+    mean_cos = float((cos.sum() - cos.diagonal().sum()) / (n * (n - 1)))
+    return {"feature_total_variance": float((c**2).sum() / (n - 1)), "feature_effective_rank": eff,
+            "feature_mean_cosine": mean_cos}

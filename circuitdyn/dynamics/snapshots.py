@@ -1,0 +1,103 @@
+"""Callbacks that record circuits and learning dynamics during training, into one time series.
+
+They read the policy (the trainer's bridge) in place, draw samples from their own generator (recording never
+changes the training trajectory), and append one JSON line per record to `path` when given.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from circuitdyn.attribution import attribute
+from circuitdyn.dynamics.behaviour import confidence, diversity
+from circuitdyn.dynamics.ntk import entk, feature_variability
+from circuitdyn.metrics import circuit_metrics
+from circuitdyn.tasks.base import PairBatch, TaskExample
+from circuitdyn.train.rollout import encode_prompts, sample
+
+
+def _append(path: Path | None, row: dict[str, Any]) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+@dataclass
+class CircuitSnapshot:
+    """Every `every` steps (and before training): attribution on a fixed probe batch, and its metrics."""
+
+    probe: PairBatch
+    every: int = 10
+    path: Path | None = None
+    granularity: str = "layer"
+    metric: str = "answer_nll"
+    ablation: str = "zero"
+    method: str = "eap"
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.every < 1:
+            raise ValueError(f"every must be >= 1, got {self.every}")
+
+    def record(self, trainer: Any, step: int) -> dict[str, Any]:
+        a = attribute(trainer.model, self.granularity, self.probe, self.metric, ablation=self.ablation, method=self.method)
+        row = {"step": step, **{f"circuit_{k}": float(v) for k, v in circuit_metrics(a).items()}}
+        self.rows.append(row)
+        _append(self.path, row)
+        return row
+
+    def on_train_begin(self, trainer: Any) -> None:
+        if trainer.step == 0:
+            self.record(trainer, 0)
+
+    def on_step_end(self, trainer: Any, step: int, logs: dict[str, Any]) -> dict[str, Any] | None:
+        if step % self.every:
+            return None
+        row = self.record(trainer, step)
+        return {k: row[k] for k in ("circuit_intensity", "circuit_normalized_entropy")}
+
+
+@dataclass
+class DynamicsRecorder:
+    """Every `every` steps: confidence, diversity of `samples` completions per prompt, the eNTK split and
+    feature variability on the probe set, and (optionally) circuit metrics: one row per record."""
+
+    probe: PairBatch
+    examples: list[TaskExample]
+    every: int = 10
+    samples: int = 8
+    path: Path | None = None
+    circuits: CircuitSnapshot | None = None
+    seed: int = 12345
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def record(self, trainer: Any, step: int) -> dict[str, Any]:
+        row: dict[str, Any] = {"step": step, **confidence(trainer.model, self.probe)}
+        gen = torch.Generator().manual_seed(self.seed + step)
+        prompts = [e.clean for e in self.examples for _ in range(self.samples)]
+        ids, mask = encode_prompts(trainer.tokenizer, prompts, trainer.device)
+        out = sample(trainer.sampler, trainer.tokenizer, ids, mask, max_new_tokens=trainer.config.max_completion_length,
+                     temperature=trainer.config.temperature, generator=gen)
+        groups = [list(out.texts[i * self.samples:(i + 1) * self.samples]) for i in range(len(self.examples))]
+        row.update(diversity(groups, self.examples, trainer.task))
+        k = entk(trainer.model, self.probe)
+        row.update(k.summary())
+        row.update(feature_variability(k.features))
+        if self.circuits is not None:
+            row.update({k2: v for k2, v in self.circuits.record(trainer, step).items() if k2 != "step"})
+        self.rows.append(row)
+        _append(self.path, row)
+        return row
+
+    def on_train_begin(self, trainer: Any) -> None:
+        if trainer.step == 0:
+            self.record(trainer, 0)
+
+    def on_step_end(self, trainer: Any, step: int, logs: dict[str, Any]) -> dict[str, Any] | None:
+        return None if step % self.every else self.record(trainer, step)

@@ -1,0 +1,97 @@
+import pytest
+import torch
+
+from circuitdyn.dynamics import (
+    NTKError, confidence, distinct_n, diversity, entk, feature_variability, pass_at_k, predicted_logprob_change,
+)
+from circuitdyn.models import clone_model
+from circuitdyn.tasks import Addition, tokenize_pairs
+from tests.conftest import zoo_model
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "neox"])
+def test_feature_plus_backbone_equals_brute_force(family):
+    m = zoo_model(family)
+    data = tokenize_pairs(m.tokenizer, Addition().examples(4, seed=3))
+    k = entk(m, data, brute_force=True)
+    assert not k.tied
+    assert float((k.full - k.total).abs().max()) <= 1e-5 * float(k.full.abs().max())
+    assert torch.allclose(k.feature, k.feature.T) and (torch.linalg.eigvalsh(k.total.double()) > -1e-3).all()
+
+
+def test_tied_unembedding_reports_the_cross_term():
+    m = zoo_model("gpt2")
+    k = entk(m, tokenize_pairs(m.tokenizer, Addition().examples(3, seed=3)), brute_force=True)
+    assert k.tied and float(k.cross.abs().max()) > 1e-3
+
+
+def test_one_step_prediction_matches_a_real_sgd_step():
+    m = clone_model(zoo_model("llama"))
+    data = tokenize_pairs(m.tokenizer, Addition().examples(5, seed=7))
+    k = entk(m, data)
+    lr, advantage, source = 1e-4, 1.0, 2
+    predicted = predicted_logprob_change(k, source, lr, advantage)
+    opt = torch.optim.SGD(m.bridge.parameters(), lr=lr)
+    logits = m.bridge(data.clean[source:source + 1])
+    logp = torch.log_softmax(logits[0, data.answer_pos[source]], -1)[data.answers[source, 0]]
+    (-advantage * logp).backward()
+    opt.step()
+    after = entk(m, data).logprob
+    actual = after - k.logprob
+    assert torch.allclose(actual, predicted, rtol=0.05, atol=1e-6), (actual, predicted)
+    assert actual[source] > 0  # the sample itself became more likely
+
+
+def test_bad_inputs():
+    m = zoo_model("llama")
+    one = tokenize_pairs(m.tokenizer, Addition().examples(1))
+    with pytest.raises(NTKError, match="at least 2"):
+        entk(m, one)
+    with pytest.raises(NTKError, match="MiB"):
+        entk(m, tokenize_pairs(m.tokenizer, Addition().examples(4)), memory_budget=1000)
+    with pytest.raises(NTKError, match="at least 2"):
+        feature_variability(torch.randn(1, 4))
+
+
+def test_feature_variability():
+    same = feature_variability(torch.ones(5, 3))
+    assert same["feature_total_variance"] == 0 and same["feature_mean_cosine"] == pytest.approx(1.0)
+    spread = feature_variability(torch.eye(4))
+    assert spread["feature_effective_rank"] == pytest.approx(3.0, rel=1e-6)  # centred identity: rank 3, equal values
+
+
+def test_confidence_and_diversity():
+    m = zoo_model("llama")
+    data = tokenize_pairs(m.tokenizer, Addition().examples(8))
+    c = confidence(m, data)
+    assert 0 < c["confidence_max_prob"] <= 1 and c["confidence_entropy"] >= 0 and c["confidence_answer_logprob"] <= 0
+    assert pass_at_k(4, 0, 1) == 0 and pass_at_k(4, 4, 2) == 1 and pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(5, 2, 2) == pytest.approx(1 - 3 / 10)
+    assert distinct_n(["aa", "ab"], 1) == pytest.approx(2 / 4)
+    ex = Addition().examples(2)
+    d = diversity([[ex[0].answer] * 3 + ["0"], ["1", "2", "3", "4"]], ex, Addition(), ks=(1, 2))
+    assert d["self_agreement"] == pytest.approx((0.75 + 0.25) / 2)
+    assert d["pass@1"] == pytest.approx((0.75 + (1.0 if ex[1].answer in "1234" else 0.0) / 4) / 2)
+
+
+def test_callbacks_record_without_changing_training(tmp_path):
+    from circuitdyn.dynamics.snapshots import CircuitSnapshot, DynamicsRecorder
+    from circuitdyn.train import GRPOConfig, train
+
+    cfg = GRPOConfig(max_steps=4, eval_steps=0, per_device_train_batch_size=16, num_generations=4, learning_rate=1e-4)
+    plain = clone_model(zoo_model("llama"))
+    train(plain, cfg)
+    m = clone_model(zoo_model("llama"))
+    examples = Addition().examples(6, seed=11)
+    probe = tokenize_pairs(m.tokenizer, examples, answer_tokens=2)
+    circuits = CircuitSnapshot(probe, every=2)
+    rec = DynamicsRecorder(probe, examples, every=2, samples=4, path=tmp_path / "dyn.jsonl", circuits=circuits)
+    result = train(m, cfg, callbacks=[rec])
+    assert [r["step"] for r in rec.rows] == [0, 2, 4]
+    assert (tmp_path / "dyn.jsonl").read_text().count("\n") == 3
+    for key in ("confidence_max_prob", "pass@1", "distinct_1", "ntk_feature_diag", "ntk_backbone_diag",
+                "feature_effective_rank", "circuit_intensity", "circuit_normalized_entropy"):
+        assert key in rec.rows[-1]
+    assert "ntk_feature_share" in result.history[1]
+    for (n, a), (_, b) in zip(plain.bridge.named_parameters(), m.bridge.named_parameters()):
+        assert torch.equal(a, b), n
