@@ -95,3 +95,13 @@ def test_callbacks_record_without_changing_training(tmp_path):
     assert "ntk_feature_share" in result.history[1]
     for (n, a), (_, b) in zip(plain.bridge.named_parameters(), m.bridge.named_parameters()):
         assert torch.equal(a, b), n
+
+
+def test_entk_works_while_a_stage_freezes_the_backbone():
+    m = clone_model(zoo_model("llama"))
+    frozen = [p for n, p in m.bridge.named_parameters() if "lm_head" not in n]
+    for p in frozen:
+        p.requires_grad_(False)
+    k = entk(m, tokenize_pairs(m.tokenizer, Addition().examples(3)))
+    assert float(torch.diagonal(k.backbone).min()) > 0
+    assert not any(p.requires_grad for p in frozen)

@@ -35,3 +35,8 @@ def test_compare_zoo_models(tmp_path):
 @pytest.mark.parametrize("script", ["zoo_circuits.py"])
 def test_zoo_circuits(tmp_path, script):
     assert "total wall time" in run(script, "--quick", "--out", str(tmp_path))
+
+
+def test_cfrl_study_quick(tmp_path):
+    assert "total wall time" in run("cfrl_study.py", "--quick", "--out", str(tmp_path))
+    assert (tmp_path / "curves.png").stat().st_size > 10000 and (tmp_path / "time_series.json").exists()

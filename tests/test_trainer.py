@@ -150,3 +150,21 @@ def test_sampling_twin_shares_the_policy_weights(family):
     train(m, GRPOConfig(num_generations=4, **SMALL))  # in-place updates of the bridge...
     with torch.no_grad():  # ...are what the twin computes with
         assert torch.allclose(twin(ids).logits, m.bridge(ids), atol=1e-5)
+
+
+def test_dpo_from_user_pairs_and_stop_tokens():
+    from circuitdyn.tasks import Addition
+
+    pairs = [(e.clean, e.answer, e.foil) for e in Addition().examples(64, split="train")]
+    result = train(fresh(), DPOConfig(max_steps=30, eval_steps=30, per_device_train_batch_size=32, rpo_alpha=1.0),
+                   preference_pairs=pairs)
+    assert result.history[-1]["pairs"] == 64 and result.history[-1]["reward_accuracy"] > 0.5
+    with pytest.raises(TrainingError, match="pair 0"):
+        Trainer(fresh(), DPOConfig(**SMALL), preference_pairs=[("only prompt",)])
+    m = fresh()
+    plus = m.tokenizer.convert_tokens_to_ids("1")
+    tr = Trainer(m, GRPOConfig(num_generations=4, stop_token_ids=(plus,), **SMALL))
+    out = tr._rollout(Addition().examples(4), 4)
+    for ids, mask in zip(out.completion_ids, out.completion_mask):
+        kept = ids[mask].tolist()
+        assert all(t != plus for t in kept[:-1])  # sampling stops at the first stop token

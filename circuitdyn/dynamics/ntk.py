@@ -17,8 +17,9 @@ with advantage A), log pi(y'|x') changes by eta * A * K(x', x) to first order.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from jaxtyping import Float
@@ -72,8 +73,26 @@ def estimate_bytes(n_params: int, n_samples: int) -> int:
     return 4 * n_params * n_samples
 
 
+@contextlib.contextmanager
+def _all_parameters_differentiable(bridge: Any) -> Iterator[None]:
+    """The kernel differentiates every parameter, also those a training stage froze (CF-RL stage 1)."""
+    frozen = [p for p in bridge.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
+
+
 def entk(model: Any, batch: PairBatch, *, brute_force: bool = False, memory_budget: int = 2 * 2**30) -> NTKDecomposition:
     """eNTK of log pi(answer | clean prompt) over the probe batch (first answer token, at answer_pos)."""
+    with _all_parameters_differentiable(as_bridge(model)):
+        return _entk(model, batch, brute_force=brute_force, memory_budget=memory_budget)
+
+
+def _entk(model: Any, batch: PairBatch, *, brute_force: bool, memory_budget: int) -> NTKDecomposition:
     bridge = as_bridge(model)
     n = len(batch)
     if n < 2:

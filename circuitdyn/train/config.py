@@ -61,6 +61,7 @@ class TrainConfig:
     max_completion_length: int = 4
     temperature: float = 1.0
     top_p: float = 1.0
+    stop_token_ids: tuple[int, ...] = ()  # besides the tokenizer's eos
     seed: int = 0
     logging_steps: int = 1
     eval_steps: int = 10
@@ -74,6 +75,7 @@ class TrainConfig:
                   "max_completion_length", "temperature", "eval_size", "logging_steps")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
         if self.per_device_train_batch_size % self.gradient_accumulation_steps:
             raise ConfigError(f"per_device_train_batch_size {self.per_device_train_batch_size} must be divisible by "
                               f"gradient_accumulation_steps {self.gradient_accumulation_steps}")
@@ -187,6 +189,8 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
     d = dict(d)
     algo = _enum(Algorithm, d.pop("algorithm", None), "algorithm")
     kind = CONFIGS[algo]
+    if "stop_token_ids" in d:
+        d["stop_token_ids"] = tuple(d["stop_token_ids"])
     known = {f for f in kind.__dataclass_fields__}
     unknown = sorted(set(d) - known)
     if unknown:

@@ -75,11 +75,14 @@ def _top_p(logits: Tensor, top_p: float) -> Tensor:
 def sample(
     bridge: Any, tokenizer: Any, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int,
     temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None, greedy: bool = False,
+    stop_token_ids: tuple[int, ...] = (),
 ) -> Rollout:
-    """Sample completions with a KV cache; stops a row at the tokenizer's eos token. `bridge` may also be
+    """Sample completions with a KV cache; stops a row at the tokenizer's eos token (or any of
+    `stop_token_ids`, which are kept in the completion). `bridge` may also be
     a plain Hugging Face causal LM (e.g. a sampling_twin)."""
     hf = getattr(bridge, "original_model", bridge)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    stops = torch.tensor([eos, *stop_token_ids], device=prompt_ids.device)
     n = prompt_ids.shape[0]
     mask = prompt_mask.long()
     out = hf(input_ids=prompt_ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True)
@@ -98,7 +101,7 @@ def sample(
         nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
         tokens.append(nxt)
         alive.append(~done)
-        done = done | (nxt == eos)
+        done = done | torch.isin(nxt, stops)
         if bool(done.all()) or step == max_new_tokens - 1:
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)

@@ -58,7 +58,10 @@ def classifier_parameters(bridge: Any, *, final_norm: bool = False) -> list[torc
 class Trainer:
     def __init__(self, model: LoadedModel, config: TrainConfig, *, task: Task | None = None,
                  reward: RewardFn | None = None, callbacks: Sequence[Callback] = (),
-                 resume_from: str | Path | None = None) -> None:
+                 resume_from: str | Path | None = None,
+                 preference_pairs: Sequence[tuple[str, str, str]] | None = None) -> None:
+        """`preference_pairs` (DPO only): user data as (prompt, chosen completion, rejected completion);
+        without them, pairs are sampled from the reference model and labelled by the reward."""
         if not isinstance(model, LoadedModel):
             raise TypeError("Trainer needs a LoadedModel from circuitdyn.models.load_model")
         self.model, self.config = model, config
@@ -93,6 +96,10 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.eval_examples = self.task.examples(config.eval_size, seed=config.seed + 10_000, split="test")
         self.pairs: tuple[Rollout, Rollout, Tensor, Tensor] | None = None
+        if preference_pairs is not None:
+            if not isinstance(config, DPOConfig):
+                raise TypeError("preference_pairs are for DPO (DPOConfig)")
+            self.pairs = self._pairs_from_data(preference_pairs)
         self.base_accuracy: float | None = None
         if resume_from is not None:
             self._resume(Path(resume_from))
@@ -120,7 +127,7 @@ class Trainer:
         try:
             return sample(bridge or self.sampler, self.tokenizer, ids, mask, max_new_tokens=self.config.max_completion_length,
                           temperature=self.config.temperature, top_p=self.config.top_p, generator=self.generator,
-                          greedy=greedy)
+                          greedy=greedy, stop_token_ids=self.config.stop_token_ids)
         except FloatingPointError as err:
             raise TrainingError(f"step {self.step}: {err}; the weights are no longer finite. Lower learning_rate; "
                                 "the last checkpoint is intact") from None
@@ -273,6 +280,30 @@ class Trainer:
             ref_r = (token_logprobs(self.reference, r)[0] * r.completion_mask).sum(1)
         return c, r, ref_c, ref_r
 
+    def _completion_rollout(self, prompts: list[str], completions: list[str]) -> Rollout:
+        ids, mask = encode_prompts(self.tokenizer, prompts, self.device)
+        rows = [list(self.tokenizer(c, add_special_tokens=False)["input_ids"]) + [self.tokenizer.eos_token_id] for c in completions]
+        width = max(map(len, rows))
+        pad = self.tokenizer.pad_token_id
+        cids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=self.device)
+        cmask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.bool, device=self.device)
+        return Rollout(ids, mask, cids, cmask, tuple(completions))
+
+    def _pairs_from_data(self, pairs: Sequence[tuple[str, str, str]]) -> tuple[Rollout, Rollout, Tensor, Tensor]:
+        assert self.reference is not None
+        if not pairs:
+            raise TrainingError("preference_pairs is empty: give (prompt, chosen, rejected) triples")
+        for i, p in enumerate(pairs):
+            if len(p) != 3 or not all(isinstance(x, str) and x for x in p):
+                raise TrainingError(f"preference pair {i} must be (prompt, chosen, rejected) non-empty strings, got {p!r}")
+        prompts = [p[0] for p in pairs]
+        c = self._completion_rollout(prompts, [p[1] for p in pairs])
+        r = self._completion_rollout(prompts, [p[2] for p in pairs])
+        with torch.no_grad():
+            ref_c = (token_logprobs(self.reference, c)[0] * c.completion_mask).sum(1)
+            ref_r = (token_logprobs(self.reference, r)[0] * r.completion_mask).sum(1)
+        return c, r, ref_c, ref_r
+
     def _dpo_step(self, cfg: DPOConfig) -> dict[str, Any]:
         if self.pairs is None:
             self.pairs = self._build_pairs(cfg)
@@ -372,8 +403,9 @@ class Trainer:
             raise CheckpointError("resuming DPO is not supported: its preference pairs are not checkpointed; "
                                   "DPO runs are short, rerun from the start")
         meta_cfg = json.loads((folder / "checkpoint.json").read_text())["state"]["config"] if (folder / "checkpoint.json").exists() else None
+        ours = json.loads(json.dumps(self.config.as_dict()))  # the form it was saved in (tuples become lists)
         if meta_cfg is not None and {k: v for k, v in meta_cfg.items() if k != "max_steps"} != \
-                {k: v for k, v in self.config.as_dict().items() if k != "max_steps"}:
+                {k: v for k, v in ours.items() if k != "max_steps"}:
             raise CheckpointError(f"{folder}: saved with a different config; resume with the config it was saved with")
         state = load_checkpoint(folder, modules=self._modules(), optimizer=self.optimizer, generator=self.generator,
                                 py_random=self.py_random)
