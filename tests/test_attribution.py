@@ -184,3 +184,10 @@ def test_memory_budget_chunks_automatically():
     small = attribute(m, g, data, "logit_diff", memory_budget=buffer_bytes(g, 2, data.clean.shape[1]))
     big = attribute(m, g, data, "logit_diff")
     assert close(small.scores, big.scores, rel=1e-6)
+
+
+def test_same_seed_gives_bit_identical_scores():
+    m = zoo_model("gemma3")
+    data = data_for(m, n=4, k=2)
+    runs = [attribute(m, "head", data, "answer_nll", method="eap-ig-inputs", steps=3, per_example=True) for _ in range(2)]
+    assert torch.equal(runs[0].scores, runs[1].scores) and torch.equal(runs[0].per_example, runs[1].per_example)

@@ -404,8 +404,10 @@ class Trainer:
                                   "DPO runs are short, rerun from the start")
         meta_cfg = json.loads((folder / "checkpoint.json").read_text())["state"]["config"] if (folder / "checkpoint.json").exists() else None
         ours = json.loads(json.dumps(self.config.as_dict()))  # the form it was saved in (tuples become lists)
-        if meta_cfg is not None and {k: v for k, v in meta_cfg.items() if k != "max_steps"} != \
-                {k: v for k, v in ours.items() if k != "max_steps"}:
+        # fields that do not change the trajectory may differ (run longer, write elsewhere, log differently)
+        free = {"max_steps", "output_dir", "progress", "save_steps", "logging_steps", "eval_steps"}
+        if meta_cfg is not None and {k: v for k, v in meta_cfg.items() if k not in free} != \
+                {k: v for k, v in ours.items() if k not in free}:
             raise CheckpointError(f"{folder}: saved with a different config; resume with the config it was saved with")
         state = load_checkpoint(folder, modules=self._modules(), optimizer=self.optimizer, generator=self.generator,
                                 py_random=self.py_random)

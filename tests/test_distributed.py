@@ -1,0 +1,53 @@
+"""Two processes with the gloo backend give the same scores as one process."""
+
+import os
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from circuitdyn.distributed import attribute_sharded, shard_bounds
+
+
+def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        from circuitdyn.io import save_attribution
+        from circuitdyn.models import load_model
+        from circuitdyn.tasks import Addition, tokenize_pairs
+
+        torch.set_num_threads(1)
+        m = load_model("zoo:llama", device="cpu")
+        data = tokenize_pairs(m.tokenizer, Addition().examples(10, seed=4), answer_tokens=2)
+        a = attribute_sharded(m, "head", data, "answer_nll", ablation="zero", per_example=True)
+        save_attribution(a, os.path.join(out_dir, f"rank{rank}.safetensors"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_gloo_processes_match_one(tmp_path):
+    from circuitdyn.attribution import attribute
+    from circuitdyn.io import load_attribution
+    from circuitdyn.models import load_model
+    from circuitdyn.tasks import Addition, tokenize_pairs
+
+    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    m = load_model("zoo:llama", device="cpu")
+    data = tokenize_pairs(m.tokenizer, Addition().examples(10, seed=4), answer_tokens=2)
+    single = attribute(m, "head", data, "answer_nll", ablation="zero", per_example=True, batch_size=5)
+    for rank in (0, 1):
+        got = load_attribution(tmp_path / f"rank{rank}.safetensors")
+        assert float((got.scores - single.scores).abs().max()) <= 1e-6
+        assert float((got.per_example - single.per_example).abs().max()) <= 1e-6
+        assert torch.allclose(got.metric_values, single.metric_values, atol=1e-6)
+        assert got.provenance["world_size"] == 2
+
+
+def test_shard_bounds():
+    assert shard_bounds(10, 3) == [0, 3, 6, 10]
+    import pytest
+
+    from circuitdyn.attribution import AttributionError
+    with pytest.raises(AttributionError, match="at least one per rank"):
+        shard_bounds(1, 2)
