@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Protocol, Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -23,7 +24,7 @@ from circuitdyn.tasks import get_task
 from circuitdyn.tasks.base import Task, TaskExample
 from circuitdyn.train import losses as L
 from circuitdyn.train.checkpoint import load_checkpoint, save_checkpoint
-from circuitdyn.train.config import CFRLConfig, DPOConfig, GRPOConfig, PPOConfig, TrainConfig
+from circuitdyn.train.config import CFRLConfig, DPOConfig, GRPOConfig, PPOConfig, ScaleRewards, TrainConfig
 from circuitdyn.train.rewards import RewardFn, compute_rewards, task_reward
 from circuitdyn.train.rollout import Rollout, encode_prompts, sample, sampling_twin, token_logprobs
 
@@ -44,6 +45,32 @@ class TrainResult:
     checkpoint: Path | None = None
     seconds: float = 0.0
     snapshots: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_sum(t: Tensor) -> Tensor:
+    """Sum over ranks (identity in a single process)."""
+    if _rank_world()[1] > 1:
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
+def _all_reduce_grads(optimizer: torch.optim.Optimizer) -> None:
+    """Sum gradients over ranks: every loss term is already divided by the global normaliser."""
+    if _rank_world()[1] == 1:
+        return
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.requires_grad:
+                if p.grad is None:
+                    p.grad = torch.zeros_like(p)
+                dist.all_reduce(p.grad)
 
 
 def classifier_parameters(bridge: Any, *, final_norm: bool = False) -> list[torch.nn.Parameter]:
@@ -72,7 +99,11 @@ class Trainer:
         self.reward_fn = reward or task_reward(self.task)
         self.callbacks = list(callbacks)
         self.device = model.device
-        self.generator = torch.Generator(device="cpu").manual_seed(config.seed)
+        rank, world = _rank_world()
+        if world > 1 and isinstance(config, (PPOConfig, DPOConfig)):
+            raise TrainingError("data-parallel training supports GRPO and CF-RL; run PPO and DPO in one process")
+        # prompts come from the shared stream (the same on every rank); samples from a per-rank stream
+        self.generator = torch.Generator(device="cpu").manual_seed(config.seed + 1_000_003 * rank)
         self.py_random = random.Random(config.seed)
         torch.manual_seed(config.seed)  # value-head initialisation
         self.value_head: torch.nn.Module | None = None
@@ -178,21 +209,46 @@ class Trainer:
     def _grpo_step(self, cfg: GRPOConfig) -> dict[str, Any]:
         G = cfg.num_generations
         P = cfg.per_device_train_batch_size // G
-        examples = self._prompts(P)
-        roll = self._rollout(examples, G)
-        rep = [ex for ex in examples for _ in range(G)]
+        examples = self._prompts(P)  # the global batch: the same on every rank
+        rank, world = _rank_world()
+        if P % world:
+            raise TrainingError(f"{P} prompt groups per step cannot be split over {world} ranks: make "
+                                "per_device_train_batch_size / num_generations a multiple of the world size")
+        mine = examples[rank * P // world:(rank + 1) * P // world]
+        roll = self._rollout(mine, G)
+        rep = [ex for ex in mine for _ in range(G)]
         rewards = compute_rewards(self.reward_fn, [e.clean for e in rep], roll.texts, rep, step=self.step)
-        adv = L.group_advantages(rewards.view(P, G), cfg.scale_rewards, cfg.advantage_eps).flatten().to(self.device)
+        return self.grpo_update(roll, rewards, n_groups=P)
+
+    def grpo_update(self, roll: Rollout, rewards: Tensor, *, n_groups: int) -> dict[str, Any]:
+        """One GRPO update on this process's rollout (whole groups of num_generations rows). Under
+        torch.distributed the token/sequence normalisers and the batch reward spread are global and the
+        gradients are summed over ranks, so the update equals a single process on the combined batch."""
+        cfg = self.config
+        assert isinstance(cfg, GRPOConfig)
+        G = cfg.num_generations
+        P_local = rewards.numel() // G
+        scale = cfg.scale_rewards
+        adv = L.group_advantages(rewards.view(P_local, G), scale if scale is not ScaleRewards.BATCH else ScaleRewards.NONE,
+                                 cfg.advantage_eps)
+        r_sum, r_sq, r_n = _all_sum(torch.stack([rewards.sum(), (rewards**2).sum(), torch.tensor(float(rewards.numel()))]))
+        r_mean = r_sum / r_n
+        r_std = torch.sqrt(torch.clamp((r_sq - r_n * r_mean**2) / torch.clamp(r_n - 1, min=1), min=0))
+        if scale is ScaleRewards.BATCH:
+            adv = adv / (r_std + cfg.advantage_eps)
+        adv = adv.flatten().to(self.device)
         mask = roll.completion_mask
-        n_seq, n_tok, max_len = P * G, int(mask.sum()), cfg.max_completion_length
+        n_seq, max_len = n_groups * G, cfg.max_completion_length
+        n_tok = int(_all_sum(mask.sum().float()))
         with torch.no_grad():
             old = token_logprobs(self.bridge, roll)[0] if cfg.num_iterations > 1 else None
             ref = token_logprobs(self.reference, roll)[0] if self.reference is not None else None
         eps_high = cfg.epsilon_high if cfg.epsilon_high is not None else cfg.epsilon
-        stats: dict[str, float] = {"loss": 0.0, "clip_low": 0.0, "clip_high": 0.0, "kl": 0.0, "entropy": 0.0}
+        stats = torch.zeros(5)  # loss, clip_low, clip_high, kl, entropy (sums over the whole batch)
+        grad_norm = 0.0
         for _ in range(cfg.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
-            for rows in self._micro(n_seq):
+            for rows in self._micro(rewards.numel()):
                 logp, ent, _ = token_logprobs(self.bridge, roll, rows=rows)
                 old_rows = old[rows] if old is not None else logp.detach()
                 loss, st = L.grpo_loss(logp, old_rows, adv[rows], mask[rows], epsilon=cfg.epsilon, epsilon_high=eps_high,
@@ -200,19 +256,18 @@ class Trainer:
                                        ref_logp=ref[rows] if ref is not None else None, beta=cfg.beta)
                 self._check_loss(loss, self.step, "GRPO")
                 loss.backward()
-                stats["loss"] += loss.item()
-                stats["clip_low"] += float(st["clip_low"]) / max(n_tok, 1)
-                stats["clip_high"] += float(st["clip_high"]) / max(n_tok, 1)
-                stats["kl"] += float(st.get("kl", 0.0)) * float(mask[rows].sum()) / max(n_tok, 1)
-                stats["entropy"] += float((ent * mask[rows]).sum()) / max(n_tok, 1)
+                m_tok = float(mask[rows].sum())
+                stats += torch.tensor([loss.item(), float(st["clip_low"]), float(st["clip_high"]),
+                                       float(st.get("kl", 0.0)) * m_tok, float((ent * mask[rows]).sum())])
+            _all_reduce_grads(self.optimizer)
             grad_norm = self._optimizer_step("GRPO loss")
-        zero_std = (rewards.view(P, G).std(1) == 0).float().mean()
-        n_iter = cfg.num_iterations
-        return {"reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()),
-                "frac_reward_zero_std": float(zero_std), "loss": stats["loss"] / n_iter,
-                "clip_ratio_low": stats["clip_low"] / n_iter, "clip_ratio_high": stats["clip_high"] / n_iter,
-                "kl": stats["kl"] / n_iter, "entropy": stats["entropy"] / n_iter,
-                "completion_length": float(mask.sum(1).float().mean()), "grad_norm": grad_norm}
+        stats = _all_sum(stats) / cfg.num_iterations
+        zero_std = _all_sum(torch.tensor([float((rewards.view(P_local, G).std(1) == 0).sum())]))[0] / n_groups
+        tok = max(n_tok, 1)
+        return {"reward_mean": float(r_mean), "reward_std": float(r_std), "frac_reward_zero_std": float(zero_std),
+                "loss": float(stats[0]), "clip_ratio_low": float(stats[1]) / tok, "clip_ratio_high": float(stats[2]) / tok,
+                "kl": float(stats[3]) / tok, "entropy": float(stats[4]) / tok,
+                "completion_length": n_tok / n_seq, "grad_norm": grad_norm}
 
     def _ppo_step(self, cfg: PPOConfig) -> dict[str, Any]:
         assert self.value_head is not None and self.reference is not None
