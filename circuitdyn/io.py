@@ -9,8 +9,6 @@ file in every error.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +16,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from circuitdyn.atomic import atomic_file, atomic_write_text
 from circuitdyn.attribution.attribute import Attribution, AttributionConfig
 from circuitdyn.graph import Graph, GraphSpec, Granularity
 
@@ -27,24 +26,6 @@ VERSION = 1
 
 class ArtifactError(ValueError):
     """A file that is not a valid circuitdyn artifact; the message names the file."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def safe_child(root: Path, name: str) -> Path:
@@ -62,13 +43,8 @@ def save_attribution(attribution: Attribution, path: str | Path) -> Path:
         tensors["per_example"] = attribution.per_example.contiguous()
     meta = {"schema": SCHEMA, "version": VERSION, "graph": attribution.graph.spec.as_dict(),
             "config": attribution.config.as_dict(), "provenance": attribution.provenance}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"circuitdyn": json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_file(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"circuitdyn": json.dumps(meta)})
     return path
 
 

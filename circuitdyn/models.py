@@ -14,8 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -282,19 +280,13 @@ def split_qkv_off(bridge: Any) -> Iterator[None]:
 def save_model_folder(
     hf_model: Any, tokenizer: Any, folder: Path, *, extra_files: dict[str, str] | None = None
 ) -> Path:
-    """Atomically write a Hugging Face model + tokenizer folder (temp folder, then rename), so an
-    interrupted save never leaves a folder that loads."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", dir=folder.parent))
-    try:
+    """Atomically write a Hugging Face model + tokenizer folder, so an interrupted save never leaves a
+    folder that loads."""
+    from circuitdyn.atomic import atomic_folder
+
+    with atomic_folder(folder) as tmp:
         hf_model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return folder

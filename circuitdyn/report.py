@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from circuitdyn.compare import Comparison
-from circuitdyn.io import atomic_write_text
+from circuitdyn.atomic import atomic_write_text
 
 HEADLINE = ("intensity", "normalized_entropy", "gini", "kurtosis")
 

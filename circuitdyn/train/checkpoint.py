@@ -7,16 +7,15 @@ run killed mid-save leaves the previous checkpoint intact and no folder that loa
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+from circuitdyn.atomic import atomic_folder
 
 SCHEMA = "circuitdyn.checkpoint"
 VERSION = 1
@@ -42,9 +41,7 @@ def _unique_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def save_checkpoint(folder: Path, *, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
                     generator: torch.Generator, py_random: random.Random, state: dict[str, Any]) -> Path:
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".tmp", dir=folder.parent))
-    try:
+    with atomic_folder(folder) as tmp:
         for name, module in modules.items():
             save_file(_unique_state(module), str(tmp / f"{name}.safetensors"))
         opt = optimizer.state_dict()
@@ -61,12 +58,6 @@ def save_checkpoint(folder: Path, *, modules: dict[str, torch.nn.Module], optimi
         meta = {"schema": SCHEMA, "version": VERSION, "state": state, "param_groups": opt["param_groups"],
                 "optimizer_scalars": scalars, "py_random": [py_state[0], list(py_state[1]), py_state[2]]}
         (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=1))
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
 
