@@ -182,7 +182,9 @@ def attribute(
             if needs_reference:
                 with torch.no_grad():
                     reference = bridge(batch.clean, attention_mask=batch.mask.long())
-                fn = lambda logits, b, r=reference: kl_to_reference(logits, r, b)  # noqa: E731
+                def fn(logits: Tensor, b: PairBatch, r: Tensor = reference) -> Tensor:
+                    # EAP-IG stacks copies of the batch: repeat the reference to match
+                    return kl_to_reference(logits, r.repeat(len(b) // r.shape[0], 1, 1), b)
             weights = token_weights(batch, config.aggregation is Aggregation.PER_TOKEN, device)
             if config.method is Method.EAP:
                 values = eap.eap_batch(bridge, graph, batch, fn, acc, cf, means, weights)

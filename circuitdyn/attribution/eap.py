@@ -28,6 +28,7 @@ from circuitdyn.models import split_qkv_off
 from circuitdyn.tasks.base import PairBatch
 
 MetricFn = Callable[[Tensor, PairBatch], Tensor]
+STACKED_ROWS = 256  # EAP-IG stacks interpolation points up to this many rows per forward/backward
 
 
 class Counterfactual(str, Enum):
@@ -124,13 +125,24 @@ def eap_ig_inputs_batch(
     the counterfactual one, contracted with the (counterfactual - run) deltas."""
     deltas, values = prepare_deltas(bridge, graph, batch, cf, means, metric)
     delta_input = deltas.residual[0]
+    n = len(batch)
     grads = GradientSum()
-    for alpha in midpoints(steps):
+    alphas = midpoints(steps)
+    # Interpolation points are independent: stack several along the batch axis so each forward/backward
+    # serves k points (the destination gradients of the k copies are summed before the one contraction).
+    k = max(1, min(steps, STACKED_ROWS // n))
+    for start in range(0, steps, k):
+        chunk = alphas[start:start + k]
+        rep = batch.repeat(len(chunk))
+        a = torch.tensor(chunk, device=delta_input.device).repeat_interleave(n)[:, None, None]
+        shift = delta_input.repeat(len(chunk), 1, 1)
         store: dict[str, Tensor] = {}
-        leaf = input_leaf_hook(graph, store, value=lambda x, a=alpha: x + a * delta_input.to(x.dtype))
-        hooks = leaf + acc.hooks(lambda dh, g: grads.add(dh, g, 1.0 / steps))
+        leaf = input_leaf_hook(graph, store, value=lambda x, a=a, shift=shift: x + (a * shift).to(x.dtype))
+
+        def add(dh: Any, g: Tensor, copies: int = len(chunk)) -> None:
+            grads.add(dh, g.reshape(copies, n, *g.shape[1:]).sum(0), 1.0 / steps)
         with torch.enable_grad():
-            out = checked(metric(forward(bridge, batch.clean, batch.mask, hooks), batch), batch)
+            out = checked(metric(forward(bridge, rep.clean, rep.mask, leaf + acc.hooks(add)), rep), rep)
             _backward(out, store["leaf"])
     grads.flush(acc, deltas.residual, weights)
     assert values is not None

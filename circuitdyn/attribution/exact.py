@@ -22,13 +22,6 @@ from circuitdyn.tasks.base import PairBatch
 MAX_ROWS = 512
 
 
-def repeat_batch(batch: PairBatch, times: int) -> PairBatch:
-    return PairBatch(
-        batch.clean.repeat(times, 1), batch.corrupt.repeat(times, 1), batch.mask.repeat(times, 1),
-        batch.answer_pos.repeat(times), batch.answers.repeat(times, 1), batch.foils.repeat(times),
-    )
-
-
 def _edge_patch_hooks(graph: Graph, edges: list[tuple[int, int]], residual: Tensor, scale: Tensor) -> HookList:
     """Hooks adding scale[r] * delta[u] to destination v's input in replica r of the batch."""
     batch = residual.shape[1]
@@ -67,7 +60,7 @@ def _per_edge(
     chunk = max(1, MAX_ROWS // n)
     for start in range(0, len(edges), chunk):
         part = edges[start:start + chunk]
-        rep = repeat_batch(batch, len(part))
+        rep = batch.repeat(len(part))
         # exact: the full delta (scale 1); first order: d/dscale at scale 0, i.e. at the unpatched run.
         scale = torch.full((len(part),), 0.0 if derivative else 1.0, device=batch.clean.device, requires_grad=derivative)
         with torch.set_grad_enabled(derivative):

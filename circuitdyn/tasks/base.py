@@ -103,6 +103,13 @@ class PairBatch:
             self.answer_pos.to(device), self.answers.to(device), self.foils.to(device), self.texts,
         )
 
+    def repeat(self, times: int) -> "PairBatch":
+        """The batch stacked `times` times along the batch axis (replica r holds rows r*B .. r*B+B-1)."""
+        return PairBatch(
+            self.clean.repeat(times, 1), self.corrupt.repeat(times, 1), self.mask.repeat(times, 1),
+            self.answer_pos.repeat(times), self.answers.repeat(times, 1), self.foils.repeat(times),
+        )
+
     def swapped(self) -> "PairBatch":
         """The same batch with clean and corrupt exchanged (answers unchanged)."""
         return PairBatch(self.corrupt, self.clean, self.mask, self.answer_pos, self.answers, self.foils, self.texts)
