@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ from circuitdyn import plot
 from circuitdyn.attribution import attribute
 from circuitdyn.compare import compare, correct_mask, cross_family_table
 from circuitdyn.graph import Graph
-from circuitdyn.io import save_records
+from circuitdyn.io import safe_child, save_records
 from circuitdyn.models import LoadedModel, clone_model, load_model
 from circuitdyn.report import comparison_records, direction_sentence, markdown_table, to_csv
 from circuitdyn.tasks import get_task, tokenize_pairs
@@ -98,7 +99,7 @@ def run_family(spec: str, family: str, args: argparse.Namespace, out: Path) -> d
         for kind in base_attr:
             comps[kind][algo] = compare(base_attr[kind], tuned_attr[algo][kind], name=f"{family} {algo.upper()}", keep=keep,
                                         seed=args.seed)
-    fam_dir = out / family
+    fam_dir = safe_child(out, family)
     fam_dir.mkdir(parents=True, exist_ok=True)
     head = comps["head"]
     plot.metric_bars([head[a] for a in ALGORITHMS], list(HEADLINE), fam_dir / "metric_deltas_head.png")
@@ -185,7 +186,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     runs = []
     for spec in tqdm(specs, desc="families"):
-        family = spec.split(":", 1)[-1]
+        # a folder name for the spec: never a path that could leave the output folder
+        family = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(spec.split(":", 1)[-1]).name) or "model"
         runs.append(run_family(spec, family, args, out))
     seconds = time.perf_counter() - t0
     records = [rec for r in runs for rec in r["records"]]
