@@ -168,3 +168,10 @@ def test_dpo_from_user_pairs_and_stop_tokens():
     for ids, mask in zip(out.completion_ids, out.completion_mask):
         kept = ids[mask].tolist()
         assert all(t != plus for t in kept[:-1])  # sampling stops at the first stop token
+
+
+def test_cfrl_switches_early_when_the_reward_criterion_is_met():
+    trainer = Trainer(fresh(), CFRLConfig(num_generations=4, classifier_steps=2, classifier_until_reward=0.0,
+                                          **{**SMALL, "max_steps": 3}))
+    stages = [trainer.train_step()["stage"] for _ in range(3)]
+    assert stages == ["classifier", "rl", "rl"]  # reward >= 0 holds after the first step

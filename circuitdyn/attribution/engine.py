@@ -97,8 +97,8 @@ def delta_hooks(
     graph: Graph, bridge: Any, deltas: Deltas, *, skip_input: bool = False
 ) -> HookList:
     """Hooks for the run forward: delta = counterfactual - run (buffer pre-filled with the counterfactual),
-    mapped through the post-attention norm where the model has one. With `keep_raw`, deltas.raw keeps the
-    unmapped difference and deltas.run the run activations."""
+    mapped through the post-attention norm where the model has one. When the Deltas carry `raw`, it keeps
+    the unmapped difference; when they carry `run`, it receives the run activations."""
     hooks: HookList = []
     buf = deltas.raw if deltas.raw is not None else deltas.residual
     for sh in graph.source_hooks:

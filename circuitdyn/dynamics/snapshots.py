@@ -28,8 +28,28 @@ def _append(path: Path | None, row: dict[str, Any]) -> None:
             f.write(json.dumps(row) + "\n")
 
 
+class _EveryK:
+    """Record before training (step 0) and every `every` steps; subclasses define record()."""
+
+    every: int
+
+    def record(self, trainer: Any, step: int) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def on_train_begin(self, trainer: Any) -> None:
+        if trainer.step == 0:
+            self.record(trainer, 0)
+
+    def on_step_end(self, trainer: Any, step: int, logs: dict[str, Any]) -> dict[str, Any] | None:
+        return None if step % self.every else self.logged(self.record(trainer, step))
+
+    def logged(self, row: dict[str, Any]) -> dict[str, Any]:
+        """What of a record goes into the training log."""
+        return row
+
+
 @dataclass
-class CircuitSnapshot:
+class CircuitSnapshot(_EveryK):
     """Every `every` steps (and before training): attribution on a fixed probe batch, and its metrics."""
 
     probe: PairBatch
@@ -52,19 +72,12 @@ class CircuitSnapshot:
         _append(self.path, row)
         return row
 
-    def on_train_begin(self, trainer: Any) -> None:
-        if trainer.step == 0:
-            self.record(trainer, 0)
-
-    def on_step_end(self, trainer: Any, step: int, logs: dict[str, Any]) -> dict[str, Any] | None:
-        if step % self.every:
-            return None
-        row = self.record(trainer, step)
+    def logged(self, row: dict[str, Any]) -> dict[str, Any]:
         return {k: row[k] for k in ("circuit_intensity", "circuit_normalized_entropy")}
 
 
 @dataclass
-class DynamicsRecorder:
+class DynamicsRecorder(_EveryK):
     """Every `every` steps: confidence, diversity of `samples` completions per prompt, the eNTK split and
     feature variability on the probe set, and (optionally) circuit metrics: one row per record."""
 
@@ -94,10 +107,3 @@ class DynamicsRecorder:
         self.rows.append(row)
         _append(self.path, row)
         return row
-
-    def on_train_begin(self, trainer: Any) -> None:
-        if trainer.step == 0:
-            self.record(trainer, 0)
-
-    def on_step_end(self, trainer: Any, step: int, logs: dict[str, Any]) -> dict[str, Any] | None:
-        return None if step % self.every else self.record(trainer, step)

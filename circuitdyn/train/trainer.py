@@ -124,6 +124,7 @@ class Trainer:
                                            betas=(config.adam_beta1, config.adam_beta2))
         self.classifier, self.backbone = classifier, backbone
         self.step = 0
+        self._switched = False  # CF-RL left the classifier stage early (classifier_until_reward reached)
         self.history: list[dict[str, Any]] = []
         self.eval_examples = self.task.examples(config.eval_size, seed=config.seed + 10_000, split="test")
         self.pairs: tuple[Rollout, Rollout, Tensor, Tensor] | None = None
@@ -181,7 +182,7 @@ class Trainer:
         cfg = self.config
         if not isinstance(cfg, CFRLConfig):
             return "rl"
-        if getattr(self, "_switched", False) or self.step >= cfg.classifier_steps:
+        if self._switched or self.step >= cfg.classifier_steps:
             return "rl"
         return "classifier"
 
@@ -447,7 +448,7 @@ class Trainer:
     # ---- persistence ----------------------------------------------------------------------------------
     def save(self, folder: Path) -> Path:
         state = {"step": self.step, "config": self.config.as_dict(), "history": self.history,
-                 "base_accuracy": self.base_accuracy, "switched": bool(getattr(self, "_switched", False))}
+                 "base_accuracy": self.base_accuracy, "switched": self._switched}
         return save_checkpoint(folder, modules=self._modules(), optimizer=self.optimizer, generator=self.generator,
                                py_random=self.py_random, state=state)
 
