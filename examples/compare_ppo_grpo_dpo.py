@@ -93,8 +93,9 @@ def run_family(spec: str, family: str, args: argparse.Namespace, out: Path) -> d
     base_ok = correct_mask(base, data)
     comps: dict[str, dict[str, Any]] = {k: {} for k in base_attr}
     tuned_attr = {}
+    keeps = {algo: base_ok & correct_mask(model, data) for algo, model in tuned.items()}
     for algo, model in tuned.items():
-        keep = base_ok & correct_mask(model, data)
+        keep = keeps[algo]
         tuned_attr[algo] = analyse(model, data, graphs)
         for kind in base_attr:
             comps[kind][algo] = compare(base_attr[kind], tuned_attr[algo][kind], name=f"{family} {algo.upper()}", keep=keep,
@@ -118,7 +119,7 @@ def run_family(spec: str, family: str, args: argparse.Namespace, out: Path) -> d
     return {"family": family, "comparisons": comps, "records": records, "pooled": pooled,
             "accuracy": {a: (r.base_accuracy, r.final_accuracy) for a, r in results.items()},
             "histories": {a: r.history for a, r in results.items()}, "n_probe": len(data),
-            "n_kept": {a: int((base_ok & correct_mask(tuned[a], data)).sum()) for a in ALGORITHMS}}
+            "n_kept": {a: int(keeps[a].sum()) for a in ALGORITHMS}}
 
 
 def training_curves(results: dict[str, Any], path: Path) -> None:

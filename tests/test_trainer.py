@@ -82,6 +82,12 @@ def test_resume_refuses_other_config_and_corrupt_files(tmp_path):
     train(fresh(), cfg)
     with pytest.raises(CheckpointError, match="different config"):
         Trainer(fresh(), GRPOConfig(num_generations=8, **SMALL), resume_from=tmp_path / "r" / "checkpoint-1")
+    meta = tmp_path / "r" / "checkpoint-1" / "checkpoint.json"
+    saved = meta.read_text()
+    meta.write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        Trainer(fresh(), cfg, resume_from=tmp_path / "r" / "checkpoint-1")
+    meta.write_text(saved)
     weights = tmp_path / "r" / "checkpoint-1" / "policy.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(CheckpointError, match="checkpoint-1"):

@@ -74,17 +74,24 @@ def load_module_weights(path: Path, module: torch.nn.Module) -> None:
     module.load_state_dict(saved, strict=False)
 
 
-def load_checkpoint(folder: Path, *, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
-                    generator: torch.Generator, py_random: random.Random) -> dict[str, Any]:
-    """Restore modules, optimizer and RNG states in place; returns the saved trainer state."""
-    folder = Path(folder)
-    meta_path = folder / "checkpoint.json"
+def read_checkpoint_meta(folder: Path) -> dict[str, Any]:
+    """The validated JSON part of a checkpoint (schema, version, trainer state with its config)."""
+    meta_path = Path(folder) / "checkpoint.json"
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError) as err:
         raise CheckpointError(f"{meta_path}: missing or not valid JSON ({err}); is {folder} a circuitdyn checkpoint?") from None
-    if meta.get("schema") != SCHEMA or meta.get("version") != VERSION:
-        raise CheckpointError(f"{meta_path}: schema/version {meta.get('schema')}/{meta.get('version')}, expected {SCHEMA}/{VERSION}")
+    if not isinstance(meta, dict) or meta.get("schema") != SCHEMA or meta.get("version") != VERSION:
+        got = (meta.get("schema"), meta.get("version")) if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{meta_path}: schema/version {got}, expected {SCHEMA}/{VERSION}")
+    return meta
+
+
+def load_checkpoint(folder: Path, *, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
+                    generator: torch.Generator, py_random: random.Random) -> dict[str, Any]:
+    """Restore modules, optimizer and RNG states in place; returns the saved trainer state."""
+    folder = Path(folder)
+    meta = read_checkpoint_meta(folder)
     for name, module in modules.items():
         load_module_weights(folder / f"{name}.safetensors", module)
     try:

@@ -453,16 +453,16 @@ class Trainer:
                                py_random=self.py_random, state=state)
 
     def _resume(self, folder: Path) -> None:
-        from circuitdyn.train.checkpoint import CheckpointError
+        from circuitdyn.train.checkpoint import CheckpointError, read_checkpoint_meta
 
         if isinstance(self.config, DPOConfig):
             raise CheckpointError("resuming DPO is not supported: its preference pairs are not checkpointed; "
                                   "DPO runs are short, rerun from the start")
-        meta_cfg = json.loads((folder / "checkpoint.json").read_text())["state"]["config"] if (folder / "checkpoint.json").exists() else None
+        meta_cfg = read_checkpoint_meta(folder)["state"]["config"]  # checked before any weights are loaded
         ours = json.loads(json.dumps(self.config.as_dict()))  # the form it was saved in (tuples become lists)
         # fields that do not change the trajectory may differ (run longer, write elsewhere, log differently)
         free = {"max_steps", "output_dir", "progress", "save_steps", "logging_steps", "eval_steps"}
-        if meta_cfg is not None and {k: v for k, v in meta_cfg.items() if k not in free} != \
+        if {k: v for k, v in meta_cfg.items() if k not in free} != \
                 {k: v for k, v in ours.items() if k not in free}:
             raise CheckpointError(f"{folder}: saved with a different config; resume with the config it was saved with")
         state = load_checkpoint(folder, modules=self._modules(), optimizer=self.optimizer, generator=self.generator,
