@@ -2,9 +2,14 @@
 
 This is the only module that names hooks. Node names follow EAP-IG: sources `input`, `a{l}.h{h}`, `m{l}`;
 destinations `a{l}.h{h}<q>`, `<k>`, `<v>`, `m{l}`, `logits`. Under grouped-query attention the key and
-value destinations follow the model's kv heads and are named `a{l}.kv{g}<k>` / `<v>`. At layer granularity
-the sources are `a{l}` (the whole attention output) and the destination `a{l}` reads the attention input
-(gradients summed over q, k, v and heads), as in the RL-circuitry paper.
+value destinations follow the model's kv heads and are named `a{l}.kv{g}<k>` / `<v>`.
+
+At layer granularity (the RL-circuitry paper's graph) the sources are `input`, `a{l}` (the whole attention
+output: its heads plus the output bias b_O) and `m{l}`; each attention layer has three destinations,
+`a{l}<q>`, `a{l}<k>`, `a{l}<v>`, whose gradients are the per-head q/k/v input gradients summed over that
+layer's query heads (q) or kv heads (k, v). A sequential 12-layer model has 613 edges. `qkv="merged"` gives
+the older graph with one destination `a{l}` per layer reading the attention's pre-norm input (q, k and v
+gradients summed together; 325 edges at 12 layers), which is NOT the paper's graph.
 
 Sources are ordered input, then per layer (heads..., mlp), so every destination reads a *prefix* of the
 source list: that is what lets attribution contract all of a destination's incoming edges at once.
@@ -25,6 +30,13 @@ from torch import Tensor
 class Granularity(str, Enum):
     HEAD = "head"
     LAYER = "layer"
+
+
+class QKV(str, Enum):
+    """Layer-level attention destinations: three per layer (the paper's graph) or one merged."""
+
+    SPLIT = "split"
+    MERGED = "merged"
 
 
 class GraphError(ValueError):
@@ -98,6 +110,7 @@ class GraphSpec:
     parallel_attn_mlp: bool
     post_attn_norm: bool  # attention output is normalised before the residual add (Gemma3)
     granularity: Granularity
+    qkv: QKV = QKV.SPLIT  # layer granularity only; head graphs always read q, k, v per head
 
     def __post_init__(self) -> None:
         if self.n_layers < 1 or self.n_heads < 1 or self.d_model < 1:
@@ -106,14 +119,24 @@ class GraphSpec:
             raise GraphError(f"n_heads {self.n_heads} must be a multiple of n_kv_heads {self.n_kv_heads}")
         if not isinstance(self.granularity, Granularity):
             object.__setattr__(self, "granularity", Granularity(self.granularity))
+        if not isinstance(self.qkv, QKV):
+            try:
+                object.__setattr__(self, "qkv", QKV(self.qkv))
+            except ValueError:
+                raise GraphError(f"unknown qkv {self.qkv!r}; choose one of {[q.value for q in QKV]}") from None
+        if self.granularity is Granularity.HEAD and self.qkv is not QKV.SPLIT:
+            raise GraphError("qkv='merged' exists only at layer granularity; head graphs read q, k, v per head")
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
         d["granularity"] = self.granularity.value
+        d["qkv"] = self.qkv.value
         return d
 
 
-def spec_from_model(model: Any, granularity: Granularity | str = Granularity.HEAD) -> GraphSpec:
+def spec_from_model(
+    model: Any, granularity: Granularity | str = Granularity.HEAD, qkv: QKV | str = QKV.SPLIT
+) -> GraphSpec:
     from circuitdyn.models import as_bridge
 
     bridge = as_bridge(model)
@@ -128,7 +151,7 @@ def spec_from_model(model: Any, granularity: Granularity | str = Granularity.HEA
     return GraphSpec(
         n_layers=int(cfg.n_layers), n_heads=n_heads, n_kv_heads=int(n_kv), d_model=int(cfg.d_model),
         parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)), post_attn_norm=post_norm,
-        granularity=granularity,
+        granularity=granularity, qkv=qkv,
     )
 
 
@@ -167,6 +190,9 @@ class Graph:
                 for kind, count, prefix in (("q", H, "h"), ("k", K, kv_prefix), ("v", K, kv_prefix)):
                     items = [Destination(f"a{layer}.{prefix}{i}<{kind}>", kind, layer, i) for i in range(count)]  # type: ignore[arg-type]
                     add_dest(f"{attn}.hook_{kind}_input", items, True, False, upstream)
+            elif s.qkv is QKV.SPLIT:  # one destination per input kind, gradients summed over its heads
+                for kind in ("q", "k", "v"):
+                    add_dest(f"{attn}.hook_{kind}_input", [Destination(f"a{layer}<{kind}>", kind, layer)], True, True, upstream)  # type: ignore[arg-type]
             else:  # the attention's pre-norm input: its gradient is the q, k, v gradients summed over heads
                 add_dest(f"blocks.{layer}.ln1.hook_in", [Destination(f"a{layer}", "attn", layer)], False, False, upstream)
             start = len(sources)
@@ -199,12 +225,16 @@ class Graph:
         return any(h.per_head for h in self.dest_hooks)
 
     @classmethod
-    def from_model(cls, model: Any, granularity: Granularity | str = Granularity.HEAD) -> "Graph":
-        """The graph of a loaded model. Raises HookFlagsUnavailable if it has no per-head hooks."""
+    def from_model(
+        cls, model: Any, granularity: Granularity | str = Granularity.HEAD, *, qkv: QKV | str = QKV.SPLIT
+    ) -> "Graph":
+        """The graph of a loaded model: at layer granularity the paper's graph (q, k, v destinations per
+        layer), or `qkv="merged"` for one attention destination per layer. Raises HookFlagsUnavailable if
+        the model has no per-head hooks."""
         from circuitdyn.models import as_bridge, attribution_hooks
 
         bridge = as_bridge(model)
-        graph = cls(spec_from_model(bridge, granularity))
+        graph = cls(spec_from_model(bridge, granularity, qkv))
         with attribution_hooks(bridge):
             names = [h.name for h in graph.source_hooks + graph.dest_hooks + graph.post_norm_hooks]
             missing = [n for n in names if n not in bridge.hook_dict]
@@ -269,7 +299,7 @@ class Graph:
             return ()
         if d.kind == "mlp":
             return (f"m{d.layer}",)
-        if d.kind == "attn":
+        if d.kind == "attn" or d.head is None:  # a layer-level attention destination (merged or q/k/v)
             return (f"a{d.layer}",)
         if d.kind == "q":
             return (f"a{d.layer}.h{d.head}",)
@@ -277,17 +307,23 @@ class Graph:
         return tuple(f"a{d.layer}.h{h}" for h in range(d.head * group, (d.head + 1) * group))  # type: ignore[operator]
 
     # ---- layer aggregation --------------------------------------------------------------------------
-    def layer_aggregation(self) -> tuple[Float[Tensor, "n_src n_src_layer"], Float[Tensor, "n_dst n_dst_layer"]]:
-        """0/1 matrices A_src, A_dst with layer_scores = A_src^T @ head_scores @ A_dst (head graphs only)."""
+    def layer_aggregation(
+        self, qkv: QKV | str = QKV.SPLIT
+    ) -> tuple[Float[Tensor, "n_src n_src_layer"], Float[Tensor, "n_dst n_dst_layer"]]:
+        """0/1 matrices A_src, A_dst with layer_scores = A_src^T @ head_scores @ A_dst (head graphs only),
+        onto the layer graph with split (default) or merged q/k/v destinations. Exact for every ablation
+        except where the attention output bias b_O moves: the layer source `a{l}` also carries b_O."""
         if self.spec.granularity is not Granularity.HEAD:
             raise GraphError("layer_aggregation maps a head-level graph onto its layer-level graph")
-        coarse = Graph(GraphSpec(**{**self.spec.__dict__, "granularity": Granularity.LAYER}))
+        coarse = Graph(GraphSpec(**{**self.spec.__dict__, "granularity": Granularity.LAYER, "qkv": QKV(qkv)}))
+        split = coarse.spec.qkv is QKV.SPLIT
         a_src = torch.zeros(self.n_src, coarse.n_src)
         for i, s in enumerate(self.sources):
             a_src[i, coarse.source_index(s.name if s.kind != "head" else f"a{s.layer}")] = 1.0
         a_dst = torch.zeros(self.n_dst, coarse.n_dst)
         for j, d in enumerate(self.destinations):
-            a_dst[j, coarse.dest_index(d.name if d.kind in ("mlp", "logits") else f"a{d.layer}")] = 1.0
+            name = d.name if d.kind in ("mlp", "logits") else f"a{d.layer}<{d.kind}>" if split else f"a{d.layer}"
+            a_dst[j, coarse.dest_index(name)] = 1.0
         return a_src, a_dst
 
     # ---- export -------------------------------------------------------------------------------------

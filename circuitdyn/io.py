@@ -21,7 +21,7 @@ from circuitdyn.attribution.attribute import Attribution, AttributionConfig
 from circuitdyn.graph import Graph, GraphSpec, Granularity
 
 SCHEMA = "circuitdyn.attribution"
-VERSION = 1
+VERSION = 2  # 2: the graph records `qkv`; version 1 files hold merged layer-level q/k/v (read as such)
 
 
 class ArtifactError(ValueError):
@@ -66,9 +66,11 @@ def load_attribution(path: str | Path, *, expected_graph: Graph | None = None) -
         meta = json.loads(raw_meta)
         if meta.get("schema") != SCHEMA:
             raise ArtifactError(f"{path}: schema {meta.get('schema')!r}, expected {SCHEMA!r}")
-        if meta.get("version") != VERSION:
-            raise ArtifactError(f"{path}: version {meta.get('version')!r}; this circuitdyn reads version {VERSION}")
+        if meta.get("version") not in (1, VERSION):
+            raise ArtifactError(f"{path}: version {meta.get('version')!r}; this circuitdyn reads versions 1 and {VERSION}")
         spec_d = dict(meta["graph"])
+        if meta["version"] == 1 and spec_d.get("granularity") == "layer":
+            spec_d["qkv"] = "merged"  # version 1 layer graphs had one attention destination per layer
         spec_d["granularity"] = Granularity(spec_d["granularity"])
         graph = Graph(GraphSpec(**spec_d))
         config = AttributionConfig(**meta["config"])

@@ -85,3 +85,56 @@ def test_index_math_properties(L, K, group, parallel, gran):
     assert covered == list(range(g.n_dst))
     covered = sorted(i for sh in g.source_hooks for i in range(sh.start, sh.stop))
     assert covered == list(range(g.n_src))
+
+
+def split_edges(L, parallel):
+    """The paper's layer graph: per layer q, k, v each read 1 + 2l sources, the MLP 2 + 2l (1 + 2l in parallel
+    blocks), the logits 1 + 2L."""
+    return sum(3 * (1 + 2 * l) + (1 + 2 * l if parallel else 2 + 2 * l) for l in range(L)) + 1 + 2 * L
+
+
+def merged_edges(L, parallel):
+    return sum((1 + 2 * l) + (1 + 2 * l if parallel else 2 + 2 * l) for l in range(L)) + 1 + 2 * L
+
+
+@pytest.mark.parametrize("L", [1, 2, 6, 12])
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("K", [4, 2, 1])
+def test_layer_graph_edge_counts_follow_the_formula(L, parallel, K):
+    split = Graph(spec(L=L, K=K, parallel=parallel, gran=Granularity.LAYER))
+    merged = Graph(GraphSpec(**{**split.spec.__dict__, "qkv": "merged"}))
+    assert split.n_edges == split_edges(L, parallel) == 4 * L * L + (2 if parallel else 3) * L + 1
+    assert merged.n_edges == merged_edges(L, parallel)
+    assert split.n_dst == 4 * L + 1 and merged.n_dst == 2 * L + 1
+    assert [d.name for d in split.destinations[:4]] == ["a0<q>", "a0<k>", "a0<v>", "m0"]
+    assert split.owners(split.dest_index("a0<k>")) == ("a0",)
+
+
+def test_the_papers_twelve_layer_graph_has_613_edges():
+    assert Graph(spec(L=12, H=12, K=12, gran=Granularity.LAYER)).n_edges == 613
+    assert Graph(GraphSpec(**{**spec(L=12, gran=Granularity.LAYER).__dict__, "qkv": "merged"})).n_edges == 325
+
+
+def test_qkv_option_is_validated():
+    with pytest.raises(GraphError, match="unknown qkv"):
+        GraphSpec(**{**spec(gran=Granularity.LAYER).__dict__, "qkv": "fused"})
+    with pytest.raises(GraphError, match="only at layer granularity"):
+        GraphSpec(**{**spec().__dict__, "qkv": "merged"})
+
+
+@pytest.mark.parametrize("qkv", ["split", "merged"])
+def test_head_aggregation_covers_both_layer_graphs(qkv):
+    head = Graph(spec(H=4, K=2))
+    layer = Graph(GraphSpec(**{**spec(H=4, K=2, gran=Granularity.LAYER).__dict__, "qkv": qkv}))
+    a_src, a_dst = head.layer_aggregation(qkv)
+    assert a_dst.shape == (head.n_dst, layer.n_dst) and a_dst.sum(1).eq(1).all()
+    assert torch.equal((a_src.T @ head.edge_mask.float() @ a_dst) > 0, layer.edge_mask)
+
+
+def test_from_model_builds_both_layer_graphs():
+    m = zoo_model("llama")
+    split, merged = Graph.from_model(m, "layer"), Graph.from_model(m, "layer", qkv="merged")
+    L = m.cfg.n_layers
+    assert split.n_edges == split_edges(L, False) and merged.n_edges == merged_edges(L, False)
+    neox = Graph.from_model(zoo_model("neox"), "layer")
+    assert neox.spec.parallel_attn_mlp and neox.n_edges == split_edges(neox.spec.n_layers, True)
