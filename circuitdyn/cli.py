@@ -1,4 +1,7 @@
-"""Command line: `circuitdyn attribute | compare | train | report`, mirroring the Python API.
+"""Command line: `circuitdyn attribute | compare | study | train | report`, mirroring the Python API.
+
+    circuitdyn study --base zoo:llama --tuned grpo=runs/grpo/final --tuned dpo=runs/dpo/final \
+        --task addition --samples 100 --out runs/study
 
     circuitdyn attribute --model zoo:llama --task addition --method eap-ig-inputs --out base.safetensors
     circuitdyn train --model zoo:llama --algorithm grpo --set max_steps=40 --out runs/grpo
@@ -73,6 +76,31 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_tuned(pairs: list[str]) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for pair in pairs:
+        label, sep, spec = pair.partition("=")
+        if not sep or not label or not spec:
+            raise ValueError(f"--tuned takes LABEL=MODEL (e.g. grpo=runs/grpo/final), got {pair!r}")
+        out.setdefault(label, []).append(spec)  # a label given twice holds several seeds
+    return out
+
+
+def cmd_study(args: argparse.Namespace) -> int:
+    from circuitdyn.study import run_study
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    result = run_study(args.base, _parse_tuned(args.tuned), args.task, out=out, samples=args.samples,
+                       fraction=args.fraction, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                       min_kept=args.min_kept, granularities=tuple(args.granularity), seed=args.seed,
+                       n_resamples=args.resamples, chat_template=not args.no_chat_template)
+    print((out / "report.md").read_text())
+    print(f"kept {len(result.kept)} of {result.n_generated}; wrote {out}")
+    return 0
+
+
 def _parse_sets(pairs: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for pair in pairs:
@@ -135,7 +163,28 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", help="output .safetensors")
     a.set_defaults(fn=cmd_attribute)
 
-    c = sub.add_parser("compare", help="paired comparison of two attributions on the same prompts")
+    s = sub.add_parser("study", help="the RL-circuitry paper's protocol: own generations, both-correct filter, "
+                       "zero-ablation EAP of the mean NLL of each response's first tokens, paired tests")
+    s.add_argument("--base", required=True, help="base model spec")
+    s.add_argument("--tuned", action="append", required=True, metavar="LABEL=MODEL",
+                   help="a tuned model (spec, folder or circuitdyn checkpoint of the base); repeat a label for seeds")
+    s.add_argument("--task", default="word_problems",
+                   help="word_problems, gsm8k:FILE.jsonl, math:FILE.jsonl, or a task (addition, ...)")
+    s.add_argument("--samples", type=int, default=100, help="problems generated per model")
+    s.add_argument("--fraction", type=float, default=0.05, help="share of each response scored (>= 1 token)")
+    s.add_argument("--max-new-tokens", type=int, default=256)
+    s.add_argument("--batch-size", type=int, default=16)
+    s.add_argument("--min-kept", type=int, default=8)
+    s.add_argument("--granularity", action="append", choices=[g.value for g in Granularity],
+                   help="graph(s) to attribute (repeatable; default: layer, the paper's q/k/v-split graph)")
+    s.add_argument("--resamples", type=int, default=400_000, help="bootstrap resamples per pooled test")
+    s.add_argument("--no-chat-template", action="store_true", help="encode questions as plain text")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", required=True, help="output folder")
+    s.set_defaults(fn=cmd_study)
+
+    c = sub.add_parser("compare", help="paired comparison of two attribution files on the same prompts; it does "
+                       "NOT generate, grade or filter to both-correct prompts (use `study` for the paper's protocol)")
     c.add_argument("base")
     c.add_argument("tuned")
     c.add_argument("--name", default="tuned - base")
@@ -160,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "granularity", None) is None and args.command == "study":
+        args.granularity = ["layer"]
     try:
         return int(args.fn(args))
     except (ValueError, FileNotFoundError, RuntimeError, MemoryError) as err:

@@ -39,6 +39,8 @@ def answer_logprob(logits: Tensor, batch: PairBatch) -> Tensor:
     k = batch.answers.shape[1]
     rows = _rows(batch, logits.device)[:, None]
     pos = batch.answer_pos.to(logits.device)[:, None] + torch.arange(k, device=logits.device)[None, :]
+    # rows with fewer than k answer tokens (padded with -1) may end before pos: those slots are masked below
+    pos = pos.clamp(max=logits.shape[1] - 1)
     logp = torch.log_softmax(logits[rows, pos].float(), dim=-1)  # [batch, k, vocab]
     answers = batch.answers.to(logits.device)
     picked = logp.gather(-1, answers.clamp(min=0)[..., None])[..., 0]
@@ -46,8 +48,10 @@ def answer_logprob(logits: Tensor, batch: PairBatch) -> Tensor:
 
 
 def answer_nll(logits: Tensor, batch: PairBatch) -> Tensor:
-    """Teacher-forced negative log-likelihood of the first k answer tokens (the RL-circuitry protocol)."""
-    return -answer_logprob(logits, batch)
+    """MEAN teacher-forced negative log-likelihood over the scored answer tokens (the first k, fewer where an
+    answer is shorter): the RL-circuitry paper's loss. `-answer_logprob` is the sum over the same tokens."""
+    n_scored = (batch.answers >= 0).sum(-1).clamp(min=1).to(logits.device)
+    return -answer_logprob(logits, batch) / n_scored
 
 
 def kl_to_reference(logits: Tensor, reference: Tensor, batch: PairBatch) -> Tensor:

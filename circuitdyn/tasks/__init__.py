@@ -4,6 +4,11 @@ from circuitdyn.tasks.addition import Addition
 from circuitdyn.tasks.base import PairBatch, Task, TaskError, TaskExample, tokenize_pairs
 from circuitdyn.tasks.greater_than import GreaterThan
 from circuitdyn.tasks.ioi import IOI
+from circuitdyn.tasks.math_files import MathFile, load_gsm8k, load_math
+from circuitdyn.tasks.problems import (
+    Problem, ProblemSet, TaskProblems, answers_match, final_answer, normalize_answer, problems_sha256,
+)
+from circuitdyn.tasks.word_problems import WordProblems
 from circuitdyn.tasks.user_data import UserTask, from_jsonl, from_records
 
 TASKS = {"addition": Addition, "ioi": IOI, "greater_than": GreaterThan}
@@ -18,7 +23,24 @@ def get_task(name: str) -> Task:
     return TASKS[name]()
 
 
+def get_problem_set(name: str) -> ProblemSet:
+    """Problems to answer by generation: `word_problems`, `gsm8k:FILE.jsonl`, `math:FILE.jsonl`, or any task
+    name / task .jsonl (its clean prompts as questions, its reward as the verifier)."""
+    if name == "word_problems":
+        return WordProblems()
+    for prefix, loader in (("gsm8k:", load_gsm8k), ("math:", load_math)):
+        if name.startswith(prefix):
+            return loader(name[len(prefix):])
+    try:
+        return TaskProblems(get_task(name))
+    except TaskError:
+        raise TaskError(f"unknown problem set {name!r}; choose word_problems, gsm8k:FILE.jsonl, math:FILE.jsonl, "
+                        f"one of the tasks {sorted(TASKS)}, or a task .jsonl file") from None
+
+
 __all__ = [
-    "Addition", "GreaterThan", "IOI", "PairBatch", "Task", "TaskError", "TaskExample", "TASKS", "UserTask",
-    "from_jsonl", "from_records", "get_task", "tokenize_pairs",
+    "Addition", "GreaterThan", "IOI", "MathFile", "PairBatch", "Problem", "ProblemSet", "Task", "TaskError",
+    "TaskExample", "TaskProblems", "TASKS", "UserTask", "WordProblems", "answers_match", "final_answer",
+    "from_jsonl", "from_records", "get_problem_set", "get_task", "load_gsm8k", "load_math", "normalize_answer",
+    "problems_sha256", "tokenize_pairs",
 ]

@@ -1,0 +1,95 @@
+"""Each model answers the problems by greedy generation; the scored batch is built from its own token ids.
+
+Prompts go through the tokenizer's chat template when it has one (the question as the user turn, with the
+generation prompt), else they are encoded as plain text. Generation is batched and left-padded with a KV
+cache on the plain Hugging Face twin of the bridge (same parameters). A response is the generated ids up
+to, not including, the stop token; its text is decoded from those ids only for grading. The scored batch
+is never re-tokenized from text: it is the prompt ids followed by the response ids.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from circuitdyn.models import LoadedModel
+from circuitdyn.tasks.base import PairBatch
+from circuitdyn.tasks.problems import Problem, ProblemSet
+from circuitdyn.train.rollout import sample, sampling_twin
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One model's answer to one problem."""
+
+    prompt_ids: tuple[int, ...]
+    response_ids: tuple[int, ...]  # without the stop token
+    text: str
+    correct: bool
+    stopped: bool  # False when max_new_tokens cut the response
+
+    def n_scored(self, fraction: float) -> int:
+        """The first `fraction` of the response, at least one token (floor, so 5% of 19 tokens is 1)."""
+        return max(1, math.floor(fraction * len(self.response_ids)))
+
+
+def encode_prompt(tokenizer: Any, question: str, *, chat_template: bool) -> list[int]:
+    if chat_template and getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                            tokenize=True)
+        ids = ids["input_ids"] if hasattr(ids, "keys") else ids
+        return [int(i) for i in ids]
+    return [int(i) for i in tokenizer(question, add_special_tokens=True)["input_ids"]]
+
+
+@torch.no_grad()
+def generate(model: LoadedModel, problems: Sequence[Problem], source: ProblemSet, *, chat_template: bool,
+             max_new_tokens: int, batch_size: int, progress: bool = False, desc: str = "generate") -> list[Generation]:
+    """Greedy answers of `model` to every problem, graded by `source.verify`."""
+    tok, device = model.tokenizer, model.device
+    twin = sampling_twin(model.bridge)
+    stops = {tok.eos_token_id} - {None}
+    prompts = [encode_prompt(tok, p.question, chat_template=chat_template) for p in problems]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    out: list[Generation] = []
+    # longest prompts first, so that each batch pads little; results return in problem order
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    results: dict[int, Generation] = {}
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+        idx = order[start:start + batch_size]
+        rows = [prompts[i] for i in idx]
+        width = max(map(len, rows))
+        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.bool, device=device)
+        rollout = sample(twin, tok, ids, mask, max_new_tokens=max_new_tokens, greedy=True)
+        for row, i in enumerate(idx):
+            generated = rollout.completion_ids[row][rollout.completion_mask[row]].tolist()
+            stopped = bool(generated) and generated[-1] in stops
+            response = generated[:-1] if stopped else generated
+            text = tok.decode(response, skip_special_tokens=True)
+            results[i] = Generation(tuple(rows[row]), tuple(response), text, bool(source.verify(problems[i], text)),
+                                    stopped)
+    out = [results[i] for i in range(len(problems))]
+    return out
+
+
+def scored_batch(generations: Sequence[Generation], fraction: float, pad_id: int) -> PairBatch:
+    """Prompt + own response, teacher forced: the first k = n_scored tokens of each response are the answer
+    tokens (predicted at the last prompt position onwards), the sequence holds the prompt and the first
+    k - 1 of them. Clean and corrupt are the same ids (zero ablation needs no counterfactual input)."""
+    if any(not g.response_ids for g in generations):
+        raise ValueError("a response is empty: the model stopped at once, so it has no tokens to score")
+    ks = [g.n_scored(fraction) for g in generations]
+    k_max = max(ks)
+    rows = [list(g.prompt_ids) + list(g.response_ids[:k - 1]) for g, k in zip(generations, ks)]
+    width = max(map(len, rows))
+    ids = torch.tensor([r + [pad_id] * (width - len(r)) for r in rows], dtype=torch.long)
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.bool)
+    answers = torch.tensor([list(g.response_ids[:k]) + [-1] * (k_max - k) for g, k in zip(generations, ks)],
+                           dtype=torch.long)
+    positions = torch.tensor([len(g.prompt_ids) - 1 for g in generations], dtype=torch.long)
+    return PairBatch(ids, ids.clone(), mask, positions, answers, answers[:, 0].clone())

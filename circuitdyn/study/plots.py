@@ -1,0 +1,99 @@
+"""Study plots: every title names the attribution, the graph and the model family; axes carry units;
+whiskers and marks are explained in the figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from circuitdyn.study.protocol import StudyResult
+
+ATTRIBUTION = "zero-ablation EAP, mean NLL of own response"
+UNITS = {"intensity": "mean |score| (nats)", "normalized_entropy": "entropy / log(E)", "gini": "Gini coefficient",
+         "kurtosis": "excess kurtosis"}
+
+
+def _figure(size: tuple[float, float]) -> tuple[object, object]:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _names(result: "StudyResult") -> list[str]:
+    return [e.name for e in result.entries]
+
+
+def per_layer(result: "StudyResult", gran: str, metric: str, path: Path, family: str) -> None:
+    """Mean over prompts of the per-prompt metric of each destination layer; whiskers: 95% normal CI of the mean."""
+    scopes = sorted({s for (_, g, s) in result.metrics if g == gran and s != "pooled"},
+                    key=lambda s: (s == "logits", int(s.split()[1]) if s != "logits" else 0))
+    fig, ax = _figure((7, 3.8))
+    x = np.arange(len(scopes))
+    names = _names(result)
+    for k, name in enumerate(names):
+        means, half = [], []
+        for scope in scopes:
+            v = result.metrics[(name, gran, scope)][metric]
+            v = v[np.isfinite(v)]
+            means.append(v.mean() if len(v) else np.nan)
+            half.append(1.96 * v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0)
+        ax.errorbar(x + 0.08 * (k - len(names) / 2), means, yerr=half, marker="o", ms=3, capsize=2, label=name)
+    ax.set_xticks(x, [s.replace("layer ", "L") for s in scopes], fontsize=7)
+    ax.set_xlabel("destination layer")
+    ax.set_ylabel(UNITS.get(metric, metric))
+    ax.set_title(f"{family}, {gran} graph: per-layer {metric} ({ATTRIBUTION})\nn = {len(result.kept)} prompts; "
+                 "whiskers: 95% CI of the mean over prompts", fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=120)
+
+
+def ecdf(result: "StudyResult", gran: str, metric: str, path: Path, family: str) -> None:
+    """Empirical CDF of the per-prompt metric, one line per model."""
+    fig, ax = _figure((5.5, 3.8))
+    for name in _names(result):
+        v = np.sort(result.metrics[(name, gran, "pooled")][metric])
+        ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post", label=name)
+    ax.set_xlabel(f"per-prompt {metric}: {UNITS.get(metric, metric)}")
+    ax.set_ylabel("fraction of prompts")
+    ax.set_title(f"{family}, {gran} graph: ECDF of {metric} ({ATTRIBUTION}), n = {len(result.kept)}", fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=120)
+
+
+def deltas(result: "StudyResult", gran: str, path: Path, family: str) -> None:
+    """Mean paired delta (tuned - base) per metric, standardised by the base's sd across prompts; bars:
+    95% BCa CI; * marks q < alpha (Benjamini-Hochberg over the study)."""
+    tests = [t for t in result.tests if t.granularity == gran and t.scope == "pooled" and t.comparison.endswith("- base")
+             and not t.comparison.startswith("(")]
+    comps = list(dict.fromkeys(t.comparison for t in tests))
+    metrics = list(dict.fromkeys(t.metric for t in tests))
+    fig, ax = _figure((8, 3.8))
+    width = 0.8 / max(1, len(comps))
+    for k, comp in enumerate(comps):
+        for j, metric in enumerate(metrics):
+            t = next(t for t in tests if t.comparison == comp and t.metric == metric)
+            base = result.metrics[("base", gran, "pooled")][metric]
+            sd = float(np.nanstd(base, ddof=1)) or 1.0
+            s = t.stat
+            xpos = j + (k - (len(comps) - 1) / 2) * width
+            ax.bar(xpos, s.mean / sd, width, color=f"C{k}", label=comp if j == 0 else None)
+            ax.errorbar(xpos, s.mean / sd, yerr=[[(s.mean - s.ci_low) / sd], [(s.ci_high - s.mean) / sd]], color="k",
+                        capsize=2, lw=0.8)
+            if s.q_value < result.config.alpha:
+                ax.text(xpos, max(s.ci_high, s.mean) / sd, "*", ha="center", va="bottom")
+    ax.axhline(0, color="k", lw=0.5)
+    ax.set_xticks(range(len(metrics)), metrics, rotation=20, fontsize=7)
+    ax.set_ylabel("mean delta / sd of base (per prompt)")
+    ax.set_title(f"{family}, {gran} graph: tuned - base ({ATTRIBUTION}), n = {len(result.kept)}\n"
+                 f"bars: 95% BCa CI; *: q < {result.config.alpha} (BH-FDR)", fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(str(path), dpi=120)

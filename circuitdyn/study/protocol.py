@@ -1,0 +1,333 @@
+"""`run_study`: the RL-circuitry paper's protocol on a base model and one or more tuned models.
+
+1. Every model answers the same problems by greedy generation (chat template when the tokenizer has one).
+2. Each response is graded by the problem set's verifier; the study keeps the problems that EVERY model
+   answers correctly (one common set for all comparisons).
+3. Each model is scored on its own text: the mean NLL of the first `fraction` of its own response tokens,
+   teacher forced, attributed by zero-ablation EAP, summed over positions, per example, float32 scores.
+4. Per-prompt circuit metrics, pooled and per destination layer; paired tests of tuned - base and of
+   (A - base) - (B - base) for every pair of tuned labels, FDR-controlled over the whole study.
+A tuned label may hold several models (training seeds): its per-prompt delta is the mean over seeds, and
+the spread of the per-seed mean deltas is reported beside the prompt-level CI.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from circuitdyn.attribution import Attribution, attribute
+from circuitdyn.graph import Graph
+from circuitdyn.metrics import all_metrics, edge_vector
+from circuitdyn.models import LoadedModel, load_model, weights_sha256
+from circuitdyn.stats import PairedStat, fdr_adjust, paired_stat
+from circuitdyn.study.config import StudyConfig, StudyError
+from circuitdyn.study.generation import Generation, generate, scored_batch
+from circuitdyn.tasks import ProblemSet, get_problem_set, problems_sha256
+
+HEADLINE = ("intensity", "normalized_entropy", "effective_edges", "gini", "top_share_0.01", "top_share_0.05",
+            "top_share_0.1", "kurtosis")
+CONCENTRATION = ("gini", "top_share_0.05", "kurtosis")
+ModelLike = str | LoadedModel
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One model of the study: its label ("base", "grpo", ...) and replicate index (training seed)."""
+
+    label: str
+    replicate: int
+    model: LoadedModel
+
+    @property
+    def name(self) -> str:
+        return self.label if self.label == "base" else f"{self.label}#{self.replicate}"
+
+
+@dataclass(frozen=True)
+class Test:
+    """One paired test: `comparison` is "grpo - base" or "(grpo - base) - (dpo - base)"."""
+
+    comparison: str
+    granularity: str
+    scope: str  # "pooled" or "layer 3" / "logits"
+    metric: str
+    stat: PairedStat
+    seed_means: tuple[float, ...] = ()  # per-replicate mean deltas (tuned - base tests only)
+
+    def record(self, alpha: float) -> dict[str, Any]:
+        s = self.stat
+        spread = np.asarray(self.seed_means) if self.seed_means else np.asarray([np.nan])
+        return {"comparison": self.comparison, "granularity": self.granularity, "scope": self.scope,
+                "metric": self.metric, "n": s.n, "mean_delta": s.mean, "ci_low": s.ci_low, "ci_high": s.ci_high,
+                "p_perm": s.p_value, "q_bh": s.q_value, "median_delta": s.median, "wilcoxon_p": s.wilcoxon_p,
+                "direction": s.direction(alpha).value, "seeds": len(self.seed_means),
+                "seed_mean_min": float(np.min(spread)), "seed_mean_max": float(np.max(spread)),
+                "seed_mean_sd": float(np.std(spread, ddof=1)) if len(self.seed_means) > 1 else float("nan")}
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    config: StudyConfig
+    entries: tuple[Entry, ...]
+    problems_hash: str
+    n_generated: int
+    correct: dict[str, int]  # per entry name
+    kept: tuple[int, ...]  # indices of the problems every model answered correctly
+    generations: dict[str, list[Generation]]
+    attributions: dict[tuple[str, str], Attribution]  # (entry name, granularity)
+    metrics: dict[tuple[str, str, str], dict[str, np.ndarray]]  # (entry, granularity, scope) -> metric -> [n_kept]
+    tests: tuple[Test, ...]
+    claims: tuple[str, ...]
+    protocol: dict[str, Any]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def test(self, comparison: str, metric: str, granularity: str = "layer", scope: str = "pooled") -> Test:
+        for t in self.tests:
+            if (t.comparison, t.metric, t.granularity, t.scope) == (comparison, metric, granularity, scope):
+                return t
+        raise KeyError(f"no test {comparison!r} / {metric} / {granularity} / {scope}")
+
+
+def _load(spec: ModelLike, base_spec: str | None) -> LoadedModel:
+    if isinstance(spec, LoadedModel):
+        return spec
+    if not isinstance(spec, str):
+        raise StudyError(f"a model must be a spec string or a LoadedModel, got {type(spec).__name__}")
+    folder = Path(spec).expanduser()
+    if (folder / "policy.safetensors").is_file():  # a circuitdyn training checkpoint: the base's weights updated
+        if base_spec is None:
+            raise StudyError(f"{spec} is a circuitdyn checkpoint; give the base model as a spec so it can be loaded")
+        from circuitdyn.train.checkpoint import load_module_weights
+
+        model = load_model(base_spec)
+        load_module_weights(folder / "policy.safetensors", model.bridge.original_model)
+        prov = replace(model.provenance, spec=f"{base_spec}+{spec}", source=str(folder),
+                       weights_sha256=weights_sha256(model.bridge.original_model))
+        return LoadedModel(model.bridge, model.tokenizer, prov)
+    return load_model(spec)
+
+
+def _tokenizer_fingerprint(tok: Any) -> tuple[Any, ...]:
+    return (tuple(sorted(tok.get_vocab().items())), getattr(tok, "chat_template", None), tok.eos_token_id)
+
+
+def _check_compatible(entries: Sequence[Entry]) -> None:
+    base = entries[0]
+    arch = base.model.provenance.architecture
+    fp = _tokenizer_fingerprint(base.model.tokenizer)
+    for e in entries[1:]:
+        if e.model.provenance.architecture != arch:
+            raise StudyError(f"{e.name} is a {e.model.provenance.architecture} but the base is a {arch}: a study "
+                             "compares models of one architecture family (the same graph); compare tuned versions "
+                             "of the base only")
+        if _tokenizer_fingerprint(e.model.tokenizer) != fp:
+            raise StudyError(f"{e.name} has a different tokenizer (vocabulary, chat template or eos) from the base: "
+                             "its generations and scored tokens would not be comparable; use tuned copies that "
+                             "share the base's tokenizer")
+        if e.model.bridge.cfg.n_layers != base.model.bridge.cfg.n_layers or e.model.bridge.cfg.d_model != base.model.bridge.cfg.d_model:
+            raise StudyError(f"{e.name} has a different shape from the base; a study needs one graph for all models")
+
+
+def _metric_table(attribution: Attribution, per_layer: bool) -> dict[str, dict[str, np.ndarray]]:
+    """Per-prompt metrics: {"pooled": {...}, "layer l": {...}, "logits": {...}}."""
+    s = edge_vector(attribution, per_example=True)
+    if not torch.isfinite(s).all():
+        raise StudyError("some per-example scores are not finite: check the model's dtype and the responses")
+    out = {"pooled": {k: v.numpy() for k, v in all_metrics(s).items()}}
+    if per_layer:
+        g = attribution.graph
+        layers = g.dest_layers()[None, :].expand(g.n_src, -1)[g.edge_mask]
+        for layer in torch.unique(layers).tolist():
+            scope = "logits" if layer == g.spec.n_layers else f"layer {layer}"
+            out[scope] = {k: v.numpy() for k, v in all_metrics(s[:, layers == layer]).items()}
+    return out
+
+
+def _tests(cfg: StudyConfig, entries: Sequence[Entry], metrics: dict[tuple[str, str, str], dict[str, np.ndarray]],
+           ) -> list[Test]:
+    labels = list(dict.fromkeys(e.label for e in entries if e.label != "base"))
+    reps = {lab: [e.name for e in entries if e.label == lab] for lab in labels}
+    scopes = sorted({k[2] for k in metrics}, key=lambda s: (s != "pooled", s == "logits", len(s), s))
+    tests: list[Test] = []
+    for gran in cfg.granularities:
+        for scope in scopes:
+            resamples = cfg.n_resamples if scope == "pooled" else min(cfg.n_resamples, cfg.layer_resamples)
+            for metric in HEADLINE:
+                base = metrics[("base", gran, scope)][metric]
+                deltas = {}
+                for lab in labels:
+                    per_rep = np.stack([metrics[(name, gran, scope)][metric] - base for name in reps[lab]])
+                    ok = np.isfinite(per_rep).all(0)
+                    if not ok.all():  # an all-zero layer has no entropy: say so by testing fewer prompts
+                        per_rep = per_rep[:, ok]
+                    deltas[lab] = (per_rep.mean(0), ok)
+                    stat = paired_stat(per_rep.mean(0), n_resamples=resamples, seed=cfg.seed)
+                    tests.append(Test(f"{lab} - base", gran, scope, metric, stat, tuple(float(m) for m in per_rep.mean(1))))
+                for a, b in itertools.combinations(labels, 2):
+                    da, oka = deltas[a]
+                    db, okb = deltas[b]
+                    both = oka & okb
+                    diff = da[both[oka]] - db[both[okb]]
+                    stat = paired_stat(diff, n_resamples=resamples, seed=cfg.seed)
+                    tests.append(Test(f"({a} - base) - ({b} - base)", gran, scope, metric, stat))
+    qs = fdr_adjust([t.stat.p_value for t in tests])
+    return [replace(t, stat=t.stat.with_q(q)) for t, q in zip(tests, qs)]
+
+
+def _claims(cfg: StudyConfig, tests: Sequence[Test], labels: Sequence[str]) -> list[str]:
+    """The paper's three directional claims, stated as measured (pooled scope, each granularity)."""
+    out = []
+    pooled = {(t.comparison, t.granularity, t.metric): t for t in tests if t.scope == "pooled"}
+
+    def fmt(t: Test) -> str:
+        s = t.stat
+        return (f"{s.mean:+.4g} [{s.ci_low:+.4g}, {s.ci_high:+.4g}], q={s.q_value:.3g}: "
+                f"{s.direction(cfg.alpha).value}")
+    online = [lab for lab in labels if not cfg.is_offline(lab)]
+    offline = [lab for lab in labels if cfg.is_offline(lab)]
+    for gran in cfg.granularities:
+        for lab in labels:
+            kind = "offline" if cfg.is_offline(lab) else "online RL"
+            get = lambda m: pooled[(f"{lab} - base", gran, m)]  # noqa: E731
+            up_i = get("intensity").stat.direction(cfg.alpha).value == "up"
+            up_e = get("normalized_entropy").stat.direction(cfg.alpha).value == "up"
+            conc = [get(m).stat.direction(cfg.alpha).value for m in CONCENTRATION]
+            out.append(
+                f"[{gran}] {lab} ({kind}) vs base: intensity {fmt(get('intensity'))}; normalized entropy "
+                f"{fmt(get('normalized_entropy'))}; concentration (gini, top_share_0.05, kurtosis): "
+                f"{', '.join(conc)}. Paper's claims (intensity up, entropy up, concentration down): "
+                f"{'holds' if up_i else 'not supported'} / {'holds' if up_e else 'not supported'} / "
+                f"{'holds' if all(c == 'down' for c in conc) else 'not supported'} here."
+            )
+        for a, b in itertools.product(online, offline):
+            key = f"({a} - base) - ({b} - base)" if labels.index(a) < labels.index(b) else f"({b} - base) - ({a} - base)"
+            for metric in ("intensity", "normalized_entropy"):
+                t = pooled.get((key, gran, metric))
+                if t is None:
+                    continue
+                sign = 1 if key.startswith(f"({a}") else -1
+                s = t.stat
+                lo, hi = sorted((sign * s.ci_low, sign * s.ci_high))
+                d = s.direction(cfg.alpha).value
+                stronger = {"up": "stronger", "down": "weaker"}.get(d, "no detectable difference")
+                if sign < 0 and d in ("up", "down"):
+                    stronger = "weaker" if d == "up" else "stronger"
+                out.append(f"[{gran}] {metric}: change under {a} minus change under {b}: {sign * s.mean:+.4g} "
+                           f"[{lo:+.4g}, {hi:+.4g}], q={s.q_value:.3g}: {a}'s change is {stronger} "
+                           f"(the paper expects online RL to move it more than {b}).")
+    return out
+
+
+def run_study(
+    base: ModelLike,
+    tuned: Mapping[str, ModelLike | Sequence[ModelLike]],
+    problems: ProblemSet | str,
+    *,
+    config: StudyConfig | None = None,
+    out: str | Path | None = None,
+    **overrides: Any,
+) -> StudyResult:
+    """Run the protocol (module docstring). `tuned` maps a label ("grpo") to a model or a list of models
+    (training seeds); models are spec strings (zoo names, local HF folders, circuitdyn checkpoints of the
+    base, hub ids when online) or LoadedModels. `overrides` are StudyConfig fields. With `out`, every table,
+    plot and the protocol record are written there (generations are saved before any refusal)."""
+    cfg = replace(config, **overrides) if config else StudyConfig(**overrides)
+    if not tuned:
+        raise StudyError("give at least one tuned model: tuned={'grpo': spec_or_model}")
+    if "base" in tuned:
+        raise StudyError("'base' is reserved for the base model; name the tuned models otherwise")
+    source = get_problem_set(problems) if isinstance(problems, str) else problems
+    t0 = time.perf_counter()
+    base_spec = base if isinstance(base, str) else None
+    entries = [Entry("base", 0, _load(base, None))]
+    for label, models in tuned.items():
+        group = [models] if isinstance(models, (str, LoadedModel)) else list(models)
+        if not group:
+            raise StudyError(f"tuned label {label!r} has no models")
+        entries += [Entry(label, r, _load(m, base_spec)) for r, m in enumerate(group)]
+    _check_compatible(entries)
+    for e in entries:
+        if e.model.bridge.training:
+            raise StudyError(f"{e.name} is in training mode (dropout): call model.bridge.eval() first")
+    items = source.problems(cfg.samples, seed=cfg.seed)
+    seconds = {"load": time.perf_counter() - t0}
+
+    t1 = time.perf_counter()
+    generations = {}
+    for e in entries:
+        generations[e.name] = generate(e.model, items, source, chat_template=cfg.chat_template,
+                                       max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                                       progress=cfg.progress, desc=f"generate {e.name}")
+    seconds["generate"] = time.perf_counter() - t1
+    correct = {name: sum(g.correct for g in gens) for name, gens in generations.items()}
+    kept = tuple(i for i in range(len(items)) if all(generations[e.name][i].correct and generations[e.name][i].response_ids
+                                                     for e in entries))
+    protocol = _protocol(cfg, entries, source, items, correct, kept)
+    if out is not None:
+        from circuitdyn.study.report import write_generations
+
+        write_generations(Path(out), items, generations, kept, protocol)
+    if len(kept) < cfg.min_kept:
+        raise StudyError(
+            f"only {len(kept)} of {len(items)} problems were answered correctly by every model (correct per model: "
+            + ", ".join(f"{k} {v}" for k, v in correct.items())
+            + f"); the study needs at least min_kept={cfg.min_kept}. Generate more (samples), allow longer answers "
+            "(max_new_tokens), pick easier problems, or lower min_kept."
+        )
+
+    t2 = time.perf_counter()
+    graphs = {g: Graph.from_model(entries[0].model, g) for g in cfg.granularities}
+    attributions: dict[tuple[str, str], Attribution] = {}
+    metrics: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
+    for e in entries:
+        pad = e.model.tokenizer.pad_token_id if e.model.tokenizer.pad_token_id is not None else e.model.tokenizer.eos_token_id
+        batch = scored_batch([generations[e.name][i] for i in kept], cfg.fraction, pad)
+        for gran, graph in graphs.items():
+            attr = attribute(e.model, graph, batch, "answer_nll", ablation="zero", aggregation="sum",
+                             per_example=True, batch_size=cfg.batch_size, progress=cfg.progress)
+            attributions[(e.name, gran)] = attr
+            for scope, table in _metric_table(attr, cfg.per_layer).items():
+                metrics[(e.name, gran, scope)] = table
+    seconds["attribute"] = time.perf_counter() - t2
+    t3 = time.perf_counter()
+    tests = _tests(cfg, entries, metrics)
+    labels = list(dict.fromkeys(e.label for e in entries if e.label != "base"))
+    claims = _claims(cfg, tests, labels)
+    seconds["statistics"] = time.perf_counter() - t3
+    seconds["total"] = time.perf_counter() - t0
+    protocol["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
+    result = StudyResult(cfg, tuple(entries), protocol["dataset_sha256"], len(items), correct, kept, generations,
+                         attributions, metrics, tuple(tests), tuple(claims), protocol, seconds)
+    if out is not None:
+        from circuitdyn.study.report import write_study
+
+        write_study(result, Path(out))
+    return result
+
+
+def _protocol(cfg: StudyConfig, entries: Sequence[Entry], source: ProblemSet, items: Sequence[Any],
+              correct: dict[str, int], kept: Sequence[int]) -> dict[str, Any]:
+    """Everything needed to rerun the study and to know what it ran on."""
+    return {
+        "protocol": "RL-circuitry: own greedy generations, both-correct filter, mean NLL of the first "
+                    f"{cfg.fraction:g} of each response (>= 1 token), zero-ablation EAP, summed over positions, "
+                    "per-example float32 scores",
+        "config": cfg.as_dict(),
+        "problems": {"source": source.name, "n_generated": len(items), "dataset_sha256": problems_sha256(items)},
+        "dataset_sha256": problems_sha256(items),
+        "generation": {"greedy": True, "max_new_tokens": cfg.max_new_tokens, "chat_template": cfg.chat_template,
+                       "batch_size": cfg.batch_size},
+        # the hash of the weights each model actually ran with (a modified copy keeps its base's provenance)
+        "models": {e.name: {**e.model.provenance.as_dict(), "weights_sha256": weights_sha256(e.model.bridge.original_model)}
+                   for e in entries},
+        "correct": correct,
+        "n_kept": len(kept),
+        "torch": torch.__version__,
+    }

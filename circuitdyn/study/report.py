@@ -1,0 +1,120 @@
+"""What a study writes: protocol and provenance, generations, tables (CSV and JSON), plots and report.md.
+
+Primary intensity everywhere is the per-prompt one (each prompt's metric, then the mean over prompts), as
+the paper's per-sample scores suggest. The metric of the prompt-averaged signed scores, where signs of
+different prompts cancel, appears only in model_metrics.csv, named `<metric>_of_mean_scores`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+from circuitdyn.atomic import atomic_write_text
+from circuitdyn.io import save_attribution, save_records, safe_child
+from circuitdyn.metrics import circuit_metrics
+from circuitdyn.report import to_csv
+
+if TYPE_CHECKING:
+    from circuitdyn.study.protocol import StudyResult
+
+PLOT_METRICS = ("intensity", "normalized_entropy", "gini")
+
+
+def write_generations(out: Path, problems: Sequence[Any], generations: dict[str, list[Any]], kept: Sequence[int],
+                      protocol: dict[str, Any]) -> None:
+    """Saved before attribution (and before a refusal), so the generation work is never lost."""
+    out.mkdir(parents=True, exist_ok=True)
+    keep = set(kept)
+    lines = []
+    for name, gens in generations.items():
+        for i, (p, g) in enumerate(zip(problems, gens)):
+            lines.append(json.dumps({"model": name, "problem": i, "question": p.question, "reference": p.answer,
+                                     "response": g.text, "correct": g.correct, "stopped": g.stopped,
+                                     "response_tokens": len(g.response_ids), "kept": i in keep}))
+    atomic_write_text(out / "generations.jsonl", "\n".join(lines) + "\n")
+    atomic_write_text(out / "protocol.json", json.dumps(protocol, indent=1, default=str))
+
+
+def _model_records(result: "StudyResult") -> list[dict[str, Any]]:
+    rows = []
+    for (name, gran, scope), table in result.metrics.items():
+        row: dict[str, Any] = {"model": name, "granularity": gran, "scope": scope, "n": len(result.kept)}
+        for metric, values in table.items():
+            row[f"{metric}_mean"] = float(np.nanmean(values))
+            row[f"{metric}_sd"] = float(np.nanstd(values, ddof=1)) if len(values) > 1 else float("nan")
+        if scope == "pooled":
+            for metric, value in circuit_metrics(result.attributions[(name, gran)]).items():
+                row[f"{metric}_of_mean_scores"] = float(value)
+        rows.append(row)
+    return rows
+
+
+def _fmt(x: float) -> str:
+    return "nan" if not np.isfinite(x) else f"{x:+.4g}"
+
+
+def markdown(result: "StudyResult") -> str:
+    cfg = result.config
+    p = result.protocol
+    lines = ["# RL-circuitry study", "",
+             f"Problems: `{p['problems']['source']}` (sha256 {result.problems_hash[:12]}), {result.n_generated} "
+             f"generated per model, greedy, max {cfg.max_new_tokens} new tokens; kept {len(result.kept)} answered "
+             "correctly by every model.", "",
+             "Correct per model: " + ", ".join(f"{k} {v}/{result.n_generated}" for k, v in result.correct.items()), "",
+             f"Attribution: zero-ablation EAP of the mean NLL of the first {cfg.fraction:g} of each model's own "
+             "response (at least 1 token), teacher forced on its own token ids, summed over positions, per prompt.",
+             "",
+             "Statistics: per-prompt paired differences. Primary: mean, BCa bootstrap 95% CI "
+             f"({cfg.n_resamples} resamples; {cfg.layer_resamples} per layer) and a sign-flip permutation test of the mean; q = Benjamini-Hochberg "
+             f"adjusted p over all {len(result.tests)} tests of this study. A direction is claimed only when "
+             f"q < {cfg.alpha} and the CI excludes 0. Secondary (not used for verdicts): median and Wilcoxon p.",
+             "", "## The paper's claims, as measured", ""]
+    lines += [f"- {c}" for c in result.claims]
+    for gran in cfg.granularities:
+        lines += ["", f"## Pooled metrics, {gran} graph", "",
+                  "| comparison | metric | n | mean delta [95% CI] | q | direction | seed means (min..max) | "
+                  "median | Wilcoxon p |", "|---|---|---|---|---|---|---|---|---|"]
+        for t in result.tests:
+            if t.granularity != gran or t.scope != "pooled":
+                continue
+            s = t.stat
+            seeds = (f"{len(t.seed_means)}: {min(t.seed_means):+.3g}..{max(t.seed_means):+.3g}"
+                     if len(t.seed_means) > 1 else "-")
+            lines.append(f"| {t.comparison} | {t.metric} | {s.n} | {_fmt(s.mean)} [{_fmt(s.ci_low)}, {_fmt(s.ci_high)}] "
+                         f"| {s.q_value:.3g} | {s.direction(cfg.alpha).value} | {seeds} | {_fmt(s.median)} | "
+                         f"{s.wilcoxon_p:.3g} |")
+    lines += ["", "Per-layer tests: `tests.csv` (scope column). Plots: `per_layer_<metric>_<granularity>.png`, "
+              "`ecdf_intensity_<granularity>.png`, `deltas_<granularity>.png`.", "",
+              f"Wall time: {json.dumps(result.protocol.get('seconds', {}))}", ""]
+    return "\n".join(lines)
+
+
+def write_study(result: "StudyResult", out: Path) -> Path:
+    from circuitdyn.study import plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "protocol.json", json.dumps(result.protocol, indent=1, default=str))
+    records = [t.record(result.config.alpha) for t in result.tests]
+    to_csv(records, out / "tests.csv")
+    save_records(records, out / "tests.json")
+    models = _model_records(result)
+    to_csv(models, out / "model_metrics.csv")
+    save_records(models, out / "model_metrics.json")
+    if result.config.save_attributions:
+        folder = out / "attributions"
+        folder.mkdir(exist_ok=True)
+        for (name, gran), attr in result.attributions.items():
+            save_attribution(attr, safe_child(folder, f"{name.replace('#', '_seed')}_{gran}.safetensors"))
+    family = next(iter(result.protocol["models"].values()))["family"]
+    for gran in result.config.granularities:
+        for metric in PLOT_METRICS:
+            plots.per_layer(result, gran, metric, out / f"per_layer_{metric}_{gran}.png", family)
+        plots.ecdf(result, gran, "intensity", out / f"ecdf_intensity_{gran}.png", family)
+        plots.deltas(result, gran, out / f"deltas_{gran}.png", family)
+    path = out / "report.md"
+    atomic_write_text(path, markdown(result))
+    return path
