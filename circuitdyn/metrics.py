@@ -1,4 +1,4 @@
-"""Circuit metrics over edge scores, as pinned in ../shared/DESIGN.md.
+"""Circuit metrics over edge scores, as defined in docs/concepts.md.
 
 Let s be the scores of the E real edges and a = |s|:
   intensity = mean(a)              total_intensity = sum(a)

@@ -6,7 +6,7 @@ import importlib
 import inspect
 
 MODULES = ["circuitdyn.models", "circuitdyn.graph", "circuitdyn.attribution", "circuitdyn.circuit",
-           "circuitdyn.patching", "circuitdyn.metrics", "circuitdyn.compare", "circuitdyn.report", "circuitdyn.plot",
+           "circuitdyn.patching", "circuitdyn.metrics", "circuitdyn.stats", "circuitdyn.compare", "circuitdyn.study", "circuitdyn.report", "circuitdyn.plot",
            "circuitdyn.io", "circuitdyn.tasks", "circuitdyn.zoo", "circuitdyn.train", "circuitdyn.dynamics",
            "circuitdyn.dynamics.snapshots"]
 

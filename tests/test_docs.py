@@ -25,8 +25,8 @@ def run_code(code: str, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-4000:]
 
 
-def test_there_are_four_tutorials():
-    assert [p.name[:2] for p in TUTORIALS] == ["01", "02", "03", "04"]
+def test_there_are_five_tutorials():
+    assert [p.name[:2] for p in TUTORIALS] == ["01", "02", "03", "04", "05"]
 
 
 @pytest.mark.parametrize("path", TUTORIALS, ids=lambda p: p.stem)

@@ -19,11 +19,13 @@ def run(script: str, *args: str) -> str:
 def test_main_job_quick(tmp_path):
     stdout = run("compare_ppo_grpo_dpo.py", "--quick", "--out", str(tmp_path))
     report = (tmp_path / "report.md").read_text()
-    assert "Held-out accuracy" in report and "| llama |" in report and "neox GRPO" in report
+    assert "Held-out accuracy" in report and "| llama |" in report and "| grpo - base | intensity |" in report
+    assert "(ppo - base) - (dpo - base)" in report and "kept" in report
     for family in ("llama", "neox"):
-        for png in ("metric_deltas_head.png", "per_layer_intensity.png", "training_curves.png"):
+        for png in ("deltas_head.png", "per_layer_intensity_layer.png", "training_curves.png",
+                    "delta_heatmap_dpo_head.png", "ecdf_intensity_layer.png"):
             assert (tmp_path / family / png).stat().st_size > 5000
-    assert (tmp_path / "comparisons.csv").read_text().count("\n") > 20
+        assert (tmp_path / family / "tests.csv").read_text().count("\n") > 50
     assert "total wall time" in stdout
 
 

@@ -75,8 +75,9 @@ def test_per_layer_groups_by_destination_layer():
     a = attribute(m, "layer", data, "logit_diff", per_example=True)
     layers = M.per_layer_metrics(a)
     assert sorted(layers) == [0, 1, 2]
-    # layer 0 destinations (a0, m0) read 1 + 2 sources
-    assert float(layers[0]["total_intensity"]) == pytest.approx(float(a.scores[:, :2].abs().sum()), rel=1e-6)
+    # layer 0 destinations (a0<q>, a0<k>, a0<v>, m0) are the first four columns
+    assert [d.name for d in a.graph.destinations[:4]] == ["a0<q>", "a0<k>", "a0<v>", "m0"]
+    assert float(layers[0]["total_intensity"]) == pytest.approx(float(a.scores[:, :4].abs().sum()), rel=1e-6)
     assert M.per_layer_metrics(a, per_example=True)[1]["intensity"].shape == (4,)
 
 

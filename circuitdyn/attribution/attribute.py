@@ -1,6 +1,6 @@
 """`attribute()`: edge scores of a model on a dataset, by EAP, EAP-IG or exact patching.
 
-Sign conventions (../shared/DESIGN.md):
+Sign conventions (docs/concepts.md):
   noising    (a_corrupt - a_clean) . dM/dx at the clean run   (EAP-IG's convention)
   denoising  (a_clean - a_corrupt) . dM/dx at the corrupt run (TransformerLens' convention)
   zero       (0 - a_clean) . dM/dx at the clean run           (the RL-circuitry paper)

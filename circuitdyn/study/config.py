@@ -33,7 +33,7 @@ class StudyConfig:
     chat_template: bool = True
     seed: int = 0
     n_resamples: int = 400_000
-    layer_resamples: int = 20_000
+    layer_resamples: int = 5_000
     alpha: float = 0.05
     offline: tuple[str, ...] = ("dpo",)
     per_layer: bool = True

@@ -26,7 +26,7 @@ from circuitdyn.attribution import Attribution, attribute
 from circuitdyn.graph import Graph
 from circuitdyn.metrics import all_metrics, edge_vector
 from circuitdyn.models import LoadedModel, load_model, weights_sha256
-from circuitdyn.stats import PairedStat, fdr_adjust, paired_stat
+from circuitdyn.stats import N_PERMUTATIONS, PairedStat, fdr_adjust, paired_stat
 from circuitdyn.study.config import StudyConfig, StudyError
 from circuitdyn.study.generation import Generation, generate, scored_batch
 from circuitdyn.tasks import ProblemSet, get_problem_set, problems_sha256
@@ -34,6 +34,7 @@ from circuitdyn.tasks import ProblemSet, get_problem_set, problems_sha256
 HEADLINE = ("intensity", "normalized_entropy", "effective_edges", "gini", "top_share_0.01", "top_share_0.05",
             "top_share_0.1", "kurtosis")
 CONCENTRATION = ("gini", "top_share_0.05", "kurtosis")
+LAYER_METRICS = ("intensity", "normalized_entropy", "gini")  # tested per destination layer
 ModelLike = str | LoadedModel
 
 
@@ -158,8 +159,9 @@ def _tests(cfg: StudyConfig, entries: Sequence[Entry], metrics: dict[tuple[str, 
     tests: list[Test] = []
     for gran in cfg.granularities:
         for scope in scopes:
-            resamples = cfg.n_resamples if scope == "pooled" else min(cfg.n_resamples, cfg.layer_resamples)
-            for metric in HEADLINE:
+            pooled = scope == "pooled"
+            resamples = cfg.n_resamples if pooled else min(cfg.n_resamples, cfg.layer_resamples)
+            for metric in HEADLINE if pooled else LAYER_METRICS:
                 base = metrics[("base", gran, scope)][metric]
                 deltas = {}
                 for lab in labels:
@@ -168,14 +170,16 @@ def _tests(cfg: StudyConfig, entries: Sequence[Entry], metrics: dict[tuple[str, 
                     if not ok.all():  # an all-zero layer has no entropy: say so by testing fewer prompts
                         per_rep = per_rep[:, ok]
                     deltas[lab] = (per_rep.mean(0), ok)
-                    stat = paired_stat(per_rep.mean(0), n_resamples=resamples, seed=cfg.seed)
+                    stat = paired_stat(per_rep.mean(0), n_resamples=resamples, seed=cfg.seed,
+                                       n_permutations=min(resamples, N_PERMUTATIONS))
                     tests.append(Test(f"{lab} - base", gran, scope, metric, stat, tuple(float(m) for m in per_rep.mean(1))))
                 for a, b in itertools.combinations(labels, 2):
                     da, oka = deltas[a]
                     db, okb = deltas[b]
                     both = oka & okb
                     diff = da[both[oka]] - db[both[okb]]
-                    stat = paired_stat(diff, n_resamples=resamples, seed=cfg.seed)
+                    stat = paired_stat(diff, n_resamples=resamples, seed=cfg.seed,
+                                       n_permutations=min(resamples, N_PERMUTATIONS))
                     tests.append(Test(f"({a} - base) - ({b} - base)", gran, scope, metric, stat))
     qs = fdr_adjust([t.stat.p_value for t in tests])
     return [replace(t, stat=t.stat.with_q(q)) for t, q in zip(tests, qs)]
