@@ -7,32 +7,23 @@ when present, wins). Answers are graded with `answers_match` (numbers, commas, f
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from circuitdyn.tasks.base import TaskError
+from circuitdyn.tasks.jsonl import read_jsonl
 from circuitdyn.tasks.problems import Problem, boxed_content, answers_match
 
 Format = Literal["gsm8k", "math"]
 
 
-def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    if not path.is_file():
-        raise TaskError(f"no such JSONL file: {path}")
-    rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise TaskError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+def _read_objects(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    rows = read_jsonl(path)
+    for lineno, row in rows:
         if not isinstance(row, dict):
             raise TaskError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-        rows.append((lineno, row))
     if not rows:
         raise TaskError(f"{path}: no problems in the file")
     return rows
@@ -85,7 +76,7 @@ class MathFile:
 
     def all_problems(self) -> list[Problem]:
         parse = _gsm8k if self.format == "gsm8k" else _math
-        problems = [parse(self.path, lineno, row) for lineno, row in _read_jsonl(self.path)]
+        problems = [parse(self.path, lineno, row) for lineno, row in _read_objects(self.path)]
         if self.instruction:
             problems = [Problem(f"{p.question} {self.instruction}", p.answer, p.meta) for p in problems]
         return problems

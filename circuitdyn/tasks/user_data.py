@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from circuitdyn.tasks.base import TaskError, TaskExample
+from circuitdyn.tasks.jsonl import read_jsonl
 
 REQUIRED = ("clean", "corrupt", "answer", "foil")
 
@@ -53,15 +53,4 @@ def from_records(records: Iterable[Mapping[str, Any]], *, name: str = "user") ->
 
 
 def from_jsonl(path: str | Path, *, name: str | None = None) -> UserTask:
-    path = Path(path)
-    if not path.is_file():
-        raise TaskError(f"no such JSONL file: {path}")
-    records = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as err:
-            raise TaskError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-    return from_records(records, name=name or path.stem)
+    return from_records([row for _, row in read_jsonl(path)], name=name or Path(path).stem)
