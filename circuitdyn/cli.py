@@ -53,7 +53,11 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     print(f"{result.graph.n_edges} edges, {len(data)} examples, {result.provenance['seconds']} s")
     for name, score in result.top_edges(args.top):
         print(f"  {score:+.5f}  {name}")
-    print(json.dumps({k: round(float(v), 6) for k, v in circuit_metrics(result).items()}, indent=1))
+    per_prompt = circuit_metrics(result, per_example=True)
+    print("circuit metrics, mean over prompts of each prompt's metric (primary):")
+    print(json.dumps({k: round(float(v.nanmean()), 6) for k, v in per_prompt.items()}, indent=1))
+    print("metrics of the prompt-averaged scores (signs of different prompts cancel):")
+    print(json.dumps({f"{k}_of_mean_scores": round(float(v), 6) for k, v in circuit_metrics(result).items()}, indent=1))
     return 0
 
 

@@ -31,3 +31,16 @@ def test_errors_are_one_line(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["attribute", "--model", "zoo:llama", "--method", "magic"])
     assert "eap-ig-inputs" in capsys.readouterr().err
+
+
+def test_study_command(tmp_path, capsys):
+    code = main(["study", "--base", "zoo:gpt2", "--tuned", "grpo=zoo:gpt2", "--task", "addition", "--samples", "16",
+                 "--max-new-tokens", "4", "--resamples", "2000", "--min-kept", "2", "--out", str(tmp_path / "s")])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "kept" in out and "| grpo - base | intensity |" in out
+    assert (tmp_path / "s" / "tests.csv").is_file()
+    assert main(["study", "--base", "zoo:gpt2", "--tuned", "grpo", "--out", str(tmp_path / "x")]) == 2
+    assert "LABEL=MODEL" in capsys.readouterr().err
+    assert main(["study", "--base", "zoo:gpt2", "--tuned", "g=zoo:gpt2", "--fraction", "0", "--out", str(tmp_path / "y")]) == 2
+    assert "fraction must be in (0, 1]" in capsys.readouterr().err
