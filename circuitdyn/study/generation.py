@@ -55,7 +55,6 @@ def generate(model: LoadedModel, problems: Sequence[Problem], source: ProblemSet
     stops = {tok.eos_token_id} - {None}
     prompts = [encode_prompt(tok, p.question, chat_template=chat_template) for p in problems]
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    out: list[Generation] = []
     # longest prompts first, so that each batch pads little; results return in problem order
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     results: dict[int, Generation] = {}
@@ -73,8 +72,7 @@ def generate(model: LoadedModel, problems: Sequence[Problem], source: ProblemSet
             text = tok.decode(response, skip_special_tokens=True)
             results[i] = Generation(tuple(rows[row]), tuple(response), text, bool(source.verify(problems[i], text)),
                                     stopped)
-    out = [results[i] for i in range(len(problems))]
-    return out
+    return [results[i] for i in range(len(problems))]
 
 
 def scored_batch(generations: Sequence[Generation], fraction: float, pad_id: int) -> PairBatch:
