@@ -28,6 +28,7 @@ from circuitdyn import plot
 from circuitdyn.io import safe_child
 from circuitdyn.models import LoadedModel, clone_model, load_model
 from circuitdyn.study import run_study
+from circuitdyn.study.report import pooled_table
 from circuitdyn.train import DPOConfig, GRPOConfig, PPOConfig, TrainConfig, train
 from circuitdyn.zoo import FAMILIES
 
@@ -101,17 +102,6 @@ def training_curves(results: dict[str, list[Any]], path: Path, family: str) -> N
     fig.savefig(str(path), dpi=120)
 
 
-def _pooled_rows(study: Any, metrics: tuple[str, ...], gran: str) -> list[str]:
-    rows = []
-    for t in study.tests:
-        if t.granularity == gran and t.scope == "pooled" and t.metric in metrics:
-            s = t.stat
-            seeds = (f"{min(t.seed_means):+.3g}..{max(t.seed_means):+.3g}" if len(t.seed_means) > 1 else "-")
-            rows.append(f"| {t.comparison} | {t.metric} | {s.n} | {s.mean:+.4g} [{s.ci_low:+.4g}, {s.ci_high:+.4g}] | "
-                        f"{s.q_value:.3g} | {s.direction(study.config.alpha).value} | {seeds} |")
-    return rows
-
-
 def write_report(out: Path, runs: list[dict[str, Any]], args: argparse.Namespace, seconds: float) -> Path:
     arms = list(runs[0]["accuracy"])
     lines = ["# PPO vs GRPO vs DPO: circuit changes after RL fine-tuning", "",
@@ -140,9 +130,7 @@ def write_report(out: Path, runs: list[dict[str, Any]], args: argparse.Namespace
                   + ", ".join(f"{k} {v}" for k, v in study.correct.items()) + ")", ""]
         lines += [f"- {c}" for c in study.claims if c.startswith("[head]") or c.startswith("[layer]")]
         for gran in ("layer", "head"):
-            lines += ["", f"### {gran} graph", "", "| comparison | metric | n | mean delta [95% CI] | q | direction | seeds |",
-                      "|---|---|---|---|---|---|---|"]
-            lines += _pooled_rows(study, HEADLINE + ("top_share_0.05",), gran)
+            lines += ["", f"### {gran} graph", ""] + pooled_table(study, gran, HEADLINE + ("top_share_0.05",))
         lines.append("")
     lines += ["Per family: `<family>/report.md` (every metric), `tests.csv` (per layer too), `per_layer_*.png`, "
               "`ecdf_intensity_*.png`, `deltas_*.png`, `delta_heatmap_<algo>_head.png`, `training_curves.png`.", ""]

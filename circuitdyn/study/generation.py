@@ -37,6 +37,11 @@ class Generation:
         return max(1, math.floor(fraction * len(self.response_ids)))
 
 
+def pad_id(tokenizer: Any) -> int:
+    """The tokenizer's pad token, or its eos token where it has none (padding is masked either way)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def encode_prompt(tokenizer: Any, question: str, *, chat_template: bool) -> list[int]:
     if chat_template and getattr(tokenizer, "chat_template", None):
         ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
@@ -54,7 +59,7 @@ def generate(model: LoadedModel, problems: Sequence[Problem], source: ProblemSet
     twin = sampling_twin(model.bridge)
     stops = {tok.eos_token_id} - {None}
     prompts = [encode_prompt(tok, p.question, chat_template=chat_template) for p in problems]
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = pad_id(tok)
     # longest prompts first, so that each batch pads little; results return in problem order
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     results: dict[int, Generation] = {}

@@ -24,11 +24,11 @@ import torch
 
 from circuitdyn.attribution import Attribution, attribute
 from circuitdyn.graph import Graph
-from circuitdyn.metrics import all_metrics, edge_vector
+from circuitdyn.metrics import circuit_metrics, per_layer_metrics
 from circuitdyn.models import LoadedModel, load_model, weights_sha256
-from circuitdyn.stats import N_PERMUTATIONS, PairedStat, fdr_adjust, paired_stat
+from circuitdyn.stats import N_PERMUTATIONS, Direction, PairedStat, fdr_adjust, paired_stat
 from circuitdyn.study.config import StudyConfig, StudyError
-from circuitdyn.study.generation import Generation, generate, scored_batch
+from circuitdyn.study.generation import Generation, generate, pad_id, scored_batch
 from circuitdyn.tasks import ProblemSet, get_problem_set, problems_sha256
 
 HEADLINE = ("intensity", "normalized_entropy", "effective_edges", "gini", "top_share_0.01", "top_share_0.05",
@@ -109,8 +109,8 @@ def _load(spec: ModelLike, base_spec: str | None) -> LoadedModel:
 
         model = load_model(base_spec)
         load_module_weights(folder / "policy.safetensors", model.bridge.original_model)
-        prov = replace(model.provenance, spec=f"{base_spec}+{spec}", source=str(folder),
-                       weights_sha256=weights_sha256(model.bridge.original_model))
+        # its weights hash is taken with every other model's in _protocol, from the weights it runs with
+        prov = replace(model.provenance, spec=f"{base_spec}+{spec}", source=str(folder))
         return LoadedModel(model.bridge, model.tokenizer, prov)
     return load_model(spec)
 
@@ -138,17 +138,14 @@ def _check_compatible(entries: Sequence[Entry]) -> None:
 
 def _metric_table(attribution: Attribution, per_layer: bool) -> dict[str, dict[str, np.ndarray]]:
     """Per-prompt metrics: {"pooled": {...}, "layer l": {...}, "logits": {...}}."""
-    s = edge_vector(attribution, per_example=True)
-    if not torch.isfinite(s).all():
+    if not torch.isfinite(attribution.per_example).all():
         raise StudyError("some per-example scores are not finite: check the model's dtype and the responses")
-    out = {"pooled": {k: v.numpy() for k, v in all_metrics(s).items()}}
+    out = {"pooled": circuit_metrics(attribution, per_example=True)}
     if per_layer:
-        g = attribution.graph
-        layers = g.dest_layers()[None, :].expand(g.n_src, -1)[g.edge_mask]
-        for layer in torch.unique(layers).tolist():
-            scope = "logits" if layer == g.spec.n_layers else f"layer {layer}"
-            out[scope] = {k: v.numpy() for k, v in all_metrics(s[:, layers == layer]).items()}
-    return out
+        n_layers = attribution.graph.spec.n_layers
+        for layer, table in per_layer_metrics(attribution, per_example=True).items():
+            out["logits" if layer == n_layers else f"layer {layer}"] = table
+    return {scope: {k: v.numpy() for k, v in table.items()} for scope, table in out.items()}
 
 
 def _tests(cfg: StudyConfig, entries: Sequence[Entry], metrics: dict[tuple[str, str, str], dict[str, np.ndarray]],
@@ -216,13 +213,13 @@ def _claims(cfg: StudyConfig, tests: Sequence[Test], labels: Sequence[str]) -> l
                 t = pooled.get((key, gran, metric))
                 if t is None:
                     continue
-                sign = 1 if key.startswith(f"({a}") else -1
+                sign = 1 if key.startswith(f"({a}") else -1  # orient the test as (a - base) - (b - base)
                 s = t.stat
                 lo, hi = sorted((sign * s.ci_low, sign * s.ci_high))
-                d = s.direction(cfg.alpha).value
-                stronger = {"up": "stronger", "down": "weaker"}.get(d, "no detectable difference")
-                if sign < 0 and d in ("up", "down"):
-                    stronger = "weaker" if d == "up" else "stronger"
+                if s.direction(cfg.alpha) is Direction.NONE:
+                    stronger = "no detectable difference"
+                else:  # a direction means the CI excludes 0, so the oriented mean's sign decides
+                    stronger = "stronger" if sign * s.mean > 0 else "weaker"
                 out.append(f"[{gran}] {metric}: change under {a} minus change under {b}: {sign * s.mean:+.4g} "
                            f"[{lo:+.4g}, {hi:+.4g}], q={s.q_value:.3g}: {a}'s change is {stronger} "
                            f"(the paper expects online RL to move it more than {b}).")
@@ -291,8 +288,7 @@ def run_study(
     attributions: dict[tuple[str, str], Attribution] = {}
     metrics: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
     for e in entries:
-        pad = e.model.tokenizer.pad_token_id if e.model.tokenizer.pad_token_id is not None else e.model.tokenizer.eos_token_id
-        batch = scored_batch([generations[e.name][i] for i in kept], cfg.fraction, pad)
+        batch = scored_batch([generations[e.name][i] for i in kept], cfg.fraction, pad_id(e.model.tokenizer))
         for gran, graph in graphs.items():
             attr = attribute(e.model, graph, batch, "answer_nll", ablation="zero", aggregation="sum",
                              per_example=True, batch_size=cfg.batch_size, progress=cfg.progress)
@@ -319,13 +315,14 @@ def run_study(
 def _protocol(cfg: StudyConfig, entries: Sequence[Entry], source: ProblemSet, items: Sequence[Any],
               correct: dict[str, int], kept: Sequence[int]) -> dict[str, Any]:
     """Everything needed to rerun the study and to know what it ran on."""
+    dataset = problems_sha256(items)
     return {
         "protocol": "RL-circuitry: own greedy generations, both-correct filter, mean NLL of the first "
                     f"{cfg.fraction:g} of each response (>= 1 token), zero-ablation EAP, summed over positions, "
                     "per-example float32 scores",
         "config": cfg.as_dict(),
-        "problems": {"source": source.name, "n_generated": len(items), "dataset_sha256": problems_sha256(items)},
-        "dataset_sha256": problems_sha256(items),
+        "problems": {"source": source.name, "n_generated": len(items), "dataset_sha256": dataset},
+        "dataset_sha256": dataset,
         "generation": {"greedy": True, "max_new_tokens": cfg.max_new_tokens, "chat_template": cfg.chat_template,
                        "batch_size": cfg.batch_size},
         # the hash of the weights each model actually ran with (a modified copy keeps its base's provenance)

@@ -57,6 +57,21 @@ def _fmt(x: float) -> str:
     return "nan" if not np.isfinite(x) else f"{x:+.4g}"
 
 
+def pooled_table(result: "StudyResult", gran: str, metrics: Sequence[str] | None = None) -> list[str]:
+    """Markdown lines of the pooled tests of one graph (every headline metric, or `metrics`)."""
+    alpha = result.config.alpha
+    lines = ["| comparison | metric | n | mean delta [95% CI] | q | direction | seed means (min..max) | median | "
+             "Wilcoxon p |", "|---|---|---|---|---|---|---|---|---|"]
+    for t in result.tests:
+        if t.granularity != gran or t.scope != "pooled" or (metrics is not None and t.metric not in metrics):
+            continue
+        s = t.stat
+        seeds = f"{len(t.seed_means)}: {min(t.seed_means):+.3g}..{max(t.seed_means):+.3g}" if len(t.seed_means) > 1 else "-"
+        lines.append(f"| {t.comparison} | {t.metric} | {s.n} | {_fmt(s.mean)} [{_fmt(s.ci_low)}, {_fmt(s.ci_high)}] "
+                     f"| {s.q_value:.3g} | {s.direction(alpha).value} | {seeds} | {_fmt(s.median)} | {s.wilcoxon_p:.3g} |")
+    return lines
+
+
 def markdown(result: "StudyResult") -> str:
     cfg = result.config
     p = result.protocol
@@ -75,18 +90,7 @@ def markdown(result: "StudyResult") -> str:
              "", "## The paper's claims, as measured", ""]
     lines += [f"- {c}" for c in result.claims]
     for gran in cfg.granularities:
-        lines += ["", f"## Pooled metrics, {gran} graph", "",
-                  "| comparison | metric | n | mean delta [95% CI] | q | direction | seed means (min..max) | "
-                  "median | Wilcoxon p |", "|---|---|---|---|---|---|---|---|---|"]
-        for t in result.tests:
-            if t.granularity != gran or t.scope != "pooled":
-                continue
-            s = t.stat
-            seeds = (f"{len(t.seed_means)}: {min(t.seed_means):+.3g}..{max(t.seed_means):+.3g}"
-                     if len(t.seed_means) > 1 else "-")
-            lines.append(f"| {t.comparison} | {t.metric} | {s.n} | {_fmt(s.mean)} [{_fmt(s.ci_low)}, {_fmt(s.ci_high)}] "
-                         f"| {s.q_value:.3g} | {s.direction(cfg.alpha).value} | {seeds} | {_fmt(s.median)} | "
-                         f"{s.wilcoxon_p:.3g} |")
+        lines += ["", f"## Pooled metrics, {gran} graph", ""] + pooled_table(result, gran)
     lines += ["", "Per-layer tests: `tests.csv` (scope column). Plots: `per_layer_<metric>_<granularity>.png`, "
               "`ecdf_intensity_<granularity>.png`, `deltas_<granularity>.png`.", "",
               f"Wall time: {json.dumps(result.protocol.get('seconds', {}))}", ""]
