@@ -22,12 +22,12 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
         trainer = Trainer(load_model("zoo:llama", device="cpu"), GRPOConfig(**CFG))
         trainer.optimizer.step = lambda *a, **k: None  # compare gradients, not Adam's sign-like first step
         captured = {}
-        original = trainer.grpo_update
+        original = trainer.algorithm.update
 
-        def capture(roll, rewards, *, n_groups):
+        def capture(run, roll, rewards, *, n_groups):
             captured.update(roll=roll, rewards=rewards)
-            return original(roll, rewards, n_groups=n_groups)
-        trainer.grpo_update = capture
+            return original(run, roll, rewards, n_groups=n_groups)
+        trainer.algorithm.update = capture
         trainer.train_step()
         roll = captured["roll"]
         tensors = {"prompt_ids": roll.prompt_ids, "prompt_mask": roll.prompt_mask, "completion_ids": roll.completion_ids,
@@ -58,7 +58,7 @@ def test_two_process_grpo_step_equals_one_process(tmp_path):
     rewards = torch.cat([r0["rewards"], r1["rewards"]])
     trainer = Trainer(load_model("zoo:llama", device="cpu"), GRPOConfig(**CFG))
     trainer.optimizer.step = lambda *a, **k: None
-    trainer.grpo_update(roll, rewards, n_groups=4)
+    trainer.algorithm.update(trainer, roll, rewards, n_groups=4)
     grads = {n: p.grad for n, p in trainer.bridge.named_parameters() if p.grad is not None}
     assert grads and set(grads) == {k[5:] for k in r0 if k.startswith("grad.")}
     for name, g in grads.items():

@@ -145,7 +145,7 @@ def test_non_finite_loss_stops_with_the_step():
 
 
 def test_sampling_twin_shares_the_policy_weights(family):
-    from circuitdyn.train.rollout import sampling_twin
+    from circuitdyn.surface import sampling_twin
 
     m = fresh(family)
     twin = sampling_twin(m.bridge)
@@ -170,7 +170,7 @@ def test_dpo_from_user_pairs_and_stop_tokens():
     m = fresh()
     plus = m.tokenizer.convert_tokens_to_ids("1")
     tr = Trainer(m, GRPOConfig(num_generations=4, stop_token_ids=(plus,), **SMALL))
-    out = tr._rollout(Addition().examples(4), 4)
+    out = tr.rollout(Addition().examples(4), 4)
     for ids, mask in zip(out.completion_ids, out.completion_mask):
         kept = ids[mask].tolist()
         assert all(t != plus for t in kept[:-1])  # sampling stops at the first stop token
@@ -181,3 +181,50 @@ def test_cfrl_switches_early_when_the_reward_criterion_is_met():
                                           **{**SMALL, "max_steps": 3}))
     stages = [trainer.train_step()["stage"] for _ in range(3)]
     assert stages == ["classifier", "rl", "rl"]  # reward >= 0 holds after the first step
+
+
+def test_dpo_resumes_on_the_same_pairs(tmp_path):
+    """DPO's preference pairs are checkpointed with the run, so a resumed run equals the uninterrupted one."""
+    cfg = DPOConfig(pair_prompts=32, **{**SMALL, "max_steps": 4, "save_steps": 2, "output_dir": str(tmp_path / "d")})
+    full = fresh()
+    train(full, cfg)
+    assert (tmp_path / "d" / "checkpoint-2" / "algorithm.safetensors").exists()
+    resumed = fresh()
+    trainer = Trainer(resumed, cfg, resume_from=tmp_path / "d" / "checkpoint-2")
+    assert trainer.step == 2 and trainer.algorithm.pairs is not None
+    trainer.train()
+    for (n, a), (_, b) in zip(full.bridge.named_parameters(), resumed.bridge.named_parameters()):
+        assert torch.equal(a, b), n
+
+
+def test_classifier_stage_restores_requires_grad_and_learning_rate():
+    m = fresh()
+    cfg = CFRLConfig(num_generations=4, classifier_steps=2, classifier_learning_rate=5e-3, **SMALL)
+    trainer = Trainer(m, cfg)
+    logs = trainer.train_step()
+    assert logs["stage"] == "classifier" and logs["learning_rate"] == 5e-3
+    assert all(p.requires_grad for p in m.bridge.parameters())  # restored on leaving the step
+    assert trainer.optimizer.param_groups[0]["lr"] == cfg.learning_rate
+    trainer.train()
+    assert all(p.requires_grad for p in m.bridge.parameters())
+
+
+def test_classifier_first_schedule_composes_with_ppo():
+    """The CF-RL schedule is not tied to GRPO: under PPO, stage 1 moves only the classifier (and PPO's value
+    head), stage 2 everything."""
+    from circuitdyn.train import ClassifierFirst
+
+    m = fresh()
+    before = snapshot(m)
+    trainer = Trainer(m, PPOConfig(classifier_first=ClassifierFirst(steps=1), **SMALL))
+    assert trainer.train_step()["stage"] == "classifier"
+    ids = {id(p) for p in classifier_parameters(m.bridge)}
+    for name, p in m.bridge.named_parameters():
+        assert torch.equal(p, before[name]) != (id(p) in ids), name
+    assert trainer.train_step()["stage"] == "rl"
+    assert all(not torch.equal(p, before[n]) for n, p in m.bridge.named_parameters())
+
+
+def test_sampling_generator_lives_on_the_model_device():
+    trainer = Trainer(fresh(), GRPOConfig(num_generations=4, **SMALL))
+    assert trainer.generator.device == trainer.device

@@ -26,6 +26,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from circuitdyn.models import as_bridge
+from circuitdyn.surface import SurfaceError, classifier_linear
 from circuitdyn.tasks.base import PairBatch
 
 
@@ -57,17 +58,6 @@ class NTKDecomposition:
                 "ntk_feature_share": float(f / (f + b)) if float(f + b) > 0 else float("nan")}
 
 
-def _classifier(bridge: Any) -> tuple[Tensor, Tensor | None]:
-    unembed = bridge.unembed
-    module = getattr(unembed, "original_component", unembed)
-    weight = getattr(module, "weight", None)
-    if not isinstance(weight, torch.nn.Parameter):
-        raise NTKError("the model has no unembedding weight parameter (bridge.unembed): the feature/backbone split "
-                       "needs a linear classifier on the final residual")
-    bias = getattr(module, "bias", None)
-    return weight, bias if isinstance(bias, torch.nn.Parameter) else None
-
-
 def estimate_bytes(n_params: int, n_samples: int) -> int:
     """Memory of the per-sample gradients the computation keeps (float32)."""
     return 4 * n_params * n_samples
@@ -97,7 +87,10 @@ def _entk(model: Any, batch: PairBatch, *, brute_force: bool, memory_budget: int
     n = len(batch)
     if n < 2:
         raise NTKError(f"the probe set has {n} sample; a kernel compares samples, give at least 2")
-    weight, bias = _classifier(bridge)
+    try:
+        weight, bias = classifier_linear(bridge)
+    except SurfaceError as err:
+        raise NTKError(str(err)) from None
     params = [p for p in bridge.parameters()]
     cls_ids = {id(weight)} | ({id(bias)} if bias is not None else set())
     backbone = [p for p in params if id(p) not in cls_ids]

@@ -19,7 +19,8 @@ from tqdm.auto import tqdm
 from circuitdyn.models import LoadedModel
 from circuitdyn.tasks.base import PairBatch
 from circuitdyn.tasks.problems import Problem, ProblemSet
-from circuitdyn.train.rollout import sample, sampling_twin
+from circuitdyn.surface import sampling_twin
+from circuitdyn.train.rollout import sample
 
 
 @dataclass(frozen=True)

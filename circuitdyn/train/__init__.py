@@ -1,14 +1,21 @@
-"""A compact RL trainer on hooked models: GRPO, classifier-first RL (CF-RL), PPO and DPO."""
+"""A compact RL trainer on hooked models: GRPO, classifier-first RL (CF-RL), PPO and DPO.
 
+Layout: `loop.py` (the generic Trainer), one file per algorithm (`grpo.py`, `ppo.py`, `dpo.py`) behind the
+protocol in `algorithm.py`, and `cfrl.py`, the classifier-first parameter schedule any algorithm can run under.
+"""
+
+from circuitdyn.surface import classifier_parameters
+from circuitdyn.train.algorithm import TrainingAlgorithm, TrainingError
+from circuitdyn.train.cfrl import ParameterSchedule, Stage
 from circuitdyn.train.config import (
-    Algorithm, CFRLConfig, ConfigError, DPOConfig, GRPOConfig, LossType, PPOConfig, ScaleRewards, TrainConfig,
-    config_from_dict,
+    Algorithm, CFRLConfig, ClassifierFirst, ConfigError, DPOConfig, GRPOConfig, LossType, PPOConfig, ScaleRewards,
+    TrainConfig, config_from_dict,
 )
+from circuitdyn.train.loop import ALGORITHMS, Callback, TrainResult, Trainer, train
 from circuitdyn.train.rewards import RewardError, task_reward
-from circuitdyn.train.trainer import TrainResult, Trainer, TrainingError, classifier_parameters, train
 
 __all__ = [
-    "Algorithm", "CFRLConfig", "ConfigError", "DPOConfig", "GRPOConfig", "LossType", "PPOConfig", "RewardError",
-    "ScaleRewards", "TrainConfig", "TrainResult", "Trainer", "TrainingError", "classifier_parameters",
-    "config_from_dict", "task_reward", "train",
+    "ALGORITHMS", "Algorithm", "CFRLConfig", "Callback", "ClassifierFirst", "ConfigError", "DPOConfig", "GRPOConfig",
+    "LossType", "PPOConfig", "ParameterSchedule", "RewardError", "ScaleRewards", "Stage", "TrainConfig", "TrainResult",
+    "Trainer", "TrainingAlgorithm", "TrainingError", "classifier_parameters", "config_from_dict", "task_reward", "train",
 ]

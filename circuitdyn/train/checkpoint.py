@@ -19,6 +19,7 @@ from circuitdyn.atomic import atomic_folder
 
 SCHEMA = "circuitdyn.checkpoint"
 VERSION = 1
+ALGORITHM_FILE = "algorithm.safetensors"
 
 
 class CheckpointError(ValueError):
@@ -39,9 +40,14 @@ def _unique_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(folder: Path, *, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
-                    generator: torch.Generator, py_random: random.Random, state: dict[str, Any]) -> Path:
+                    generator: torch.Generator, py_random: random.Random, state: dict[str, Any],
+                    algorithm_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write modules, optimizer, RNG states, the trainer `state` and the algorithm's own tensors (e.g. DPO's
+    preference pairs, in `algorithm.safetensors`)."""
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
+        if algorithm_tensors:
+            save_file({k: v.detach().contiguous() for k, v in algorithm_tensors.items()}, str(tmp / ALGORITHM_FILE))
         for name, module in modules.items():
             save_file(_unique_state(module), str(tmp / f"{name}.safetensors"))
         opt = optimizer.state_dict()
@@ -110,3 +116,14 @@ def load_checkpoint(folder: Path, *, modules: dict[str, torch.nn.Module], optimi
     version, internal, gauss = meta["py_random"]
     py_random.setstate((version, tuple(internal), gauss))
     return meta["state"]
+
+
+def load_algorithm_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    """The algorithm's own tensors of a checkpoint ({} when it kept none)."""
+    path = Path(folder) / ALGORITHM_FILE
+    if not path.exists():
+        return {}
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path}: unreadable algorithm state (truncated or corrupted?): {err}") from None

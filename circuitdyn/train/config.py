@@ -45,6 +45,24 @@ def _positive(obj: Any, *names: str) -> None:
 
 
 @dataclass(frozen=True)
+class ClassifierFirst:
+    """A classifier-first schedule (CF-RL's stage 1) for any algorithm: train only the classifier (the
+    unembedding, and the final norm when `final_norm`) for `steps` steps, or until the step's mean reward
+    reaches `until_reward`, at `learning_rate` (None: the algorithm's); then train everything."""
+
+    steps: int = 10
+    until_reward: float | None = None
+    final_norm: bool = False
+    learning_rate: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
+            raise ConfigError(f"classifier-first steps must be an integer >= 0, got {self.steps!r}")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ConfigError(f"classifier-first learning_rate must be > 0 or None, got {self.learning_rate!r}")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """What every algorithm shares. `per_device_train_batch_size` counts completions (trl's meaning) and
     is split into `gradient_accumulation_steps` micro-batches of equal size."""
@@ -69,8 +87,14 @@ class TrainConfig:
     save_steps: int = 0  # 0: no intermediate checkpoints
     output_dir: str | None = None
     progress: bool = False
+    classifier_first: ClassifierFirst | None = None  # a CF-RL stage 1 before this algorithm (see CFRLConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.classifier_first, dict):  # as read back from JSON
+            object.__setattr__(self, "classifier_first", ClassifierFirst(**self.classifier_first))
+        plan = self.schedule
+        if plan is not None and plan.steps > self.max_steps:
+            raise ConfigError(f"classifier_steps must be in [0, max_steps={self.max_steps}], got {plan.steps}")
         _positive(self, "max_steps", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
                   "max_completion_length", "temperature", "eval_size", "logging_steps")
         if not 0 < self.top_p <= 1:
@@ -85,6 +109,11 @@ class TrainConfig:
     @property
     def algorithm(self) -> Algorithm:
         raise NotImplementedError  # every concrete config names its algorithm
+
+    @property
+    def schedule(self) -> ClassifierFirst | None:
+        """The classifier-first stage to run before the algorithm, if any."""
+        return self.classifier_first
 
     def as_dict(self) -> dict[str, Any]:
         return {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(self).items()} | {"algorithm": self.algorithm.value}
@@ -131,13 +160,21 @@ class CFRLConfig(GRPOConfig):
     classifier_learning_rate: float | None = None  # None: learning_rate
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        if not 0 <= self.classifier_steps <= self.max_steps:
+        if self.classifier_first is not None:
+            raise ConfigError("CFRLConfig sets its schedule with classifier_steps, classifier_until_reward, "
+                              "train_final_norm and classifier_learning_rate; leave classifier_first unset")
+        if not isinstance(self.classifier_steps, int) or self.classifier_steps < 0:
             raise ConfigError(f"classifier_steps must be in [0, max_steps={self.max_steps}], got {self.classifier_steps}")
+        super().__post_init__()
 
     @property
     def algorithm(self) -> Algorithm:
         return Algorithm.CFRL
+
+    @property
+    def schedule(self) -> ClassifierFirst:
+        return ClassifierFirst(self.classifier_steps, self.classifier_until_reward, self.train_final_norm,
+                               self.classifier_learning_rate)
 
 
 @dataclass(frozen=True)
@@ -174,6 +211,9 @@ class DPOConfig(TrainConfig):
         _positive(self, "beta", "pair_prompts", "pair_generations")
         if self.rpo_alpha < 0:
             raise ConfigError(f"rpo_alpha must be >= 0, got {self.rpo_alpha}")
+        if self.classifier_first is not None and self.classifier_first.until_reward is not None:
+            raise ConfigError("classifier_first.until_reward needs a reward per step, which DPO does not have; "
+                              "use classifier_first.steps")
 
     @property
     def algorithm(self) -> Algorithm:

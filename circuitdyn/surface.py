@@ -1,0 +1,64 @@
+"""The model surface that training, dynamics and attribution share: what "the classifier" is, the plain
+Hugging Face twin that samples fast, and random generators on the model's own device.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class SurfaceError(ValueError):
+    """The model lacks a part of the surface (e.g. a linear classifier); the message names it."""
+
+
+def classifier_parameters(bridge: Any, *, final_norm: bool = False) -> list[torch.nn.Parameter]:
+    """The classifier: the unembedding (tied to the embedding where the model ties them) and optionally
+    the final norm."""
+    params = list(bridge.unembed.parameters())
+    if final_norm:
+        params += list(bridge.ln_final.parameters())
+    return params
+
+
+def classifier_linear(bridge: Any) -> tuple[Tensor, Tensor | None]:
+    """The classifier as a linear map on the final normalised residual: (weight [vocab, d], bias or None),
+    the Parameters of the same module `classifier_parameters` returns."""
+    unembed = bridge.unembed
+    module = getattr(unembed, "original_component", unembed)
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.nn.Parameter):
+        raise SurfaceError("the model has no unembedding weight parameter (bridge.unembed): the feature/backbone "
+                           "split needs a linear classifier on the final residual")
+    bias = getattr(module, "bias", None)
+    return weight, bias if isinstance(bias, torch.nn.Parameter) else None
+
+
+def seeded_generator(device: torch.device | str, seed: int) -> torch.Generator:
+    """A torch.Generator on `device` (sampling on CUDA needs a CUDA generator), seeded."""
+    return torch.Generator(device=torch.device(device)).manual_seed(seed)
+
+
+def sampling_twin(bridge: Any) -> torch.nn.Module:
+    """A plain Hugging Face model whose parameters ARE the bridge's (the same Parameter objects), without the
+    bridge's wrapper components: ~1.7x faster sampling, identical samples. Updates to the bridge are seen at
+    once. Falls back to `bridge.original_model` when any weight cannot be shared."""
+    hf = bridge.original_model
+    state = {k.replace("._original_component", ""): v for k, v in hf.state_dict(keep_vars=True).items()}
+    twin = type(hf)(hf.config)
+    expected = list(twin.state_dict().keys())
+    if any(k not in state for k in expected):
+        return hf
+    twin.load_state_dict({k: state[k] for k in expected}, assign=True)
+    # The parameters the bridge actually computes with must all be the twin's: the GPT-2 bridge, for one,
+    # computes with split q/k/v copies of c_attn and adds an unembedding bias, so its twin would be stale.
+    params = [p for p in bridge.parameters() if p.requires_grad]
+    probe = torch.zeros(1, 2, dtype=torch.long, device=params[0].device if params else None)
+    with torch.enable_grad():
+        grads = torch.autograd.grad(bridge(probe).float().sum(), params, allow_unused=True) if params else []
+    used = {id(p) for p, g in zip(params, grads) if g is not None}
+    if used - {id(p) for p in twin.parameters()}:
+        return hf
+    return twin.eval()

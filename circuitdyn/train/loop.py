@@ -1,0 +1,230 @@
+"""The generic training loop: one algorithm (GRPO, PPO, DPO) on the hooked model itself.
+
+The policy IS the TransformerBridge of a LoadedModel: rollouts, losses and updates run on its parameters,
+so attribution can read the model at any step without a copy. The loop owns the optimizer (built from the
+classifier, the backbone and the algorithm's own modules), the random streams, the parameter schedule
+(classifier-first), evaluation, callbacks, and checkpoints that include the algorithm's state. Dropout
+stays off (eval mode) throughout, which makes runs deterministic on CPU for a given seed, and resumable
+to the same result.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from circuitdyn.models import LoadedModel, clone_bridge
+from circuitdyn.surface import classifier_parameters, sampling_twin, seeded_generator
+from circuitdyn.tasks import get_task
+from circuitdyn.tasks.base import Task, TaskExample
+from circuitdyn.train.algorithm import TrainingAlgorithm, TrainingError
+from circuitdyn.train.cfrl import ParameterSchedule
+from circuitdyn.train.checkpoint import (
+    CheckpointError, load_algorithm_tensors, load_checkpoint, read_checkpoint_meta, save_checkpoint,
+)
+from circuitdyn.train.config import Algorithm, TrainConfig, config_from_dict
+from circuitdyn.train.dpo import DPO
+from circuitdyn.train.grpo import GRPO
+from circuitdyn.train.parallel import rank_world
+from circuitdyn.train.ppo import PPO
+from circuitdyn.train.rewards import RewardFn, compute_rewards, task_reward
+from circuitdyn.train.rollout import Rollout, encode_prompts, sample
+
+#: how each algorithm is built from its config (CF-RL is GRPO under a classifier-first schedule)
+ALGORITHMS: dict[Algorithm, Callable[[Any, LoadedModel], TrainingAlgorithm]] = {
+    Algorithm.GRPO: lambda cfg, model: GRPO(cfg),
+    Algorithm.CFRL: lambda cfg, model: GRPO(cfg),
+    Algorithm.PPO: lambda cfg, model: PPO(cfg, int(model.bridge.cfg.d_model), model.device),
+    Algorithm.DPO: lambda cfg, model: DPO(cfg),
+}
+#: config fields that do not change the trajectory: a resumed run may change them
+FREE_FIELDS = frozenset({"max_steps", "output_dir", "progress", "save_steps", "logging_steps", "eval_steps"})
+
+
+class Callback(Protocol):
+    def on_step_end(self, trainer: "Trainer", step: int, logs: dict[str, Any]) -> dict[str, Any] | None: ...
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, Any]]
+    base_accuracy: float
+    final_accuracy: float
+    checkpoint: Path | None = None
+    seconds: float = 0.0
+    snapshots: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Trainer:
+    def __init__(self, model: LoadedModel, config: TrainConfig, *, task: Task | None = None,
+                 reward: RewardFn | None = None, callbacks: Sequence[Callback] = (),
+                 resume_from: str | Path | None = None,
+                 preference_pairs: Sequence[tuple[str, str, str]] | None = None) -> None:
+        """`preference_pairs` (DPO only): user data as (prompt, chosen completion, rejected completion);
+        without them, pairs are sampled from the reference model and labelled by the reward."""
+        if not isinstance(model, LoadedModel):
+            raise TypeError("Trainer needs a LoadedModel from circuitdyn.models.load_model")
+        self.model, self.config = model, config
+        self.bridge = model.bridge
+        self.bridge.eval()  # no dropout: deterministic, resumable runs
+        self.tokenizer = model.tokenizer
+        self.task = task or get_task(config.task)
+        self.reward_fn = reward or task_reward(self.task)
+        self.callbacks = list(callbacks)
+        self.device = model.device
+        # prompts come from the shared stream (the same on every rank); samples from a per-rank stream
+        self.generator = seeded_generator(self.device, config.seed + 1_000_003 * rank_world()[0])
+        self.py_random = random.Random(config.seed)
+        torch.manual_seed(config.seed)  # modules the algorithm creates
+        self.algorithm = ALGORITHMS[config.algorithm](config, model)
+        self.reference = self._frozen_copy() if self.algorithm.needs_reference else None
+        self.sampler = sampling_twin(self.bridge)
+        self.schedule = ParameterSchedule(config.schedule)
+        final_norm = config.schedule.final_norm if config.schedule is not None else False
+        self.classifier = classifier_parameters(self.bridge, final_norm=final_norm)
+        ids = {id(p) for p in self.classifier}
+        self.backbone = [p for p in self.bridge.parameters() if id(p) not in ids]
+        groups = [{"params": self.classifier, "name": "classifier"}, {"params": self.backbone, "name": "backbone"}]
+        groups += [{"params": list(m.parameters()), "name": name} for name, m in self.algorithm.extra_modules.items()]
+        self.optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay,
+                                           betas=(config.adam_beta1, config.adam_beta2))
+        self.step = 0
+        self.history: list[dict[str, Any]] = []
+        self.eval_examples = self.task.examples(config.eval_size, seed=config.seed + 10_000, split="test")
+        if preference_pairs is not None:
+            self.algorithm.use_preference_pairs(self, preference_pairs)
+        self.base_accuracy: float | None = None
+        if resume_from is not None:
+            self._resume(Path(resume_from))
+
+    # ---- what algorithms use (the TrainingRun protocol) -----------------------------------------------
+    def _frozen_copy(self) -> Any:
+        ref = clone_bridge(self.bridge)
+        ref.eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        return ref
+
+    def prompts(self, n: int) -> list[TaskExample]:
+        return self.task.examples(n, seed=self.py_random.randrange(2**31), split="train")
+
+    def index(self, n: int) -> int:
+        """A uniform index in [0, n) from the run's (checkpointed) prompt stream."""
+        return self.py_random.randrange(n)
+
+    def rollout(self, examples: Sequence[TaskExample], repeats: int, policy: Any = None, greedy: bool = False) -> Rollout:
+        prompts = [ex.clean for ex in examples for _ in range(repeats)]
+        ids, mask = encode_prompts(self.tokenizer, prompts, self.device)
+        try:
+            return sample(policy or self.sampler, self.tokenizer, ids, mask, max_new_tokens=self.config.max_completion_length,
+                          temperature=self.config.temperature, top_p=self.config.top_p, generator=self.generator,
+                          greedy=greedy, stop_token_ids=self.config.stop_token_ids)
+        except FloatingPointError as err:
+            raise TrainingError(f"step {self.step}: {err}; the weights are no longer finite. Lower learning_rate; "
+                                "the last checkpoint is intact") from None
+
+    def optimizer_step(self, source: str) -> float:
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
+        if not torch.isfinite(norm):
+            raise TrainingError(f"step {self.step}: non-finite gradient norm from the {source}; the update was "
+                                "skipped and the last checkpoint is intact. Lower learning_rate or check the rewards")
+        self.optimizer.step()
+        return float(norm)
+
+    # ---- evaluation and the loop ----------------------------------------------------------------------
+    def accuracy(self, examples: Sequence[TaskExample] | None = None) -> float:
+        """Held-out accuracy: mean reward of greedy completions."""
+        examples = list(examples or self.eval_examples)
+        out = self.rollout(examples, 1, greedy=True)
+        return float(compute_rewards(self.reward_fn, [e.clean for e in examples], out.texts, examples, step=self.step).mean())
+
+    def train_step(self) -> dict[str, Any]:
+        cfg = self.config
+        t0 = time.perf_counter()
+        stage = self.schedule.stage(self.step)
+        with self.schedule.applied(stage, self.optimizer, self.backbone):
+            logs = self.algorithm.step(self)
+            lr = self.optimizer.param_groups[0]["lr"]
+        self.step += 1
+        self.schedule.observe(stage, logs)
+        logs = {"step": self.step, "algorithm": cfg.algorithm.value, "stage": stage.value, "learning_rate": lr, **logs}
+        if cfg.eval_steps and (self.step % cfg.eval_steps == 0 or self.step == cfg.max_steps):
+            logs["eval_accuracy"] = self.accuracy()
+        for cb in self.callbacks:
+            logs.update(cb.on_step_end(self, self.step, logs) or {})
+        logs["seconds"] = time.perf_counter() - t0
+        return logs
+
+    def train(self) -> TrainResult:
+        cfg = self.config
+        t0 = time.perf_counter()
+        if self.base_accuracy is None:
+            self.base_accuracy = self.accuracy() if cfg.eval_steps else float("nan")
+        out_dir = Path(cfg.output_dir) if cfg.output_dir else None
+        log_file = (out_dir / "log.jsonl") if out_dir else None
+        if out_dir:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        for cb in self.callbacks:
+            if hasattr(cb, "on_train_begin"):
+                cb.on_train_begin(self)
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc=cfg.algorithm.value, disable=not cfg.progress)
+        checkpoint = None
+        while self.step < cfg.max_steps:
+            logs = self.train_step()
+            self.history.append(logs)
+            if log_file is not None:
+                with log_file.open("a") as f:
+                    f.write(json.dumps(logs) + "\n")
+            bar.update(1)
+            bar.set_postfix(reward=f"{logs.get('reward_mean', logs.get('loss', 0)):.3f}")
+            if out_dir and cfg.save_steps and self.step % cfg.save_steps == 0:
+                checkpoint = self.save(out_dir / f"checkpoint-{self.step}")
+        bar.close()
+        final = self.history[-1].get("eval_accuracy") if self.history else None
+        if final is None:
+            final = self.accuracy() if cfg.eval_steps else float("nan")
+        if out_dir:
+            checkpoint = self.save(out_dir / "final")
+        return TrainResult(self.history, float(self.base_accuracy), float(final), checkpoint, time.perf_counter() - t0)
+
+    # ---- persistence ----------------------------------------------------------------------------------
+    def _modules(self) -> dict[str, torch.nn.Module]:
+        return {"policy": self.bridge.original_model, **self.algorithm.extra_modules}
+
+    def save(self, folder: Path) -> Path:
+        tensors, meta = self.algorithm.state()
+        state = {"step": self.step, "config": self.config.as_dict(), "history": self.history,
+                 "base_accuracy": self.base_accuracy, "switched": self.schedule.switched, "algorithm": meta}
+        return save_checkpoint(folder, modules=self._modules(), optimizer=self.optimizer, generator=self.generator,
+                               py_random=self.py_random, state=state, algorithm_tensors=tensors)
+
+    def _resume(self, folder: Path) -> None:
+        meta = read_checkpoint_meta(folder)  # checked before any weights are loaded
+        try:
+            saved = config_from_dict(meta["state"]["config"]).as_dict()
+        except (ValueError, TypeError) as err:
+            raise CheckpointError(f"{folder}: its config does not load ({err})") from None
+        ours = self.config.as_dict()
+        if {k: v for k, v in saved.items() if k not in FREE_FIELDS} != {k: v for k, v in ours.items() if k not in FREE_FIELDS}:
+            raise CheckpointError(f"{folder}: saved with a different config; resume with the config it was saved with")
+        state = load_checkpoint(folder, modules=self._modules(), optimizer=self.optimizer, generator=self.generator,
+                                py_random=self.py_random)
+        tensors = {k: v.to(self.device) for k, v in load_algorithm_tensors(folder).items()}
+        self.algorithm.load_state(tensors, state.get("algorithm", {}))
+        self.step = int(state["step"])
+        self.history = list(state["history"])
+        self.base_accuracy = state["base_accuracy"]
+        self.schedule.switched = bool(state.get("switched", False))
+
+
+def train(model: LoadedModel, config: TrainConfig, **kwargs: Any) -> TrainResult:
+    """Fine-tune `model` in place with `config` (GRPO, CF-RL, PPO or DPO) and return the history."""
+    return Trainer(model, config, **kwargs).train()
