@@ -34,7 +34,8 @@ from circuitdyn.attribution.engine import frozen_parameters  # noqa: E402
 from circuitdyn.graph import Graph  # noqa: E402
 from circuitdyn.models import LoadedModel, Provenance, load_model, save_model_folder  # noqa: E402
 from circuitdyn.tasks import Addition, IOI, tokenize_pairs  # noqa: E402
-from circuitdyn.zoo import cache_root, char_tokenizer  # noqa: E402
+from circuitdyn.model_files import cache_root  # noqa: E402
+from circuitdyn.zoo import char_tokenizer  # noqa: E402
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> float:

@@ -6,12 +6,14 @@ All functions are pure: they take scores or circuits and return new circuits.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import Iterable
 
 import torch
 from jaxtyping import Bool
 from torch import Tensor
 
+from circuitdyn.choices import parse_choice
 from circuitdyn.graph import Graph, GraphError
 
 
@@ -120,6 +122,24 @@ def greedy(scores: Tensor | object, n: int, *, absolute: bool = True, graph: Gra
         chosen[i, j] = True
         live.add(g.sources[i].name)
     return Circuit(g, chosen)
+
+
+class Selection(str, Enum):
+    """How a circuit of n edges is chosen from scores."""
+
+    TOP_N = "top_n"  # the n largest, wherever they are
+    GREEDY = "greedy"  # grown from the logits, connected by construction
+
+    @classmethod
+    def parse(cls, value: "Selection | str") -> "Selection":
+        return parse_choice(cls, value, "selection", GraphError)
+
+
+def select(scores: Tensor | object, n: int, selection: Selection | str = Selection.TOP_N, *, absolute: bool = True,
+           graph: Graph | None = None) -> Circuit:
+    """A circuit of n edges chosen by `selection`."""
+    chooser = {Selection.TOP_N: top_n, Selection.GREEDY: greedy}[Selection.parse(selection)]
+    return chooser(scores, n, absolute=absolute, graph=graph)
 
 
 def prune(circuit: Circuit) -> Circuit:

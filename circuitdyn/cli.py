@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from circuitdyn.attribution.attribute import Ablation, Aggregation, Method
+from circuitdyn.attribution import Ablation, Aggregation, Method
 from circuitdyn.graph import Granularity
 
 ALGORITHMS = ("grpo", "cfrl", "ppo", "dpo")

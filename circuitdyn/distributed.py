@@ -15,7 +15,10 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from circuitdyn.attribution.attribute import Attribution, AttributionError, _as_batch, attribute
+from circuitdyn.attribution.attribute import attribute
+from circuitdyn.attribution.errors import AttributionError
+from circuitdyn.attribution.intervention import as_batch
+from circuitdyn.attribution.result import Attribution
 from circuitdyn.graph import Graph
 from circuitdyn.tasks.base import PairBatch, TaskExample
 
@@ -43,7 +46,7 @@ def attribute_sharded(model: Any, graph: Graph | str, data: PairBatch | Sequence
     if not (dist.is_available() and dist.is_initialized()):
         return attribute(model, graph, data, metric, **overrides)
     rank, world = dist.get_rank(), dist.get_world_size()
-    batch = _as_batch(model, data, overrides.get("answer_tokens", 1))
+    batch = as_batch(model, data, overrides.get("answer_tokens", 1))
     bounds = shard_bounds(len(batch), world)
     want_per_example = bool(overrides.pop("per_example", False))
     local = attribute(model, graph, batch[bounds[rank]:bounds[rank + 1]], metric, per_example=True, **overrides)

@@ -17,7 +17,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from circuitdyn.atomic import atomic_file, atomic_write_text
-from circuitdyn.attribution.attribute import Attribution, AttributionConfig
+from circuitdyn.attribution.config import AttributionConfig
+from circuitdyn.attribution.result import Attribution
 from circuitdyn.graph import Graph, GraphSpec, Granularity
 
 SCHEMA = "circuitdyn.attribution"

@@ -12,6 +12,7 @@ Specs:
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import os
 from dataclasses import dataclass
@@ -20,8 +21,12 @@ from typing import Any, Iterator
 
 import torch
 
+from circuitdyn import real_models, zoo
+from circuitdyn.model_files import (
+    ModelSpecError, check_round_trip, check_tokenizer_files, load_tokenizer, save_model_folder,
+)
+
 REAL_MODELS = ("smollm2-135m", "gemma3-270m")
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 HOOK_FLAGS = ("use_attn_result", "use_split_qkv_input", "use_hook_mlp_in")
 FAMILY_OF_ARCHITECTURE = {
     "GPT2LMHeadModel": "gpt2",
@@ -30,10 +35,6 @@ FAMILY_OF_ARCHITECTURE = {
     "Qwen2ForCausalLM": "qwen2",
     "Gemma3ForCausalLM": "gemma3",
 }
-
-
-class ModelSpecError(ValueError):
-    """A model spec that cannot be loaded: the message lists what would work."""
 
 
 class HookFlagsUnavailable(RuntimeError):
@@ -88,66 +89,26 @@ def weights_sha256(module: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _check_tokenizer_files(folder: Path) -> None:
-    if not any((folder / name).exists() for name in TOKENIZER_FILES):
-        raise ModelSpecError(
-            f"no tokenizer files in {folder} (looked for {', '.join(TOKENIZER_FILES)}). Without them "
-            "transformers silently falls back to a GPT-2 tokenizer that does not match the model. "
-            "Save the tokenizer beside the weights: tokenizer.save_pretrained(folder)"
-        )
-
-
-def _check_round_trip(tokenizer: Any, source: str) -> None:
-    probe = "When Mary and John went to the store, 23+58=81"
-    ids = tokenizer(probe, add_special_tokens=False)["input_ids"]
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    if text.replace(" ", "") != probe.replace(" ", ""):
-        raise ModelSpecError(
-            f"the tokenizer of {source} does not round-trip text ({probe!r} -> {text!r}); it is probably not "
-            "the tokenizer this model was trained with. Save the right tokenizer beside the model."
-        )
-
-
-def load_tokenizer(target: Path | str) -> Any:
-    """The tokenizer saved with a model. Zoo folders hold a plain fast tokenizer: load it as such, since
-    AutoTokenizer would substitute the architecture's own class (Qwen2Tokenizer drops spaces)."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    if isinstance(target, Path) and (target / "zoo.json").exists():
-        return PreTrainedTokenizerFast.from_pretrained(str(target))
-    return AutoTokenizer.from_pretrained(str(target))
-
-
-def _real_model_folder(name: str) -> Path:
-    from circuitdyn import real_models
-
-    return real_models.converted_folder(name)
-
-
 def resolve_spec(spec: str) -> Path | str:
     """A local folder to boot from, or a hub id. Raises ModelSpecError for unknown specs."""
     if not isinstance(spec, str) or not spec:
         raise ModelSpecError(f"model spec must be a non-empty string, got {spec!r}")
     if spec.startswith("zoo:"):
-        from circuitdyn import zoo
-
         family = spec[4:]
         if family not in zoo.FAMILIES:
             raise ModelSpecError(f"unknown zoo model {spec!r}; choose one of {['zoo:' + f for f in sorted(zoo.FAMILIES)]}")
         return zoo.zoo_path(family)
     if spec in REAL_MODELS:
-        return _real_model_folder(spec)
+        return real_models.converted_folder(spec)
     path = Path(spec).expanduser()
     if spec.endswith(".gguf"):
         if not path.is_file():
             raise ModelSpecError(f"GGUF file not found: {path}")
-        from circuitdyn import real_models
-
         return real_models.convert_gguf(path)
     if path.exists():
         if not path.is_dir() or not (path / "config.json").exists():
             raise ModelSpecError(f"{path} is not a Hugging Face model folder (no config.json)")
-        _check_tokenizer_files(path)
+        check_tokenizer_files(path)
         return path
     looks_like_hub_id = spec.count("/") <= 1 and not spec.startswith((".", "/", "~"))
     if not looks_like_hub_id:
@@ -156,8 +117,6 @@ def resolve_spec(spec: str) -> Path | str:
 
 
 def _valid_specs() -> str:
-    from circuitdyn import zoo
-
     return ", ".join(["zoo:" + f for f in sorted(zoo.FAMILIES)] + list(REAL_MODELS)) + \
         ", a local HF folder, a .gguf file, or a hub id (with hub access)"
 
@@ -191,7 +150,7 @@ def load_model(
     tokenizer = load_tokenizer(target)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    _check_round_trip(tokenizer, str(target))
+    check_round_trip(tokenizer, str(target))
     architecture = str(getattr(bridge.cfg, "architecture", type(bridge.original_model).__name__))
     provenance = Provenance(
         spec=spec,
@@ -249,8 +208,6 @@ def attribution_hooks(model: Any, *, split_qkv: bool = True) -> Iterator[Any]:
 def clone_bridge(bridge: Any) -> Any:
     """A deep copy of a bridge. Tensors the bridge caches on its modules during a forward with gradients
     (non-leaf tensors, which deepcopy refuses) are copied detached."""
-    import copy
-
     memo: dict[int, Any] = {}
     for module in bridge.modules():
         for value in vars(module).values():
@@ -275,18 +232,3 @@ def split_qkv_off(bridge: Any) -> Iterator[None]:
     finally:
         if was:
             bridge.set_use_split_qkv_input(True)
-
-
-def save_model_folder(
-    hf_model: Any, tokenizer: Any, folder: Path, *, extra_files: dict[str, str] | None = None
-) -> Path:
-    """Atomically write a Hugging Face model + tokenizer folder, so an interrupted save never leaves a
-    folder that loads."""
-    from circuitdyn.atomic import atomic_folder
-
-    with atomic_folder(folder) as tmp:
-        hf_model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        for name, text in (extra_files or {}).items():
-            (tmp / name).write_text(text)
-    return folder

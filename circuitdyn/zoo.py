@@ -22,6 +22,7 @@ from typing import Any, Iterator
 
 import torch
 
+from circuitdyn.model_files import cache_root, save_model_folder
 from circuitdyn.tasks.addition import Addition
 from circuitdyn.tasks.base import TaskExample
 
@@ -29,10 +30,6 @@ ZOO_VERSION = 1
 SHIPPED_DIR = Path(__file__).with_name("zoo_weights")
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 CHARS = string.digits + "+=-" + " " + string.ascii_letters + ".,;:!?'\"()"
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("CIRCUITDYN_CACHE", Path.home() / ".cache" / "circuitdyn"))
 
 
 def char_tokenizer() -> Any:
@@ -197,8 +194,6 @@ def pretrain(spec: ZooSpec, *, progress: bool = False) -> tuple[Any, Any, dict[s
 
 
 def save_zoo_model(model: Any, tokenizer: Any, info: dict[str, Any], folder: Path) -> Path:
-    from circuitdyn.models import save_model_folder
-
     return save_model_folder(model, tokenizer, folder, extra_files={"zoo.json": json.dumps(info, indent=1)})
 
 

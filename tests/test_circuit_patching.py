@@ -74,6 +74,23 @@ def test_full_circuit_is_clean_and_empty_is_counterfactual(family, granularity, 
     assert evaluate_circuit(m, Circuit.empty(g), data, ablation=ablation).faithfulness == pytest.approx(0.0, abs=1e-6)
 
 
+@pytest.mark.parametrize("granularity", ["head", "layer"])
+def test_denoising_runs_the_corrupt_prompts_and_patches_in_clean(granularity):
+    """Denoising is decoded in one place: the full circuit is the corrupt run, the empty one the clean run
+    (it used to return the noising result silently)."""
+    m = zoo_model("llama")
+    data = tokenize_pairs(m.tokenizer, Addition().examples(4, seed=2))
+    g = Graph.from_model(m, granularity)
+    with torch.no_grad():
+        clean = logit_diff(m.bridge(data.clean), data)
+        corrupt = logit_diff(m.bridge(data.corrupt), data)
+    assert not torch.allclose(clean, corrupt, atol=1e-3)
+    full = patched_metric(m, Circuit.full(g), data, logit_diff, ablation="denoising")
+    empty = patched_metric(m, Circuit.empty(g), data, logit_diff, ablation="denoising")
+    assert torch.allclose(full, corrupt, atol=1e-5)
+    assert torch.allclose(empty, clean, atol=1e-5)
+
+
 def test_single_edge_circuit_patches_that_edge_only():
     """Keeping every edge but one equals exact patching of that one edge."""
     m = zoo_model("llama")

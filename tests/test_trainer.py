@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from circuitdyn.models import clone_model
+from circuitdyn.tasks import Addition
 from circuitdyn.train import (
     CFRLConfig, DPOConfig, GRPOConfig, PPOConfig, RewardError, Trainer, TrainingError, classifier_parameters, train,
 )
@@ -159,7 +160,6 @@ def test_sampling_twin_shares_the_policy_weights(family):
 
 
 def test_dpo_from_user_pairs_and_stop_tokens():
-    from circuitdyn.tasks import Addition
 
     pairs = [(e.clean, e.answer, e.foil) for e in Addition().examples(64, split="train")]
     result = train(fresh(), DPOConfig(max_steps=30, eval_steps=30, per_device_train_batch_size=32, rpo_alpha=1.0),
@@ -228,3 +228,19 @@ def test_classifier_first_schedule_composes_with_ppo():
 def test_sampling_generator_lives_on_the_model_device():
     trainer = Trainer(fresh(), GRPOConfig(num_generations=4, **SMALL))
     assert trainer.generator.device == trainer.device
+
+
+def test_top_k_one_samples_the_greedy_completion():
+    """Top-k / top-p filtering are transformers' warpers: top_k=1 leaves only the argmax token."""
+    from circuitdyn.sampling import encode_prompts, sample
+    from circuitdyn.surface import sampling_twin
+
+    m = zoo_model("llama")
+    ids, mask = encode_prompts(m.tokenizer, [e.clean for e in Addition().examples(6, seed=1)], m.device)
+    twin = sampling_twin(m.bridge)
+    greedy = sample(twin, m.tokenizer, ids, mask, max_new_tokens=4, greedy=True)
+    g = torch.Generator().manual_seed(0)
+    top1 = sample(twin, m.tokenizer, ids, mask, max_new_tokens=4, top_k=1, temperature=2.0, generator=g)
+    assert greedy.texts == top1.texts
+    nucleus = sample(twin, m.tokenizer, ids, mask, max_new_tokens=4, top_p=1e-6, temperature=2.0, generator=g)
+    assert nucleus.texts == greedy.texts  # the smallest nucleus is the most likely token alone

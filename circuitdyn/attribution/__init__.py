@@ -1,18 +1,21 @@
-"""Edge attribution: EAP, EAP-IG, exact patching, and the metrics they score."""
+"""Edge attribution: EAP, EAP-IG, exact patching, and the objectives they differentiate.
 
-from circuitdyn.attribution.attribute import (
-    Ablation,
-    Aggregation,
-    Attribution,
-    AttributionConfig,
-    AttributionError,
-    Method,
-    attribute,
-)
+Layout: `intervention.py` (ablations decoded, counterfactuals, source recording) is used by every method;
+each method lives in its own file (`eap.py`, `eap_ig.py`, `exact.py`) behind the protocol in `method.py`;
+`attribute.py` drives them from its registry `METHODS`.
+"""
+
+from circuitdyn.attribution.attribute import METHODS, attribute
+from circuitdyn.attribution.config import Aggregation, AttributionConfig
 from circuitdyn.attribution.engine import MemoryBudgetError
-from circuitdyn.attribution.metrics import METRICS, MetricError, answer_logprob, answer_nll, logit_diff
+from circuitdyn.attribution.errors import AttributionError
+from circuitdyn.attribution.intervention import Ablation, Counterfactual, Intervention
+from circuitdyn.attribution.method import AttributionMethod, Method
+from circuitdyn.attribution.objectives import METRICS, MetricError, answer_logprob, answer_nll, logit_diff
+from circuitdyn.attribution.result import Attribution
 
 __all__ = [
-    "Ablation", "Aggregation", "Attribution", "AttributionConfig", "AttributionError", "METRICS", "MemoryBudgetError",
-    "MetricError", "Method", "answer_logprob", "answer_nll", "attribute", "logit_diff",
+    "Ablation", "Aggregation", "Attribution", "AttributionConfig", "AttributionError", "AttributionMethod",
+    "Counterfactual", "Intervention", "METHODS", "METRICS", "MemoryBudgetError", "MetricError", "Method",
+    "answer_logprob", "answer_nll", "attribute", "logit_diff",
 ]

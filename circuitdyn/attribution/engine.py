@@ -1,19 +1,14 @@
-"""The attribution engine: source-delta buffers, forward hooks and gradient contraction.
+"""The attribution engine: memory budgets, forward hooks and gradient contraction.
 
 For one batch, `delta[s]` holds, for every source s, the change of s's residual contribution when s alone
-is set to its counterfactual value (corrupt, zero or mean activation). It is laid out `[n_src, B, T, d]`
-so that the incoming edges of any destination (always a prefix of the sources) contract against the
-destination's gradient in one matmul, inside a backward tensor hook: no Python loop over edges.
-
-Post-norm models (Gemma3) normalise the attention output before the residual add, so a head's residual
-contribution is not its `hook_result`. There the delta is computed through the norm exactly:
-`N(out + r_cf - r) - N(out)`, with `out` the pre-norm attention output of the same run.
+is set to its counterfactual value (see `intervention.py`). It is laid out `[n_src, B, T, d]` so that the
+incoming edges of any destination (always a prefix of the sources) contract against the destination's
+gradient in one matmul, inside a backward tensor hook: no Python loop over edges.
 """
 
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import torch
@@ -56,75 +51,6 @@ def frozen_parameters(bridge: Any) -> Iterator[None]:
     finally:
         for p in params:
             p.requires_grad_(True)
-
-
-def post_norm(bridge: Any, path: str) -> Callable[[Tensor], Tensor]:
-    module = bridge.get_submodule(path)
-    return getattr(module, "original_component", module)
-
-
-@dataclass
-class Deltas:
-    """Per-source deltas of one batch. `residual` is what attribution contracts; `raw` (counterfactual
-    minus run, in hook space) and `run` are kept only when a method needs them."""
-
-    residual: Tensor  # [n_src, B, T, d] float32
-    raw: Tensor | None = None
-    run: Tensor | None = None
-
-
-def _write(buf: Tensor, start: int, stop: int, per_head: bool, act: Tensor, op: str) -> None:
-    value = act.detach().float()
-    value = value.permute(2, 0, 1, 3) if per_head else value[None]
-    if op == "set":
-        buf[start:stop] = value
-    else:
-        buf[start:stop] -= value
-
-
-def counterfactual_hooks(graph: Graph, buf: Tensor) -> HookList:
-    """Hooks for the counterfactual forward: store each source's raw activation into buf."""
-    hooks: HookList = []
-    for sh in graph.source_hooks:
-        def fn(act: Tensor, hook: Any, sh: Any = sh) -> Tensor:
-            _write(buf, sh.start, sh.stop, sh.per_head, act, "set")
-            return act
-        hooks.append((sh.name, fn))
-    return hooks
-
-
-def delta_hooks(
-    graph: Graph, bridge: Any, deltas: Deltas, *, skip_input: bool = False
-) -> HookList:
-    """Hooks for the run forward: delta = counterfactual - run (buffer pre-filled with the counterfactual),
-    mapped through the post-attention norm where the model has one. When the Deltas carry `raw`, it keeps
-    the unmapped difference; when they carry `run`, it receives the run activations."""
-    hooks: HookList = []
-    buf = deltas.raw if deltas.raw is not None else deltas.residual
-    for sh in graph.source_hooks:
-        if skip_input and sh.layer == -1:
-            continue
-
-        def fn(act: Tensor, hook: Any, sh: Any = sh) -> Tensor:
-            _write(buf, sh.start, sh.stop, sh.per_head, act, "sub")
-            if deltas.run is not None:
-                _write(deltas.run, sh.start, sh.stop, sh.per_head, act, "set")
-            if buf is not deltas.residual:
-                deltas.residual[sh.start:sh.stop] = buf[sh.start:sh.stop]
-            return act
-        hooks.append((sh.name, fn))
-    for ph in graph.post_norm_hooks:
-        norm = post_norm(bridge, ph.module)
-
-        def fn_norm(out: Tensor, hook: Any, ph: Any = ph, norm: Any = norm) -> Tensor:
-            with torch.no_grad():
-                o = out.detach()
-                base = norm(o).float()
-                raw = buf[ph.start:ph.stop].to(o.dtype)
-                deltas.residual[ph.start:ph.stop] = norm(o[None] + raw).float() - base[None]
-            return out
-        hooks.append((ph.name, fn_norm))
-    return hooks
 
 
 class ScoreAccumulator:

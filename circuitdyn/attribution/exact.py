@@ -13,9 +13,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuitdyn.attribution.eap import Counterfactual, MetricFn, prepare_deltas
 from circuitdyn.attribution.engine import HookList, forward
-from circuitdyn.attribution.metrics import checked
+from circuitdyn.attribution.intervention import Counterfactual, prepare_deltas
+from circuitdyn.attribution.method import BatchJob, BatchResult, Method
+from circuitdyn.attribution.objectives import MetricFn, checked
 from circuitdyn.graph import Graph
 from circuitdyn.tasks.base import PairBatch
 
@@ -77,12 +78,24 @@ def _per_edge(
     return out, base
 
 
-def exact_effects(bridge: Any, graph: Graph, batch: PairBatch, metric: MetricFn, cf: Counterfactual,
-                  means: Tensor | None = None, edges: list[tuple[int, int]] | None = None) -> tuple[Tensor, Tensor]:
-    return _per_edge(bridge, graph, batch, metric, cf, means, edges, derivative=False)
+class ExactPatching:
+    """metric(patched) - metric(run) of every single-edge patch."""
+
+    method = Method.EXACT
+    derivative = False
+
+    def buffer_copies(self, graph: Graph) -> float:
+        return 1
+
+    def run(self, job: BatchJob) -> BatchResult:
+        effects, values = _per_edge(job.bridge, job.graph, job.batch, job.metric, job.counterfactual, job.means,
+                                    None, derivative=self.derivative)
+        return BatchResult(values, effects)
 
 
-def first_order_effects(bridge: Any, graph: Graph, batch: PairBatch, metric: MetricFn, cf: Counterfactual,
-                        means: Tensor | None = None, edges: list[tuple[int, int]] | None = None) -> tuple[Tensor, Tensor]:
-    return _per_edge(bridge, graph, batch, metric, cf, means, edges, derivative=True)
+class FirstOrder(ExactPatching):
+    """d metric(patched) / d scale at scale 0 for every edge, by autograd per edge: what EAP approximates."""
+
+    method = Method.FIRST_ORDER
+    derivative = True
 

@@ -18,7 +18,7 @@ from circuitdyn.dynamics.behaviour import confidence, diversity
 from circuitdyn.dynamics.ntk import entk, feature_variability
 from circuitdyn.metrics import circuit_metrics
 from circuitdyn.tasks.base import PairBatch, TaskExample
-from circuitdyn.train.rollout import encode_prompts, sample
+from circuitdyn.sampling import encode_prompts, sample
 
 
 def _append(path: Path | None, row: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from circuitdyn.models import LoadedModel
 from circuitdyn.tasks.base import PairBatch
 from circuitdyn.tasks.problems import Problem, ProblemSet
 from circuitdyn.surface import sampling_twin
-from circuitdyn.train.rollout import sample
+from circuitdyn.sampling import sample
 
 
 @dataclass(frozen=True)

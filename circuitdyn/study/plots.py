@@ -4,12 +4,10 @@ whiskers and marks are explained in the figure."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from circuitdyn.study.protocol import StudyResult
+from circuitdyn.study.result import StudyResult
 
 ATTRIBUTION = "zero-ablation EAP, mean NLL of own response"
 UNITS = {"intensity": "mean |score| (nats)", "normalized_entropy": "entropy / log(E)", "gini": "Gini coefficient",
@@ -25,11 +23,11 @@ def _figure(size: tuple[float, float]) -> tuple[object, object]:
     return fig, fig.add_subplot(1, 1, 1)
 
 
-def _names(result: "StudyResult") -> list[str]:
+def _names(result: StudyResult) -> list[str]:
     return [e.name for e in result.entries]
 
 
-def per_layer(result: "StudyResult", gran: str, metric: str, path: Path, family: str) -> None:
+def per_layer(result: StudyResult, gran: str, metric: str, path: Path, family: str) -> None:
     """Mean over prompts of the per-prompt metric of each destination layer; whiskers: 95% normal CI of the mean."""
     scopes = sorted({s for (_, g, s) in result.metrics if g == gran and s != "pooled"},
                     key=lambda s: (s == "logits", int(s.split()[1]) if s != "logits" else 0))
@@ -54,7 +52,7 @@ def per_layer(result: "StudyResult", gran: str, metric: str, path: Path, family:
     fig.savefig(str(path), dpi=120)
 
 
-def ecdf(result: "StudyResult", gran: str, metric: str, path: Path, family: str) -> None:
+def ecdf(result: StudyResult, gran: str, metric: str, path: Path, family: str) -> None:
     """Empirical CDF of the per-prompt metric, one line per model."""
     fig, ax = _figure((5.5, 3.8))
     for name in _names(result):
@@ -68,7 +66,7 @@ def ecdf(result: "StudyResult", gran: str, metric: str, path: Path, family: str)
     fig.savefig(str(path), dpi=120)
 
 
-def deltas(result: "StudyResult", gran: str, path: Path, family: str) -> None:
+def deltas(result: StudyResult, gran: str, path: Path, family: str) -> None:
     """Mean paired delta (tuned - base) per metric, standardised by the base's sd across prompts; bars:
     95% BCa CI; * marks q < alpha (Benjamini-Hochberg over the study)."""
     tests = [t for t in result.tests if t.granularity == gran and t.scope == "pooled" and t.comparison.endswith("- base")

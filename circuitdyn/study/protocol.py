@@ -29,72 +29,10 @@ from circuitdyn.models import LoadedModel, load_model, weights_sha256
 from circuitdyn.stats import N_PERMUTATIONS, Direction, PairedStat, fdr_adjust, paired_stat
 from circuitdyn.study.config import StudyConfig, StudyError
 from circuitdyn.study.generation import Generation, generate, pad_id, scored_batch
+from circuitdyn.study.result import CONCENTRATION, HEADLINE, LAYER_METRICS, Entry, StudyResult, Test
 from circuitdyn.tasks import ProblemSet, get_problem_set, problems_sha256
 
-HEADLINE = ("intensity", "normalized_entropy", "effective_edges", "gini", "top_share_0.01", "top_share_0.05",
-            "top_share_0.1", "kurtosis")
-CONCENTRATION = ("gini", "top_share_0.05", "kurtosis")
-LAYER_METRICS = ("intensity", "normalized_entropy", "gini")  # tested per destination layer
 ModelLike = str | LoadedModel
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One model of the study: its label ("base", "grpo", ...) and replicate index (training seed)."""
-
-    label: str
-    replicate: int
-    model: LoadedModel
-
-    @property
-    def name(self) -> str:
-        return self.label if self.label == "base" else f"{self.label}#{self.replicate}"
-
-
-@dataclass(frozen=True)
-class Test:
-    """One paired test: `comparison` is "grpo - base" or "(grpo - base) - (dpo - base)"."""
-
-    comparison: str
-    granularity: str
-    scope: str  # "pooled" or "layer 3" / "logits"
-    metric: str
-    stat: PairedStat
-    seed_means: tuple[float, ...] = ()  # per-replicate mean deltas (tuned - base tests only)
-
-    def record(self, alpha: float) -> dict[str, Any]:
-        s = self.stat
-        spread = np.asarray(self.seed_means) if self.seed_means else np.asarray([np.nan])
-        return {"comparison": self.comparison, "granularity": self.granularity, "scope": self.scope,
-                "metric": self.metric, "n": s.n, "mean_delta": s.mean, "ci_low": s.ci_low, "ci_high": s.ci_high,
-                "p_perm": s.p_value, "q_bh": s.q_value, "median_delta": s.median, "wilcoxon_p": s.wilcoxon_p,
-                "direction": s.direction(alpha).value, "seeds": len(self.seed_means),
-                "seed_mean_min": float(np.min(spread)), "seed_mean_max": float(np.max(spread)),
-                "seed_mean_sd": float(np.std(spread, ddof=1)) if len(self.seed_means) > 1 else float("nan")}
-
-
-@dataclass(frozen=True)
-class StudyResult:
-    config: StudyConfig
-    entries: tuple[Entry, ...]
-    problems_hash: str
-    n_generated: int
-    correct: dict[str, int]  # per entry name
-    kept: tuple[int, ...]  # indices of the problems every model answered correctly
-    generations: dict[str, list[Generation]]
-    attributions: dict[tuple[str, str], Attribution]  # (entry name, granularity)
-    metrics: dict[tuple[str, str, str], dict[str, np.ndarray]]  # (entry, granularity, scope) -> metric -> [n_kept]
-    tests: tuple[Test, ...]
-    claims: tuple[str, ...]
-    protocol: dict[str, Any]
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def test(self, comparison: str, metric: str, granularity: str = "layer", scope: str = "pooled") -> Test:
-        for t in self.tests:
-            if (t.comparison, t.metric, t.granularity, t.scope) == (comparison, metric, granularity, scope):
-                return t
-        raise KeyError(f"no test {comparison!r} / {metric} / {granularity} / {scope}")
-
 
 def _load(spec: ModelLike, base_spec: str | None) -> LoadedModel:
     if isinstance(spec, LoadedModel):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -18,8 +18,7 @@ from circuitdyn.io import save_attribution, save_records, safe_child
 from circuitdyn.metrics import circuit_metrics
 from circuitdyn.report import to_csv
 
-if TYPE_CHECKING:
-    from circuitdyn.study.protocol import StudyResult
+from circuitdyn.study.result import StudyResult
 
 PLOT_METRICS = ("intensity", "normalized_entropy", "gini")
 
@@ -39,7 +38,7 @@ def write_generations(out: Path, problems: Sequence[Any], generations: dict[str,
     atomic_write_text(out / "protocol.json", json.dumps(protocol, indent=1, default=str))
 
 
-def _model_records(result: "StudyResult") -> list[dict[str, Any]]:
+def _model_records(result: StudyResult) -> list[dict[str, Any]]:
     rows = []
     for (name, gran, scope), table in result.metrics.items():
         row: dict[str, Any] = {"model": name, "granularity": gran, "scope": scope, "n": len(result.kept)}
@@ -57,7 +56,7 @@ def _fmt(x: float) -> str:
     return "nan" if not np.isfinite(x) else f"{x:+.4g}"
 
 
-def pooled_table(result: "StudyResult", gran: str, metrics: Sequence[str] | None = None) -> list[str]:
+def pooled_table(result: StudyResult, gran: str, metrics: Sequence[str] | None = None) -> list[str]:
     """Markdown lines of the pooled tests of one graph (every headline metric, or `metrics`)."""
     alpha = result.config.alpha
     lines = ["| comparison | metric | n | mean delta [95% CI] | q | direction | seed means (min..max) | median | "
@@ -72,7 +71,7 @@ def pooled_table(result: "StudyResult", gran: str, metrics: Sequence[str] | None
     return lines
 
 
-def markdown(result: "StudyResult") -> str:
+def markdown(result: StudyResult) -> str:
     cfg = result.config
     p = result.protocol
     lines = ["# RL-circuitry study", "",
@@ -97,7 +96,7 @@ def markdown(result: "StudyResult") -> str:
     return "\n".join(lines)
 
 
-def write_study(result: "StudyResult", out: Path) -> Path:
+def write_study(result: StudyResult, out: Path) -> Path:
     from circuitdyn.study import plots
 
     out.mkdir(parents=True, exist_ok=True)

@@ -79,6 +79,7 @@ class TrainConfig:
     max_completion_length: int = 4
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0  # 0: no top-k filtering
     stop_token_ids: tuple[int, ...] = ()  # besides the tokenizer's eos
     seed: int = 0
     logging_steps: int = 1
@@ -99,6 +100,8 @@ class TrainConfig:
                   "max_completion_length", "temperature", "eval_size", "logging_steps")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ConfigError(f"top_k must be an integer >= 0 (0: off), got {self.top_k!r}")
         object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
         if self.per_device_train_batch_size % self.gradient_accumulation_steps:
             raise ConfigError(f"per_device_train_batch_size {self.per_device_train_batch_size} must be divisible by "

@@ -124,7 +124,8 @@ class Trainer:
         ids, mask = encode_prompts(self.tokenizer, prompts, self.device)
         try:
             return sample(policy or self.sampler, self.tokenizer, ids, mask, max_new_tokens=self.config.max_completion_length,
-                          temperature=self.config.temperature, top_p=self.config.top_p, generator=self.generator,
+                          temperature=self.config.temperature, top_p=self.config.top_p, top_k=self.config.top_k,
+                          generator=self.generator,
                           greedy=greedy, stop_token_ids=self.config.stop_token_ids)
         except FloatingPointError as err:
             raise TrainingError(f"step {self.step}: {err}; the weights are no longer finite. Lower learning_rate; "

@@ -1,12 +1,13 @@
-"""Attribution metrics: functions of (logits, batch) returning one value per example.
+"""Objectives: the functions of (logits, batch) that attribution differentiates, one value per example.
 
-A metric takes `logits [batch, seq, vocab]` and the PairBatch, and returns `[batch]`. Built-ins read the
+(Statistics OF the scores, such as intensity and entropy, live in `circuitdyn.metrics`.) An objective, called
+a metric in the API as in EAP's literature, takes `logits [batch, seq, vocab]` and the PairBatch, and returns `[batch]`. Built-ins read the
 answer position(s) of the batch; any user callable with that signature works too.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from typing import Callable
 
 import torch
 from jaxtyping import Float
@@ -15,26 +16,26 @@ from torch import Tensor
 from circuitdyn.tasks.base import PairBatch
 
 
+Logits = Float[Tensor, "batch seq vocab"]
+PerExample = Float[Tensor, " batch"]
+
+
 class MetricError(ValueError):
     """A metric that returned something other than one finite value per example."""
-
-
-class Metric(Protocol):
-    def __call__(self, logits: Float[Tensor, "batch seq vocab"], batch: PairBatch) -> Float[Tensor, " batch"]: ...
 
 
 def _rows(batch: PairBatch, device: torch.device) -> Tensor:
     return torch.arange(len(batch), device=device)
 
 
-def logit_diff(logits: Tensor, batch: PairBatch) -> Tensor:
+def logit_diff(logits: Logits, batch: PairBatch) -> PerExample:
     """logit(answer) - logit(foil) at the position that predicts the first answer token."""
     rows, pos = _rows(batch, logits.device), batch.answer_pos.to(logits.device)
     at = logits[rows, pos].float()
     return at[rows, batch.answers[:, 0].to(logits.device)] - at[rows, batch.foils.to(logits.device)]
 
 
-def answer_logprob(logits: Tensor, batch: PairBatch) -> Tensor:
+def answer_logprob(logits: Logits, batch: PairBatch) -> PerExample:
     """Sum of log p(answer token i | prefix) over the first k answer tokens (teacher forced)."""
     k = batch.answers.shape[1]
     rows = _rows(batch, logits.device)[:, None]
@@ -47,14 +48,14 @@ def answer_logprob(logits: Tensor, batch: PairBatch) -> Tensor:
     return (picked * (answers >= 0)).sum(-1)
 
 
-def answer_nll(logits: Tensor, batch: PairBatch) -> Tensor:
+def answer_nll(logits: Logits, batch: PairBatch) -> PerExample:
     """MEAN teacher-forced negative log-likelihood over the scored answer tokens (the first k, fewer where an
     answer is shorter): the RL-circuitry paper's loss. `-answer_logprob` is the sum over the same tokens."""
     n_scored = (batch.answers >= 0).sum(-1).clamp(min=1).to(logits.device)
     return -answer_logprob(logits, batch) / n_scored
 
 
-def kl_to_reference(logits: Tensor, reference: Tensor, batch: PairBatch) -> Tensor:
+def kl_to_reference(logits: Logits, reference: Logits, batch: PairBatch) -> PerExample:
     """KL(reference || current) of the next-token distribution at the first answer position."""
     rows, pos = _rows(batch, logits.device), batch.answer_pos.to(logits.device)
     logq = torch.log_softmax(logits[rows, pos].float(), -1)
@@ -69,13 +70,25 @@ METRICS: dict[str, Callable[[Tensor, PairBatch], Tensor]] = {
 }
 
 
-def resolve_metric(metric: str | Callable[[Tensor, PairBatch], Tensor]) -> Callable[[Tensor, PairBatch], Tensor]:
+MetricFn = Callable[[Tensor, PairBatch], Tensor]
+#: the objective that compares with the model's own clean run (it needs that run's logits)
+KL_TO_CLEAN = "kl_to_clean"
+
+
+def resolve_metric(metric: str | MetricFn) -> MetricFn:
     if callable(metric):
         return metric
     if metric not in METRICS:
-        raise MetricError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)} or pass a callable "
-                          "(logits [batch, seq, vocab], batch) -> [batch]")
+        raise MetricError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)} (or {KL_TO_CLEAN!r} for "
+                          "attribution) or pass a callable (logits [batch, seq, vocab], batch) -> [batch]")
     return METRICS[metric]
+
+
+def resolve_objective(metric: str | MetricFn) -> tuple[MetricFn, bool]:
+    """The objective's function, and whether it needs the clean run's logits as a reference (KL)."""
+    if metric == KL_TO_CLEAN:
+        return kl_to_reference, True
+    return resolve_metric(metric), False
 
 
 def checked(values: Tensor, batch: PairBatch, name: str = "metric") -> Tensor:

@@ -1,0 +1,47 @@
+"""The attribution config: frozen, validated, recorded with every result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from circuitdyn.attribution.errors import AttributionError
+from circuitdyn.attribution.intervention import Ablation
+from circuitdyn.attribution.method import Method
+from circuitdyn.choices import parse_choice
+
+
+class Aggregation(str, Enum):
+    PER_TOKEN = "per_token"  # sum over a prompt's positions / its number of tokens
+    SUM = "sum"  # the raw sum over positions
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    method: Method = Method.EAP
+    ablation: Ablation = Ablation.NOISING
+    steps: int = 5  # EAP-IG interpolation steps
+    aggregation: Aggregation = Aggregation.PER_TOKEN
+    batch_size: int = 32
+    per_example: bool = False
+    memory_budget: int = 2 * 2**30  # bytes for the float32 activation-difference buffers
+    answer_tokens: int = 1  # k: answer tokens scored by NLL / log-prob metrics when tokenizing examples
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method", parse_choice(Method, self.method, "method", AttributionError))
+        object.__setattr__(self, "ablation", parse_choice(Ablation, self.ablation, "ablation", AttributionError))
+        object.__setattr__(self, "aggregation", parse_choice(Aggregation, self.aggregation, "aggregation",
+                                                             AttributionError))
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise AttributionError(f"steps must be an integer >= 1, got {self.steps!r}")
+        if self.batch_size < 1:
+            raise AttributionError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.memory_budget < 1:
+            raise AttributionError(f"memory_budget must be a positive number of bytes, got {self.memory_budget}")
+        if self.answer_tokens < 1:
+            raise AttributionError(f"answer_tokens must be >= 1, got {self.answer_tokens}")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: (v.value if isinstance(v, Enum) else v) for k, v in self.__dict__.items()}

@@ -1,0 +1,205 @@
+"""Interventions: what each source is set to, and recording sources in the runs that need them.
+
+One place decodes an ablation into an intervention plan, for every method that scores or patches edges
+(EAP, EAP-IG, exact patching, circuit patching):
+
+  noising    run = clean,   counterfactual = the corrupt run's activations
+  denoising  run = corrupt, counterfactual = the clean run's activations  (the batch is swapped)
+  zero       run = clean,   counterfactual = 0
+  mean       run = clean,   counterfactual = each source's mean activation over the clean prompts
+
+Source recording writes activations into `[n_src, B, T, d]` buffers: the counterfactual forward stores
+them; the run forward subtracts the run's, leaving delta = counterfactual - run, mapped through the
+post-attention norm where the model has one (Gemma3): `N(out + r_cf - r) - N(out)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from circuitdyn.attribution.engine import HookList, forward
+from circuitdyn.attribution.errors import AttributionError
+from circuitdyn.attribution.objectives import MetricFn, checked
+from circuitdyn.choices import parse_choice
+from circuitdyn.graph import Graph
+from circuitdyn.models import LoadedModel, as_bridge, split_qkv_off
+from circuitdyn.tasks.base import PairBatch, TaskExample, tokenize_pairs
+
+SourceBuffer = Float[Tensor, "n_src batch seq d_model"]
+
+
+class Ablation(str, Enum):
+    NOISING = "noising"
+    DENOISING = "denoising"
+    ZERO = "zero"
+    MEAN = "mean"
+
+
+class Counterfactual(str, Enum):
+    """What each source is set to. The run batch's `clean` is always the run, its `corrupt` the
+    counterfactual input (denoising swaps the batch)."""
+
+    CORRUPT = "corrupt"
+    ZERO = "zero"
+    MEAN = "mean"
+
+
+@dataclass(frozen=True)
+class Intervention:
+    """An ablation decoded: which batch to run and which counterfactual to patch in."""
+
+    ablation: Ablation
+    counterfactual: Counterfactual
+
+    @classmethod
+    def of(cls, ablation: Ablation | str) -> "Intervention":
+        ablation = parse_choice(Ablation, ablation, "ablation", AttributionError)
+        cf = {Ablation.ZERO: Counterfactual.ZERO, Ablation.MEAN: Counterfactual.MEAN}.get(ablation, Counterfactual.CORRUPT)
+        return cls(ablation, cf)
+
+    def run_batch(self, batch: PairBatch) -> PairBatch:
+        """The batch whose `clean` is the run and whose `corrupt` is the counterfactual input."""
+        return batch.swapped() if self.ablation is Ablation.DENOISING else batch
+
+    @property
+    def needs_means(self) -> bool:
+        return self.counterfactual is Counterfactual.MEAN
+
+
+def as_batch(model: Any, data: PairBatch | Sequence[TaskExample], answer_tokens: int) -> PairBatch:
+    """A PairBatch as given, or tokenized from TaskExamples with the model's tokenizer."""
+    if isinstance(data, PairBatch):
+        return data
+    if isinstance(data, (list, tuple)) and data and all(isinstance(x, TaskExample) for x in data):
+        tokenizer = model.tokenizer if isinstance(model, LoadedModel) else as_bridge(model).tokenizer
+        return tokenize_pairs(tokenizer, list(data), answer_tokens=answer_tokens)
+    if isinstance(data, (list, tuple)) and not data:
+        raise AttributionError("the dataset is empty: pass at least one example")
+    raise AttributionError(f"data must be a PairBatch or a list of TaskExample, got {type(data).__name__}")
+
+
+# ---- source recording -------------------------------------------------------------------------------
+def post_norm(bridge: Any, path: str) -> Any:
+    module = bridge.get_submodule(path)
+    return getattr(module, "original_component", module)
+
+
+@dataclass
+class Deltas:
+    """Per-source deltas of one batch. `residual` is what attribution contracts; `raw` (counterfactual
+    minus run, in hook space) and `run` are kept only when a method needs them."""
+
+    residual: SourceBuffer  # float32
+    raw: SourceBuffer | None = None
+    run: SourceBuffer | None = None
+
+
+def write_source(buf: Tensor, start: int, stop: int, per_head: bool, act: Tensor, subtract: bool = False) -> None:
+    """Store (or subtract) one source hook's activation into rows start:stop of a source buffer."""
+    value = act.detach().float()
+    value = value.permute(2, 0, 1, 3) if per_head else value[None]
+    if subtract:
+        buf[start:stop] -= value
+    else:
+        buf[start:stop] = value
+
+
+def counterfactual_hooks(graph: Graph, buf: Tensor) -> HookList:
+    """Hooks for the counterfactual forward: store each source's raw activation into buf."""
+    hooks: HookList = []
+    for sh in graph.source_hooks:
+        def fn(act: Tensor, hook: Any, sh: Any = sh) -> Tensor:
+            write_source(buf, sh.start, sh.stop, sh.per_head, act)
+            return act
+        hooks.append((sh.name, fn))
+    return hooks
+
+
+def delta_hooks(graph: Graph, bridge: Any, deltas: Deltas) -> HookList:
+    """Hooks for the run forward: delta = counterfactual - run (buffer pre-filled with the counterfactual),
+    mapped through the post-attention norm where the model has one. When the Deltas carry `raw`, it keeps
+    the unmapped difference; when they carry `run`, it receives the run activations."""
+    hooks: HookList = []
+    buf = deltas.raw if deltas.raw is not None else deltas.residual
+    for sh in graph.source_hooks:
+        def fn(act: Tensor, hook: Any, sh: Any = sh) -> Tensor:
+            write_source(buf, sh.start, sh.stop, sh.per_head, act, subtract=True)
+            if deltas.run is not None:
+                write_source(deltas.run, sh.start, sh.stop, sh.per_head, act)
+            if buf is not deltas.residual:
+                deltas.residual[sh.start:sh.stop] = buf[sh.start:sh.stop]
+            return act
+        hooks.append((sh.name, fn))
+    for ph in graph.post_norm_hooks:
+        norm = post_norm(bridge, ph.module)
+
+        def fn_norm(out: Tensor, hook: Any, ph: Any = ph, norm: Any = norm) -> Tensor:
+            with torch.no_grad():
+                o = out.detach()
+                base = norm(o).float()
+                raw = buf[ph.start:ph.stop].to(o.dtype)
+                deltas.residual[ph.start:ph.stop] = norm(o[None] + raw).float() - base[None]
+            return out
+        hooks.append((ph.name, fn_norm))
+    return hooks
+
+
+# ---- counterfactuals --------------------------------------------------------------------------------
+@torch.no_grad()
+def source_means(bridge: Any, graph: Graph, batches: list[PairBatch]) -> Float[Tensor, "n_src d_model"]:
+    """Mean raw activation of every source over all valid tokens of the clean prompts."""
+    device = next(bridge.parameters()).device
+    total = torch.zeros(graph.n_src, graph.spec.d_model, dtype=torch.float64, device=device)
+    count = 0
+    for batch in batches:
+        buf = torch.zeros(graph.n_src, *batch.clean.shape, graph.spec.d_model, device=device)
+        mask = batch.mask.to(device)
+        with split_qkv_off(bridge):
+            forward(bridge, batch.clean.to(device), mask, counterfactual_hooks(graph, buf))
+        total += (buf * mask[None, :, :, None]).sum((1, 2)).double()
+        count += int(mask.sum())
+    return (total / count).float()
+
+
+def fill_counterfactual(
+    bridge: Any, graph: Graph, batch: PairBatch, cf: Counterfactual, buf: Tensor, means: Tensor | None
+) -> None:
+    """Write every source's counterfactual value into `buf`."""
+    if cf is Counterfactual.ZERO:
+        buf.zero_()
+    elif cf is Counterfactual.MEAN:
+        assert means is not None
+        buf.copy_(means[:, None, None, :].expand_as(buf))
+    else:
+        with torch.no_grad(), split_qkv_off(bridge):
+            forward(bridge, batch.corrupt, batch.mask, counterfactual_hooks(graph, buf))
+
+
+def new_deltas(graph: Graph, batch: PairBatch, device: torch.device, *, raw: bool = False, run: bool = False) -> Deltas:
+    shape = (graph.n_src, *batch.clean.shape, graph.spec.d_model)
+    separate_raw = raw and bool(graph.post_norm_hooks)
+    return Deltas(
+        residual=torch.zeros(shape, device=device),
+        raw=torch.zeros(shape, device=device) if separate_raw else None,
+        run=torch.zeros(shape, device=device) if run else None,
+    )
+
+
+def prepare_deltas(
+    bridge: Any, graph: Graph, batch: PairBatch, cf: Counterfactual, means: Tensor | None,
+    metric: MetricFn | None = None, *, raw: bool = False, run: bool = False,
+) -> tuple[Deltas, Tensor | None]:
+    """Deltas of the batch (counterfactual forward, then a run forward), without gradients. Returns the
+    metric at the run when `metric` is given."""
+    deltas = new_deltas(graph, batch, batch.clean.device, raw=raw, run=run)
+    fill_counterfactual(bridge, graph, batch, cf, deltas.raw if deltas.raw is not None else deltas.residual, means)
+    with torch.no_grad(), split_qkv_off(bridge):
+        logits = forward(bridge, batch.clean, batch.mask, delta_hooks(graph, bridge, deltas))
+    values = checked(metric(logits, batch), batch) if metric is not None else None
+    return deltas, values
