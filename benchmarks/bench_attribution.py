@@ -21,21 +21,22 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import psutil  # noqa: E402
-import torch  # noqa: E402
+import psutil
+import torch
 
-from circuitdyn.attribution import attribute  # noqa: E402
-from circuitdyn.attribution.engine import frozen_parameters  # noqa: E402
-from circuitdyn.graph import Graph  # noqa: E402
-from circuitdyn.models import LoadedModel, Provenance, load_model, save_model_folder  # noqa: E402
-from circuitdyn.tasks import Addition, IOI, tokenize_pairs  # noqa: E402
-from circuitdyn.model_files import cache_root  # noqa: E402
-from circuitdyn.zoo import char_tokenizer  # noqa: E402
+from circuitdyn.attribution import attribute
+from circuitdyn.attribution.engine import frozen_parameters
+from circuitdyn.graph import Graph
+from circuitdyn.model_files import cache_root, save_model_folder
+from circuitdyn.models import LoadedModel, load_model
+from circuitdyn.tasks import IOI, Addition, tokenize_pairs
+from circuitdyn.zoo import char_tokenizer
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> float:
@@ -163,7 +164,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["medium_gpt2"] = {
         "shape": "GPT-2, 6 layers, d_model 256, 8 heads (random weights)", "examples": n,
         "edges": graph.n_edges, "bare_seconds": t_bare, "eap_seconds": t_eap,
-        "eap_over_bare": t_eap / t_bare, "eap_ig_steps": steps, "fwd_bwd_seconds": t_fwd_bwd, "eap_ig_over_fwd_bwd": t_ig / t_fwd_bwd,
+        "eap_over_bare": t_eap / t_bare, "eap_ig_steps": steps, "fwd_bwd_seconds": t_fwd_bwd,
+        "eap_ig_over_fwd_bwd": t_ig / t_fwd_bwd,
     }
     # transformer_lens runs one prompt at a time: compare on a small batch
     k = 4 if args.quick else 8

@@ -20,11 +20,11 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-import torch  # noqa: E402
+import torch
 
-from circuitdyn.models import load_model  # noqa: E402
-from circuitdyn.tasks import Addition  # noqa: E402
-from circuitdyn.train import GRPOConfig, Trainer  # noqa: E402
+from circuitdyn.models import load_model
+from circuitdyn.tasks import Addition
+from circuitdyn.train import GRPOConfig, Trainer
 
 BATCH, GROUP, MAX_NEW = 16, 8, 8
 
@@ -62,7 +62,8 @@ def trl_grpo(steps: int) -> dict[str, Any]:
     data = Dataset.from_list([{"prompt": e.clean} for e in examples])
 
     def reward(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
-        return [float(c.strip().startswith(answers[p]) and c.strip()[len(answers[p]):][:1] in ("", " ")) for p, c in zip(prompts, completions)]
+        return [float(c.strip().startswith(answers[p]) and c.strip()[len(answers[p]):][:1] in ("", " "))
+                for p, c in zip(prompts, completions)]
 
     class Clock(TrainerCallback):
         def __init__(self) -> None:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_attribution  # noqa: E402
-import bench_train  # noqa: E402
+import bench_attribution
+import bench_train
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -5,9 +5,9 @@ All functions are pure: they take scores or circuits and return new circuits.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Iterable
 
 import torch
 from jaxtyping import Bool

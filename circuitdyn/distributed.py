@@ -9,7 +9,8 @@ single process would. Launch with torchrun, e.g. `torchrun --nproc-per-node 8 my
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist

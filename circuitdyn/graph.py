@@ -18,8 +18,9 @@ Parallel attention+MLP blocks (GPT-NeoX): `m{l}` does not read layer l's attenti
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float
@@ -28,7 +29,16 @@ from torch import Tensor
 from circuitdyn.choices import parse_choice
 from circuitdyn.models import as_bridge
 from circuitdyn.nodes import (
-    QKV, Destination, DestHook, DestKind, Granularity, GraphError, GraphSpec, PostNormHook, Source, SourceHook,
+    QKV,
+    DestHook,
+    Destination,
+    DestKind,
+    Granularity,
+    GraphError,
+    GraphSpec,
+    PostNormHook,
+    Source,
+    SourceHook,
     SourceKind,
 )
 

@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from circuitdyn.atomic import atomic_file, atomic_write_text
 from circuitdyn.attribution.config import AttributionConfig
 from circuitdyn.attribution.result import Attribution
-from circuitdyn.graph import Graph, GraphSpec, Granularity
+from circuitdyn.graph import Granularity, Graph, GraphSpec
 
 SCHEMA = "circuitdyn.attribution"
 VERSION = 2  # 2: the graph records `qkv`; version 1 files hold merged layer-level q/k/v (read as such)

@@ -15,15 +15,19 @@ import contextlib
 import copy
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from circuitdyn import real_models, zoo
 from circuitdyn.model_files import (
-    ModelSpecError, check_round_trip, check_tokenizer_files, load_tokenizer, save_model_folder,
+    ModelSpecError,
+    check_round_trip,
+    check_tokenizer_files,
+    load_tokenizer,
 )
 
 REAL_MODELS = ("smollm2-135m", "gemma3-270m")

@@ -9,15 +9,23 @@ the full circuit the clean run exactly.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from circuitdyn.attribution.engine import HookList, forward
 from circuitdyn.attribution.intervention import (
-    Ablation, Counterfactual, Intervention, as_batch, fill_counterfactual, post_norm, source_means, write_source,
+    Ablation,
+    Counterfactual,
+    Intervention,
+    as_batch,
+    fill_counterfactual,
+    post_norm,
+    source_means,
+    write_source,
 )
 from circuitdyn.attribution.objectives import MetricFn, checked, resolve_objective
 from circuitdyn.attribution.result import Attribution

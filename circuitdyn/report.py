@@ -5,11 +5,12 @@ from __future__ import annotations
 import csv
 import io
 import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
-from circuitdyn.compare import Comparison
 from circuitdyn.atomic import atomic_write_text
+from circuitdyn.compare import Comparison
 
 HEADLINE = ("intensity", "normalized_entropy", "gini", "kurtosis")
 

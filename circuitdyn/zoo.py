@@ -13,12 +13,12 @@ import argparse
 import contextlib
 import hashlib
 import json
-import os
 import string
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 

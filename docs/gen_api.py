@@ -5,7 +5,8 @@ from __future__ import annotations
 import importlib
 import inspect
 
-MODULES = ["circuitdyn.models", "circuitdyn.graph", "circuitdyn.attribution", "circuitdyn.circuit",
+MODULES = ["circuitdyn", "circuitdyn.models", "circuitdyn.model_files", "circuitdyn.surface", "circuitdyn.sampling",
+           "circuitdyn.graph", "circuitdyn.attribution", "circuitdyn.circuit",
            "circuitdyn.patching", "circuitdyn.metrics", "circuitdyn.stats", "circuitdyn.compare", "circuitdyn.study", "circuitdyn.report", "circuitdyn.plot",
            "circuitdyn.io", "circuitdyn.tasks", "circuitdyn.zoo", "circuitdyn.train", "circuitdyn.dynamics",
            "circuitdyn.dynamics.snapshots"]

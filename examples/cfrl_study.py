@@ -79,7 +79,8 @@ def summary(series: dict[str, list[list[dict[str, Any]]]], args: argparse.Namesp
     first = args.every
     last = args.steps
     lines = [f"# GRPO vs CF-RL on {args.model} (addition), {args.seeds} seeds, {args.steps} steps", "",
-             f"CF-RL: {args.classifier_steps} classifier-only steps (lr {args.classifier_lr}), then GRPO. Wall time {seconds:.0f} s.", "",
+             f"CF-RL: {args.classifier_steps} classifier-only steps (lr {args.classifier_lr}), then GRPO. "
+             f"Wall time {seconds:.0f} s.", "",
              "| metric | step | GRPO mean (min..max) | CF-RL mean (min..max) |", "|---|---|---|---|"]
     for key, _ in PANELS:
         for step in (0, first, last):

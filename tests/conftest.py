@@ -4,11 +4,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from circuitdyn.models import load_model  # noqa: E402
-from circuitdyn.zoo import FAMILIES  # noqa: E402
+from circuitdyn.models import load_model
+from circuitdyn.zoo import FAMILIES
 
 ALL_FAMILIES = sorted(FAMILIES)
 _CACHE: dict[str, object] = {}

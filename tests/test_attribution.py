@@ -2,7 +2,11 @@ import pytest
 import torch
 
 from circuitdyn.attribution import (
-    AttributionError, MemoryBudgetError, MetricError, attribute, logit_diff,
+    AttributionError,
+    MemoryBudgetError,
+    MetricError,
+    attribute,
+    logit_diff,
 )
 from circuitdyn.graph import Graph
 from circuitdyn.models import attribution_hooks

@@ -3,7 +3,7 @@ import torch
 
 from circuitdyn.attribution import attribute, logit_diff
 from circuitdyn.circuit import Circuit, greedy, prune, threshold, top_n
-from circuitdyn.graph import Graph, GraphError, GraphSpec, Granularity
+from circuitdyn.graph import Granularity, Graph, GraphError, GraphSpec
 from circuitdyn.patching import evaluate_circuit, faithfulness_curve, patched_metric
 from circuitdyn.tasks import Addition, tokenize_pairs
 from tests.conftest import zoo_model

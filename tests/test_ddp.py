@@ -40,7 +40,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 
 def _cat(a: torch.Tensor, b: torch.Tensor, fill) -> torch.Tensor:
     width = max(a.shape[1], b.shape[1])
-    pad = lambda t: torch.cat([t, torch.full((t.shape[0], width - t.shape[1]), fill, dtype=t.dtype)], 1)  # noqa: E731
+    pad = lambda t: torch.cat([t, torch.full((t.shape[0], width - t.shape[1]), fill, dtype=t.dtype)], 1)
     return torch.cat([pad(a), pad(b)])
 
 

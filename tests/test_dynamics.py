@@ -2,7 +2,14 @@ import pytest
 import torch
 
 from circuitdyn.dynamics import (
-    NTKError, confidence, distinct_n, diversity, entk, feature_variability, pass_at_k, predicted_logprob_change,
+    NTKError,
+    confidence,
+    distinct_n,
+    diversity,
+    entk,
+    feature_variability,
+    pass_at_k,
+    predicted_logprob_change,
 )
 from circuitdyn.models import clone_model
 from circuitdyn.tasks import Addition, tokenize_pairs

@@ -4,7 +4,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from circuitdyn.graph import Graph, GraphError, GraphSpec, Granularity
+from circuitdyn.graph import Granularity, Graph, GraphError, GraphSpec
 from tests.conftest import zoo_model
 
 

@@ -4,8 +4,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from circuitdyn.model_files import save_model_folder
 from circuitdyn.models import (
-    HookFlagsUnavailable, ModelSpecError, attribution_hooks, load_model, save_model_folder,
+    HookFlagsUnavailable,
+    ModelSpecError,
+    attribution_hooks,
+    load_model,
 )
 from circuitdyn.zoo import char_tokenizer
 from tests.conftest import zoo_model

@@ -5,8 +5,18 @@ import json
 import pytest
 
 from circuitdyn.tasks import (
-    Addition, Problem, TaskError, TaskProblems, WordProblems, answers_match, final_answer, get_problem_set,
-    load_gsm8k, load_math, normalize_answer, problems_sha256,
+    Addition,
+    Problem,
+    TaskError,
+    TaskProblems,
+    WordProblems,
+    answers_match,
+    final_answer,
+    get_problem_set,
+    load_gsm8k,
+    load_math,
+    normalize_answer,
+    problems_sha256,
 )
 
 

@@ -141,7 +141,7 @@ def test_study_on_zoo_end_to_end(tmp_path):
     for i in range(result.n_generated):
         assert (i in result.kept) == all(result.generations[n][i].correct for n in names)
     assert min(result.correct.values()) >= len(result.kept) >= 8
-    for (name, gran), attr in result.attributions.items():
+    for attr in result.attributions.values():
         assert attr.per_example.shape[0] == len(result.kept)
     t = result.test("grpo - base", "intensity")
     assert len(t.seed_means) == 2 and t.stat.n == len(result.kept)

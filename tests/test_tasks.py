@@ -3,7 +3,15 @@ import json
 import pytest
 
 from circuitdyn.tasks import (
-    IOI, Addition, GreaterThan, TaskError, TaskExample, from_jsonl, from_records, get_task, tokenize_pairs,
+    IOI,
+    Addition,
+    GreaterThan,
+    TaskError,
+    TaskExample,
+    from_jsonl,
+    from_records,
+    get_task,
+    tokenize_pairs,
 )
 from circuitdyn.zoo import char_tokenizer
 

@@ -5,7 +5,14 @@ import torch
 
 from circuitdyn.train import losses as L
 from circuitdyn.train.config import (
-    CFRLConfig, ConfigError, DPOConfig, GRPOConfig, LossType, PPOConfig, ScaleRewards, config_from_dict,
+    CFRLConfig,
+    ConfigError,
+    DPOConfig,
+    GRPOConfig,
+    LossType,
+    PPOConfig,
+    ScaleRewards,
+    config_from_dict,
 )
 
 

@@ -4,7 +4,15 @@ import torch
 from circuitdyn.models import clone_model
 from circuitdyn.tasks import Addition
 from circuitdyn.train import (
-    CFRLConfig, DPOConfig, GRPOConfig, PPOConfig, RewardError, Trainer, TrainingError, classifier_parameters, train,
+    CFRLConfig,
+    DPOConfig,
+    GRPOConfig,
+    PPOConfig,
+    RewardError,
+    Trainer,
+    TrainingError,
+    classifier_parameters,
+    train,
 )
 from circuitdyn.train.checkpoint import CheckpointError
 from tests.conftest import zoo_model

@@ -13,7 +13,8 @@ of each single-edge patch, which is what `aggregation="sum"` EAP approximates.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -29,7 +30,7 @@ from circuitdyn.attribution.intervention import Intervention, as_batch, source_m
 from circuitdyn.attribution.method import AttributionMethod, BatchJob, Method
 from circuitdyn.attribution.objectives import MetricError, MetricFn, kl_to_reference, resolve_objective
 from circuitdyn.attribution.result import Attribution
-from circuitdyn.graph import Graph, Granularity
+from circuitdyn.graph import Granularity, Graph
 from circuitdyn.models import LoadedModel, as_bridge, attribution_hooks
 from circuitdyn.tasks.base import PairBatch, TaskExample
 
@@ -104,7 +105,8 @@ def attribute(
         raise MetricError("attribution produced non-finite scores: check the metric and the model dtype")
     scores = scores * graph.edge_mask
     provenance = {
-        "model": model.provenance.as_dict() if isinstance(model, LoadedModel) else {"architecture": str(getattr(bridge.cfg, "architecture", "?"))},
+        "model": model.provenance.as_dict() if isinstance(model, LoadedModel)
+        else {"architecture": str(getattr(bridge.cfg, "architecture", "?"))},
         "graph": graph.spec.as_dict(),
         "config": config.as_dict(),
         "metric": metric if isinstance(metric, str) else getattr(metric, "__name__", "callable"),

@@ -9,7 +9,8 @@ gradient in one matmul, inside a backward tensor hook: no Python loop over edges
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -15,9 +15,10 @@ post-attention norm where the model has one (Gemma3): `N(out + r_cf - r) - N(out
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Float

@@ -1,20 +1,20 @@
 """Objectives: the functions of (logits, batch) that attribution differentiates, one value per example.
 
 (Statistics OF the scores, such as intensity and entropy, live in `circuitdyn.metrics`.) An objective, called
-a metric in the API as in EAP's literature, takes `logits [batch, seq, vocab]` and the PairBatch, and returns `[batch]`. Built-ins read the
+a metric in the API as in EAP's literature, takes `logits [batch, seq, vocab]` and the PairBatch, and returns
+`[batch]`. Built-ins read the
 answer position(s) of the batch; any user callable with that signature works too.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
 from circuitdyn.tasks.base import PairBatch
-
 
 Logits = Float[Tensor, "batch seq vocab"]
 PerExample = Float[Tensor, " batch"]

@@ -18,8 +18,9 @@ with advantage A), log pi(y'|x') changes by eta * A * K(x', x) to first order.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from jaxtyping import Float

@@ -17,8 +17,8 @@ from circuitdyn.attribution import attribute
 from circuitdyn.dynamics.behaviour import confidence, diversity
 from circuitdyn.dynamics.ntk import entk, feature_variability
 from circuitdyn.metrics import circuit_metrics
-from circuitdyn.tasks.base import PairBatch, TaskExample
 from circuitdyn.sampling import encode_prompts, sample
+from circuitdyn.tasks.base import PairBatch, TaskExample
 
 
 def _append(path: Path | None, row: dict[str, Any]) -> None:

@@ -10,17 +10,18 @@ is never re-tokenized from text: it is the prompt ids followed by the response i
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
 from circuitdyn.models import LoadedModel
+from circuitdyn.sampling import sample
+from circuitdyn.surface import sampling_twin
 from circuitdyn.tasks.base import PairBatch
 from circuitdyn.tasks.problems import Problem, ProblemSet
-from circuitdyn.surface import sampling_twin
-from circuitdyn.sampling import sample
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import itertools
 import time
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,9 +27,9 @@ from circuitdyn.attribution import Attribution, attribute
 from circuitdyn.graph import Graph
 from circuitdyn.metrics import circuit_metrics, per_layer_metrics
 from circuitdyn.models import LoadedModel, load_model, weights_sha256
-from circuitdyn.stats import N_PERMUTATIONS, Direction, PairedStat, fdr_adjust, paired_stat
+from circuitdyn.stats import N_PERMUTATIONS, Direction, fdr_adjust, paired_stat
 from circuitdyn.study.config import StudyConfig, StudyError
-from circuitdyn.study.generation import Generation, generate, pad_id, scored_batch
+from circuitdyn.study.generation import generate, pad_id, scored_batch
 from circuitdyn.study.result import CONCENTRATION, HEADLINE, LAYER_METRICS, Entry, StudyResult, Test
 from circuitdyn.tasks import ProblemSet, get_problem_set, problems_sha256
 
@@ -70,7 +71,8 @@ def _check_compatible(entries: Sequence[Entry]) -> None:
             raise StudyError(f"{e.name} has a different tokenizer (vocabulary, chat template or eos) from the base: "
                              "its generations and scored tokens would not be comparable; use tuned copies that "
                              "share the base's tokenizer")
-        if e.model.bridge.cfg.n_layers != base.model.bridge.cfg.n_layers or e.model.bridge.cfg.d_model != base.model.bridge.cfg.d_model:
+        ours, theirs = e.model.bridge.cfg, base.model.bridge.cfg
+        if ours.n_layers != theirs.n_layers or ours.d_model != theirs.d_model:
             raise StudyError(f"{e.name} has a different shape from the base; a study needs one graph for all models")
 
 
@@ -134,7 +136,8 @@ def _claims(cfg: StudyConfig, tests: Sequence[Test], labels: Sequence[str]) -> l
     for gran in cfg.granularities:
         for lab in labels:
             kind = "offline" if cfg.is_offline(lab) else "online RL"
-            get = lambda m: pooled[(f"{lab} - base", gran, m)]  # noqa: E731
+            def get(m: str, lab: str = lab, gran: str = gran) -> Test:
+                return pooled[(f"{lab} - base", gran, m)]
             up_i = get("intensity").stat.direction(cfg.alpha).value == "up"
             up_e = get("normalized_entropy").stat.direction(cfg.alpha).value == "up"
             conc = [get(m).stat.direction(cfg.alpha).value for m in CONCENTRATION]

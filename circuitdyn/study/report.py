@@ -8,16 +8,16 @@ different prompts cancel, appears only in model_metrics.csv, named `<metric>_of_
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from circuitdyn.atomic import atomic_write_text
-from circuitdyn.io import save_attribution, save_records, safe_child
+from circuitdyn.io import safe_child, save_attribution, save_records
 from circuitdyn.metrics import circuit_metrics
 from circuitdyn.report import to_csv
-
 from circuitdyn.study.result import StudyResult
 
 PLOT_METRICS = ("intensity", "normalized_entropy", "gini")
@@ -83,7 +83,8 @@ def markdown(result: StudyResult) -> str:
              "response (at least 1 token), teacher forced on its own token ids, summed over positions, per prompt.",
              "",
              "Statistics: per-prompt paired differences. Primary: mean, BCa bootstrap 95% CI "
-             f"({cfg.n_resamples} resamples; {cfg.layer_resamples} per layer) and a sign-flip permutation test of the mean; q = Benjamini-Hochberg "
+             f"({cfg.n_resamples} resamples; {cfg.layer_resamples} per layer) and a sign-flip permutation test of the mean; "
+             "q = Benjamini-Hochberg "
              f"adjusted p over all {len(result.tests)} tests of this study. A direction is claimed only when "
              f"q < {cfg.alpha} and the CI excludes 0. Secondary (not used for verdicts): median and Wilcoxon p.",
              "", "## The paper's claims, as measured", ""]

@@ -6,10 +6,16 @@ from circuitdyn.tasks.greater_than import GreaterThan
 from circuitdyn.tasks.ioi import IOI
 from circuitdyn.tasks.math_files import MathFile, load_gsm8k, load_math
 from circuitdyn.tasks.problems import (
-    Problem, ProblemSet, TaskProblems, answers_match, final_answer, normalize_answer, problems_sha256,
+    Problem,
+    ProblemSet,
+    TaskProblems,
+    answers_match,
+    final_answer,
+    normalize_answer,
+    problems_sha256,
 )
-from circuitdyn.tasks.word_problems import WordProblems
 from circuitdyn.tasks.user_data import UserTask, from_jsonl, from_records
+from circuitdyn.tasks.word_problems import WordProblems
 
 TASKS = {"addition": Addition, "ioi": IOI, "greater_than": GreaterThan}
 

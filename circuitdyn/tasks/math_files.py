@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from circuitdyn.tasks.base import TaskError
 from circuitdyn.tasks.jsonl import read_jsonl
-from circuitdyn.tasks.problems import Problem, boxed_content, answers_match
+from circuitdyn.tasks.problems import Problem, answers_match, boxed_content
 
 Format = Literal["gsm8k", "math"]
 

@@ -9,8 +9,9 @@ for very small models (SmolLM2-135M answers about one in eight level-1 problems)
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Literal
 
 from circuitdyn.tasks.base import TaskError
 from circuitdyn.tasks.problems import Problem, answers_match

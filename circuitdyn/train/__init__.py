@@ -8,10 +8,19 @@ from circuitdyn.surface import classifier_parameters
 from circuitdyn.train.algorithm import TrainingAlgorithm, TrainingError
 from circuitdyn.train.cfrl import ParameterSchedule, Stage
 from circuitdyn.train.config import (
-    Algorithm, CFRLConfig, ClassifierFirst, ConfigError, DPOConfig, GRPOConfig, LossType, PPOConfig, ScaleRewards,
-    TrainConfig, config_from_dict,
+    Algorithm,
+    CFRLConfig,
+    ClassifierFirst,
+    ConfigError,
+    DPOConfig,
+    GRPOConfig,
+    LossType,
+    PPOConfig,
+    ScaleRewards,
+    TrainConfig,
+    config_from_dict,
 )
-from circuitdyn.train.loop import ALGORITHMS, Callback, TrainResult, Trainer, train
+from circuitdyn.train.loop import ALGORITHMS, Callback, Trainer, TrainResult, train
 from circuitdyn.train.rewards import RewardError, task_reward
 
 __all__ = [

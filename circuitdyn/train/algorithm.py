@@ -8,7 +8,8 @@ random streams, evaluation, callbacks, checkpoints, and the parameter schedule (
 
 from __future__ import annotations
 
-from typing import Any, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor

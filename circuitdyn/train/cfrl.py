@@ -8,8 +8,9 @@ around each stage-1 step and restored on exit, so nothing outside the step ever 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator, Sequence
 from enum import Enum
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import torch
 

@@ -6,7 +6,8 @@ so a resumed run continues on exactly the same pairs.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

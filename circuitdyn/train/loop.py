@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -27,7 +28,11 @@ from circuitdyn.tasks.base import Task, TaskExample
 from circuitdyn.train.algorithm import TrainingAlgorithm, TrainingError
 from circuitdyn.train.cfrl import ParameterSchedule
 from circuitdyn.train.checkpoint import (
-    CheckpointError, load_algorithm_tensors, load_checkpoint, read_checkpoint_meta, save_checkpoint,
+    CheckpointError,
+    load_algorithm_tensors,
+    load_checkpoint,
+    read_checkpoint_meta,
+    save_checkpoint,
 )
 from circuitdyn.train.config import Algorithm, TrainConfig, config_from_dict
 from circuitdyn.train.dpo import DPO

@@ -53,7 +53,8 @@ class PPO(Stateless):
                 logp, ent, values = token_logprobs(run.bridge, roll, value_head=self.value_head, rows=rows)
                 assert values is not None
                 pg, vf, st = L.ppo_losses(logp, old_logp[rows], values, old_values[rows], adv[rows], returns[rows],
-                                          mask[rows], cliprange=cfg.cliprange, cliprange_value=cfg.cliprange_value, n_tokens=n_tok)
+                                          mask[rows], cliprange=cfg.cliprange, cliprange_value=cfg.cliprange_value,
+                                          n_tokens=n_tok)
                 loss = pg + cfg.vf_coef * vf
                 check_loss(loss, run.step, "PPO")
                 loss.backward()
