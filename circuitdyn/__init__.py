@@ -34,7 +34,13 @@ _FACE = {
     "circuitdyn.study": ("StudyConfig", "run_study"),
 }
 _HOME = {name: module for module, names in _FACE.items() for name in names}
-__all__ = sorted(_HOME)
+__all__ = [
+    "Attribution", "AttributionConfig", "CFRLConfig", "Circuit", "ClassifierFirst", "Comparison", "DPOConfig",
+    "GRPOConfig", "Graph", "LoadedModel", "PPOConfig", "StudyConfig", "Trainer", "attribute",
+    "circuit_metrics", "clone_model", "confidence", "diversity", "edge_diff", "entk", "evaluate_circuit",
+    "faithfulness_curve", "get_problem_set", "get_task", "greedy", "load_attribution", "load_model",
+    "per_layer_metrics", "run_study", "save_attribution", "select", "tokenize_pairs", "top_n",
+]
 
 
 def __getattr__(name: str) -> Any:
@@ -50,7 +56,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
-    from circuitdyn.attribution import Attribution, AttributionConfig, attribute
+    from circuitdyn.attribution import Attribution, AttributionConfig
+    from circuitdyn.attribution.attribute import attribute
     from circuitdyn.circuit import Circuit, greedy, select, top_n
     from circuitdyn.compare import Comparison, edge_diff
     from circuitdyn.dynamics import confidence, diversity, entk

@@ -70,7 +70,10 @@ class Circuit:
 
 
 def _scores(scores: Tensor | object) -> Tensor:
-    return getattr(scores, "scores", scores)  # an Attribution or a plain tensor
+    s = getattr(scores, "scores", scores)  # an Attribution or a plain tensor
+    if not isinstance(s, Tensor):
+        raise GraphError(f"expected an Attribution or a score tensor, got {type(scores).__name__}")
+    return s
 
 
 def _graph(scores: Tensor | object, graph: Graph | None) -> Graph:

@@ -57,6 +57,7 @@ def attribute_sharded(model: Any, graph: Graph | str, data: PairBatch | Sequence
     dist.all_reduce(total)
     scores = (total / len(batch)).to(torch.float32)
     values = _gather_rows(local.metric_values.to(device), bounds, world)
+    assert local.per_example is not None  # asked for above
     per_example = _gather_rows(local.per_example, bounds, world) if want_per_example else None
     provenance = {**local.provenance, "n_examples": len(batch), "world_size": world}
     return Attribution(scores, local.graph, values, local.config, per_example, provenance)

@@ -60,7 +60,7 @@ def spec_from_model(
     return GraphSpec(
         n_layers=int(cfg.n_layers), n_heads=n_heads, n_kv_heads=int(n_kv), d_model=int(cfg.d_model),
         parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)), post_attn_norm=post_norm,
-        granularity=granularity, qkv=qkv,
+        granularity=granularity, qkv=parse_choice(QKV, qkv, "qkv", GraphError),
     )
 
 
@@ -213,7 +213,7 @@ class Graph:
         if d.kind == "q":
             return (f"a{d.layer}.h{d.head}",)
         group = H // K
-        return tuple(f"a{d.layer}.h{h}" for h in range(d.head * group, (d.head + 1) * group))  # type: ignore[operator]
+        return tuple(f"a{d.layer}.h{h}" for h in range(d.head * group, (d.head + 1) * group))
 
     # ---- layer aggregation --------------------------------------------------------------------------
     def layer_aggregation(

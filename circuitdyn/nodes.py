@@ -91,8 +91,8 @@ class GraphSpec:
     d_model: int
     parallel_attn_mlp: bool
     post_attn_norm: bool  # attention output is normalised before the residual add (Gemma3)
-    granularity: Granularity
-    qkv: QKV = QKV.SPLIT  # layer granularity only; head graphs always read q, k, v per head
+    granularity: Granularity | str  # parsed into the Enum in __post_init__
+    qkv: QKV | str = QKV.SPLIT  # layer granularity only (head graphs read q, k, v per head); parsed likewise
 
     def __post_init__(self) -> None:
         if self.n_layers < 1 or self.n_heads < 1 or self.d_model < 1:
@@ -108,6 +108,6 @@ class GraphSpec:
 
     def as_dict(self) -> dict[str, Any]:
         d = dict(self.__dict__)
-        d["granularity"] = self.granularity.value
-        d["qkv"] = self.qkv.value
+        d["granularity"] = Granularity(self.granularity).value
+        d["qkv"] = QKV(self.qkv).value
         return d

@@ -81,7 +81,7 @@ def score_distribution(attributions: Mapping[str, Any], path: str | Path | None 
     positive = np.concatenate([v[v > 0] for v in values.values()])
     if positive.size == 0:
         raise ValueError("every score is zero: nothing to plot")
-    bins = np.logspace(np.log10(positive.min()), np.log10(positive.max()), 40)
+    bins: Any = np.logspace(np.log10(positive.min()), np.log10(positive.max()), 40)
     for name, v in values.items():
         ax.hist(v[v > 0], bins=bins, histtype="step", lw=1.5, label=name)
     ax.set_xscale("log")

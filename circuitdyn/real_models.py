@@ -50,7 +50,7 @@ def convert_gguf(path: Path, *, architecture: str | None = None) -> Path:
         return folder
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # dequantized on load: nothing left to quantize
     if architecture is not None:
         model.config.architectures = [architecture]
     elif not getattr(model.config, "architectures", None):

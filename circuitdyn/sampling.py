@@ -86,7 +86,7 @@ def sample(
         if greedy:
             nxt = logits.argmax(-1)
         else:
-            probs = torch.softmax(warp(prompt_ids, logits / temperature), -1)
+            probs = torch.softmax(warp(prompt_ids, logits / temperature), -1)  # type: ignore[arg-type]
             nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
         nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
         tokens.append(nxt)

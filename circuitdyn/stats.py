@@ -62,7 +62,7 @@ class PairedStat:
                           self.extra)
 
 
-def _mean(x: np.ndarray, axis: int = -1) -> np.ndarray:
+def _mean(x: np.ndarray, axis: int = -1) -> np.ndarray | np.floating:
     return np.mean(x, axis=axis)
 
 

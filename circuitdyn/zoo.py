@@ -82,14 +82,15 @@ class ZooSpec:
     def hf_config(self, vocab_size: int, pad_id: int, bos_id: int, eos_id: int) -> Any:
         import transformers as tf
 
-        ids = dict(vocab_size=vocab_size, pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id)
+        ids: dict[str, Any] = dict(vocab_size=vocab_size, pad_token_id=pad_id, bos_token_id=bos_id, eos_token_id=eos_id)
         d, L, H, K, M, T = self.d_model, self.n_layers, self.n_heads, self.n_kv_heads, self.d_mlp, self.n_ctx
         if self.family == "gpt2":
             return tf.GPT2Config(n_embd=d, n_layer=L, n_head=H, n_inner=M, n_positions=T, **ids)
-        common = dict(hidden_size=d, num_hidden_layers=L, num_attention_heads=H, intermediate_size=M,
+        common: dict[str, Any] = dict(hidden_size=d, num_hidden_layers=L, num_attention_heads=H, intermediate_size=M,
                       max_position_embeddings=T, **ids)
         if self.family == "neox":
-            return tf.GPTNeoXConfig(use_parallel_residual=True, rotary_pct=0.5, **common)
+            # rotary_pct: the legacy spelling GPTNeoXConfig still reads (half of each head is rotated)
+            return tf.GPTNeoXConfig(use_parallel_residual=True, rotary_pct=0.5, **common)  # type: ignore[call-arg]
         if self.family == "llama":
             return tf.LlamaConfig(num_key_value_heads=K, **common)
         if self.family == "qwen2":

@@ -155,3 +155,21 @@ def test_the_curated_face_resolves_every_name_and_imports_lazily():
     code = "import sys, circuitdyn; print('torch' in sys.modules, 'matplotlib' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_face_all_matches_its_table():
+    import circuitdyn
+
+    assert circuitdyn.__all__ == sorted(circuitdyn._HOME)
+
+
+def test_runtime_type_checks_are_on_in_the_tests():
+    """The test run checks jaxtyping shapes and dtypes of every circuitdyn function (see pyproject addopts):
+    a score vector of integers is refused at the call."""
+    import torch
+    from jaxtyping import TypeCheckError
+
+    from circuitdyn.metrics import intensity
+
+    with pytest.raises(TypeCheckError, match="intensity"):
+        intensity(torch.zeros(3, dtype=torch.long))

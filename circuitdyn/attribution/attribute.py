@@ -66,7 +66,7 @@ def attribute(
     e.g. `method="eap-ig-inputs", steps=8, ablation="zero", per_example=True`.
     """
     config = AttributionConfig(**{**(config.as_dict() if config else {}), **overrides})
-    method = METHODS[config.method]
+    method = METHODS[Method(config.method)]
     intervention = Intervention.of(config.ablation)
     bridge = as_bridge(model)
     if not isinstance(graph, Graph):
@@ -85,7 +85,7 @@ def attribute(
         means = source_means(bridge, graph, batches) if intervention.needs_means else None
         acc = ScoreAccumulator(graph, n if config.per_example else None, device)
         values_all, effects_all = [], []
-        for batch in tqdm(batches, desc=f"{config.method.value}", disable=not config.progress):
+        for batch in tqdm(batches, desc=Method(config.method).value, disable=not config.progress):
             fn = _with_reference(bridge, batch) if needs_reference else metric_fn
             weights = token_weights(batch, config.aggregation is Aggregation.PER_TOKEN, device)
             result = method.run(BatchJob(bridge, graph, batch, fn, acc, intervention.counterfactual, means, weights,
@@ -94,10 +94,11 @@ def attribute(
                 effects_all.append(result.effects)
             acc.offset += len(batch)
             values_all.append(result.values.detach().float().cpu())
+    per_example: Tensor | None
     if effects_all:
-        per_example = torch.cat(effects_all)
-        scores = per_example.mean(0)
-        per_example = per_example if config.per_example else None
+        effects = torch.cat(effects_all)
+        scores = effects.mean(0)
+        per_example = effects if config.per_example else None
     else:
         scores = (acc.total / n).cpu()
         per_example = acc.per_example.cpu() if acc.per_example is not None else None

@@ -19,10 +19,10 @@ class Aggregation(str, Enum):
 
 @dataclass(frozen=True)
 class AttributionConfig:
-    method: Method = Method.EAP
-    ablation: Ablation = Ablation.NOISING
+    method: Method | str = Method.EAP  # strings are parsed into the Enum in __post_init__
+    ablation: Ablation | str = Ablation.NOISING
     steps: int = 5  # EAP-IG interpolation steps
-    aggregation: Aggregation = Aggregation.PER_TOKEN
+    aggregation: Aggregation | str = Aggregation.PER_TOKEN
     batch_size: int = 32
     per_example: bool = False
     memory_budget: int = 2 * 2**30  # bytes for the float32 activation-difference buffers

@@ -22,7 +22,7 @@ class EAP:
     method = Method.EAP
 
     def buffer_copies(self, graph: Graph) -> float:
-        return 1
+        return 1.0
 
     def run(self, job: BatchJob) -> BatchResult:
         graph, batch, bridge = job.graph, job.batch, job.bridge

@@ -53,7 +53,10 @@ class EAPIGInputs:
             a = torch.tensor(chunk, device=delta_input.device).repeat_interleave(n)[:, None, None]
             shift = delta_input.repeat(len(chunk), 1, 1)
             store: dict[str, Tensor] = {}
-            leaf = input_leaf_hook(graph, store, value=lambda x, a=a, shift=shift: x + (a * shift).to(x.dtype))
+
+            def shifted(x: Tensor, a: Tensor = a, shift: Tensor = shift) -> Tensor:
+                return x + (a * shift).to(x.dtype)
+            leaf = input_leaf_hook(graph, store, value=shifted)
 
             def add(dh: Any, g: Tensor, copies: int = len(chunk)) -> None:
                 grads.add(dh, g.reshape(copies, n, *g.shape[1:]).sum(0), 1.0 / steps)

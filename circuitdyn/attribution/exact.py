@@ -85,7 +85,7 @@ class ExactPatching:
     derivative = False
 
     def buffer_copies(self, graph: Graph) -> float:
-        return 1
+        return 1.0
 
     def run(self, job: BatchJob) -> BatchResult:
         effects, values = _per_edge(job.bridge, job.graph, job.batch, job.metric, job.counterfactual, job.means,

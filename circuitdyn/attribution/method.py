@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from jaxtyping import Float
 from torch import Tensor
@@ -50,6 +50,7 @@ class BatchResult:
     effects: Float[Tensor, "batch n_src n_dst"] | None = None  # per-edge methods; None: in the accumulator
 
 
+@runtime_checkable
 class AttributionMethod(Protocol):
     method: Method
 

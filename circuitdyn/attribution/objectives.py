@@ -84,7 +84,7 @@ def resolve_metric(metric: str | MetricFn) -> MetricFn:
     return METRICS[metric]
 
 
-def resolve_objective(metric: str | MetricFn) -> tuple[MetricFn, bool]:
+def resolve_objective(metric: str | MetricFn) -> tuple[Callable[..., Tensor], bool]:
     """The objective's function, and whether it needs the clean run's logits as a reference (KL)."""
     if metric == KL_TO_CLEAN:
         return kl_to_reference, True

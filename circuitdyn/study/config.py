@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, no_type_check
 
 from circuitdyn.graph import Granularity
 
@@ -13,6 +13,9 @@ class StudyError(ValueError):
     """A study that cannot run as asked: the message says what to change."""
 
 
+# no_type_check: __post_init__ validates every field with an error that names it; a runtime type checker in
+# front of it would answer first, less clearly (static checkers still read the field types)
+@no_type_check
 @dataclass(frozen=True)
 class StudyConfig:
     """How the paper's protocol runs.

@@ -4,6 +4,7 @@ whiskers and marks are explained in the figure."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,7 +15,7 @@ UNITS = {"intensity": "mean |score| (nats)", "normalized_entropy": "entropy / lo
          "kurtosis": "excess kurtosis"}
 
 
-def _figure(size: tuple[float, float]) -> tuple[object, object]:
+def _figure(size: tuple[float, float]) -> tuple[Any, Any]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

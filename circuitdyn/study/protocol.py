@@ -78,7 +78,7 @@ def _check_compatible(entries: Sequence[Entry]) -> None:
 
 def _metric_table(attribution: Attribution, per_layer: bool) -> dict[str, dict[str, np.ndarray]]:
     """Per-prompt metrics: {"pooled": {...}, "layer l": {...}, "logits": {...}}."""
-    if not torch.isfinite(attribution.per_example).all():
+    if attribution.per_example is None or not torch.isfinite(attribution.per_example).all():
         raise StudyError("some per-example scores are not finite: check the model's dtype and the responses")
     out = {"pooled": circuit_metrics(attribution, per_example=True)}
     if per_layer:

@@ -1,7 +1,9 @@
 """Built-in tasks and the task protocol."""
 
+from collections.abc import Callable
+
 from circuitdyn.tasks.addition import Addition
-from circuitdyn.tasks.base import PairBatch, Task, TaskError, TaskExample, tokenize_pairs
+from circuitdyn.tasks.base import PairBatch, Split, Task, TaskError, TaskExample, tokenize_pairs
 from circuitdyn.tasks.greater_than import GreaterThan
 from circuitdyn.tasks.ioi import IOI
 from circuitdyn.tasks.math_files import MathFile, load_gsm8k, load_math
@@ -17,7 +19,7 @@ from circuitdyn.tasks.problems import (
 from circuitdyn.tasks.user_data import UserTask, from_jsonl, from_records
 from circuitdyn.tasks.word_problems import WordProblems
 
-TASKS = {"addition": Addition, "ioi": IOI, "greater_than": GreaterThan}
+TASKS: dict[str, Callable[[], Task]] = {"addition": Addition, "ioi": IOI, "greater_than": GreaterThan}
 
 
 def get_task(name: str) -> Task:
@@ -45,7 +47,7 @@ def get_problem_set(name: str) -> ProblemSet:
 
 
 __all__ = [
-    "Addition", "GreaterThan", "IOI", "MathFile", "PairBatch", "Problem", "ProblemSet", "Task", "TaskError",
+    "Addition", "GreaterThan", "IOI", "MathFile", "PairBatch", "Problem", "ProblemSet", "Split", "Task", "TaskError",
     "TaskExample", "TaskProblems", "TASKS", "UserTask", "WordProblems", "answers_match", "final_answer",
     "from_jsonl", "from_records", "get_problem_set", "get_task", "load_gsm8k", "load_math", "normalize_answer",
     "problems_sha256", "tokenize_pairs",

@@ -11,16 +11,14 @@ import random
 from dataclasses import dataclass
 from functools import lru_cache
 
-from circuitdyn.tasks.base import TaskError, TaskExample
+from circuitdyn.tasks.base import Split, TaskError, TaskExample
 
 _PAIRS = [(a, b) for a in range(10, 100) for b in range(10, 100)]
 _TEST_FRACTION = 0.2
 
 
-def _split(split: str) -> tuple[tuple[int, int], ...]:
-    if split not in ("train", "test"):
-        raise TaskError(f"unknown split {split!r}; use 'train' or 'test'")
-    return _split_pairs(split)
+def _split(split: Split | str) -> tuple[tuple[int, int], ...]:
+    return _split_pairs(Split.parse(split))
 
 
 @lru_cache(maxsize=2)
@@ -46,7 +44,7 @@ class Addition:
     name: str = "addition"
     default_metric: str = "logit_diff"
 
-    def examples(self, n: int, *, seed: int = 0, split: str = "test") -> list[TaskExample]:
+    def examples(self, n: int, *, seed: int = 0, split: Split | str = Split.TEST) -> list[TaskExample]:
         if n < 1:
             raise TaskError(f"n must be >= 1, got {n}")
         pool = _split(split)

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from enum import Enum
+from typing import Any, Protocol, no_type_check, runtime_checkable
 
 import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
+
+from circuitdyn.choices import parse_choice
 
 
 class TaskError(ValueError):
@@ -39,14 +42,30 @@ class TaskExample:
                 raise TaskError(f"TaskExample.{name} must be a non-empty string, got {value!r}")
 
 
+class Split(str, Enum):
+    """Disjoint example pools of a task: training prompts and held-out evaluation prompts."""
+
+    TRAIN = "train"
+    TEST = "test"
+
+    @classmethod
+    def parse(cls, value: "Split | str") -> "Split":
+        return parse_choice(cls, value, "split", TaskError)
+
+
 @runtime_checkable
 class Task(Protocol):
     """What circuitdyn needs from a task."""
 
-    name: str
-    default_metric: str  # a key of circuitdyn.attribution.metrics.METRICS
+    @property
+    def name(self) -> str: ...
 
-    def examples(self, n: int, *, seed: int = 0, split: str = "test") -> list[TaskExample]:
+    @property
+    def default_metric(self) -> str:
+        """A key of circuitdyn.attribution.objectives.METRICS."""
+        ...
+
+    def examples(self, n: int, *, seed: int = 0, split: Split | str = Split.TEST) -> list[TaskExample]:
         """`n` deterministic examples from `split` ("train" or "test")."""
         ...
 
@@ -55,6 +74,8 @@ class Task(Protocol):
         ...
 
 
+# no_type_check: __post_init__ checks the shapes itself and names the mismatch (static checkers still read them)
+@no_type_check
 @dataclass(frozen=True)
 class PairBatch:
     """Clean/corrupt token ids, right-padded, aligned position by position.

@@ -10,7 +10,7 @@ import random
 from dataclasses import dataclass
 
 from circuitdyn.tasks.addition import leading_digits
-from circuitdyn.tasks.base import TaskError, TaskExample
+from circuitdyn.tasks.base import Split, TaskError, TaskExample
 
 NOUNS = ("war", "drought", "famine", "dynasty", "expedition", "siege", "reign", "voyage")
 
@@ -20,11 +20,10 @@ class GreaterThan:
     name: str = "greater_than"
     default_metric: str = "logit_diff"
 
-    def examples(self, n: int, *, seed: int = 0, split: str = "test") -> list[TaskExample]:
+    def examples(self, n: int, *, seed: int = 0, split: Split | str = Split.TEST) -> list[TaskExample]:
         if n < 1:
             raise TaskError(f"n must be >= 1, got {n}")
-        if split not in ("train", "test"):
-            raise TaskError(f"unknown split {split!r}; use 'train' or 'test'")
+        split = Split.parse(split)
         rng = random.Random(seed if split == "test" else 20_000 + seed)
         out = []
         for _ in range(n):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from circuitdyn.tasks.base import TaskError, TaskExample
+from circuitdyn.tasks.base import Split, TaskError, TaskExample
 
 NAMES = ("Mary", "John", "Tom", "James", "Dan", "Sid", "Kate", "Paul", "Anne", "Mark", "Lisa", "Jack")
 PLACES = ("store", "park", "garden", "school", "office", "station")
@@ -27,11 +27,10 @@ class IOI:
     name: str = "ioi"
     default_metric: str = "logit_diff"
 
-    def examples(self, n: int, *, seed: int = 0, split: str = "test") -> list[TaskExample]:
+    def examples(self, n: int, *, seed: int = 0, split: Split | str = Split.TEST) -> list[TaskExample]:
         if n < 1:
             raise TaskError(f"n must be >= 1, got {n}")
-        if split not in ("train", "test"):
-            raise TaskError(f"unknown split {split!r}; use 'train' or 'test'")
+        split = Split.parse(split)
         rng = random.Random(seed if split == "test" else 10_000 + seed)
         out = []
         for _ in range(n):

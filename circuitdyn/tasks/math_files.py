@@ -56,7 +56,7 @@ def _math(path: Path, lineno: int, row: dict[str, Any]) -> Problem:
         if "\\boxed" not in solution:
             raise TaskError(f"{path}:{lineno}: the MATH `solution` has no \\boxed{{...}} final answer")
         final = boxed_content(solution[solution.rfind("\\boxed"):]).strip()
-    meta = {"line": lineno, **{k: row[k] for k in ("level", "type") if k in row}}
+    meta: dict[str, Any] = {"line": lineno, **{k: row[k] for k in ("level", "type") if k in row}}
     return Problem(question, final, meta)
 
 

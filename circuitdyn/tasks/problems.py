@@ -46,7 +46,8 @@ class Problem:
 class ProblemSet(Protocol):
     """What the study needs: deterministic problems and a verifier of generated responses."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def problems(self, n: int, *, seed: int = 0) -> list[Problem]:
         """`n` deterministic problems (fewer when the set is smaller)."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from circuitdyn.tasks.base import TaskError, TaskExample
+from circuitdyn.tasks.base import Split, TaskError, TaskExample
 from circuitdyn.tasks.jsonl import read_jsonl
 
 REQUIRED = ("clean", "corrupt", "answer", "foil")
@@ -24,7 +24,7 @@ class UserTask:
         if not self.records:
             raise TaskError("the user dataset is empty: give at least one record with " + ", ".join(REQUIRED))
 
-    def examples(self, n: int, *, seed: int = 0, split: str = "test") -> list[TaskExample]:
+    def examples(self, n: int, *, seed: int = 0, split: Split | str = Split.TEST) -> list[TaskExample]:
         """The first n records (all of them when n >= len); `seed` shuffles, `split` is ignored."""
         if n < 1:
             raise TaskError(f"n must be >= 1, got {n}")
@@ -47,7 +47,7 @@ def from_records(records: Iterable[Mapping[str, Any]], *, name: str = "user") ->
             raise TaskError(f"record {i} lacks {missing}; every record needs {list(REQUIRED)}")
         meta = {k: v for k, v in rec.items() if k not in REQUIRED}
         try:
-            examples.append(TaskExample(*(rec[k] for k in REQUIRED), meta=meta))
+            examples.append(TaskExample(rec["clean"], rec["corrupt"], rec["answer"], rec["foil"], meta=meta))
         except TaskError as err:
             raise TaskError(f"record {i}: {err}") from None
     return UserTask(tuple(examples), name=name)

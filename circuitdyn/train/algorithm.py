@@ -9,7 +9,7 @@ random streams, evaluation, callbacks, checkpoints, and the parameter schedule (
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
@@ -24,6 +24,7 @@ class TrainingError(RuntimeError):
     """Training cannot continue (non-finite loss or gradients); the message names the step and source."""
 
 
+@runtime_checkable
 class TrainingRun(Protocol):
     """What an algorithm may use of the run it belongs to (implemented by `loop.Trainer`)."""
 
@@ -44,6 +45,7 @@ class TrainingRun(Protocol):
     def optimizer_step(self, source: str) -> float: ...
 
 
+@runtime_checkable
 class TrainingAlgorithm(Protocol):
     #: trainable modules beside the policy, optimised and checkpointed under these names
     extra_modules: dict[str, torch.nn.Module]
@@ -54,7 +56,7 @@ class TrainingAlgorithm(Protocol):
         """One training step (rollouts, losses, one or more optimizer updates); returns its logs."""
         ...
 
-    def use_preference_pairs(self, run: TrainingRun, pairs: Sequence[tuple[str, str, str]]) -> None:
+    def use_preference_pairs(self, run: TrainingRun, pairs: Sequence[Sequence[str]]) -> None:
         """Train on user-given (prompt, chosen, rejected) triples; algorithms without pairs refuse."""
         ...
 
@@ -70,7 +72,7 @@ class Stateless:
 
     extra_modules: dict[str, torch.nn.Module]
 
-    def use_preference_pairs(self, run: TrainingRun, pairs: Sequence[tuple[str, str, str]]) -> None:
+    def use_preference_pairs(self, run: TrainingRun, pairs: Sequence[Sequence[str]]) -> None:
         raise TypeError("preference_pairs are for DPO (DPOConfig)")
 
     def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:

@@ -91,8 +91,6 @@ class TrainConfig:
     classifier_first: ClassifierFirst | None = None  # a CF-RL stage 1 before this algorithm (see CFRLConfig)
 
     def __post_init__(self) -> None:
-        if isinstance(self.classifier_first, dict):  # as read back from JSON
-            object.__setattr__(self, "classifier_first", ClassifierFirst(**self.classifier_first))
         plan = self.schedule
         if plan is not None and plan.steps > self.max_steps:
             raise ConfigError(f"classifier_steps must be in [0, max_steps={self.max_steps}], got {plan.steps}")
@@ -128,8 +126,8 @@ class GRPOConfig(TrainConfig):
     beta: float = 0.0  # KL to the frozen reference (k3 estimator); 0 skips the reference model
     epsilon: float = 0.2  # lower clip
     epsilon_high: float | None = None  # upper clip (clip-higher); None: same as epsilon
-    scale_rewards: ScaleRewards = ScaleRewards.GROUP
-    loss_type: LossType = LossType.DAPO
+    scale_rewards: ScaleRewards | str = ScaleRewards.GROUP  # strings are parsed in __post_init__
+    loss_type: LossType | str = LossType.DAPO
     num_iterations: int = 1  # policy updates per batch of rollouts
     advantage_eps: float = 1e-4
 
@@ -234,6 +232,8 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
     kind = CONFIGS[algo]
     if "stop_token_ids" in d:
         d["stop_token_ids"] = tuple(d["stop_token_ids"])
+    if isinstance(d.get("classifier_first"), dict):  # as read back from JSON
+        d["classifier_first"] = ClassifierFirst(**d["classifier_first"])
     known = {f for f in kind.__dataclass_fields__}
     unknown = sorted(set(d) - known)
     if unknown:

@@ -57,7 +57,7 @@ def _completion_rollout(run: TrainingRun, prompts: list[str], completions: list[
     return Rollout(ids, mask, cids, cmask, tuple(completions))
 
 
-def pairs_from_data(run: TrainingRun, pairs: Sequence[tuple[str, str, str]]) -> Pairs:
+def pairs_from_data(run: TrainingRun, pairs: Sequence[Sequence[str]]) -> Pairs:
     if not pairs:
         raise TrainingError("preference_pairs is empty: give (prompt, chosen, rejected) triples")
     for i, p in enumerate(pairs):
@@ -77,7 +77,7 @@ class DPO:
         self.needs_reference = True
         self.pairs: Pairs | None = None
 
-    def use_preference_pairs(self, run: TrainingRun, pairs: Sequence[tuple[str, str, str]]) -> None:
+    def use_preference_pairs(self, run: TrainingRun, pairs: Sequence[Sequence[str]]) -> None:
         self.pairs = pairs_from_data(run, pairs)
 
     def step(self, run: TrainingRun) -> dict[str, Any]:
@@ -119,6 +119,8 @@ class DPO:
             return
 
         def roll(side: str) -> Rollout:
-            return Rollout(*(tensors[f"{side}.{k}"] for k in ROLLOUT_TENSORS), tuple(meta[f"{side}_texts"]))
+            t = {k: tensors[f"{side}.{k}"] for k in ROLLOUT_TENSORS}
+            return Rollout(t["prompt_ids"], t["prompt_mask"], t["completion_ids"], t["completion_mask"],
+                           tuple(meta[f"{side}_texts"]))
         self.pairs = (roll("chosen"), roll("rejected"), tensors["chosen.reference_logprob"],
                       tensors["rejected.reference_logprob"])

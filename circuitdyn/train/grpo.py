@@ -9,7 +9,7 @@ from torch import Tensor
 
 from circuitdyn.train import losses as L
 from circuitdyn.train.algorithm import Stateless, TrainingError, TrainingRun, check_loss, micro_batches
-from circuitdyn.train.config import GRPOConfig, ScaleRewards
+from circuitdyn.train.config import GRPOConfig, LossType, ScaleRewards
 from circuitdyn.train.parallel import all_reduce_grads, all_sum, rank_world
 from circuitdyn.train.rewards import compute_rewards
 from circuitdyn.train.rollout import Rollout, token_logprobs
@@ -44,7 +44,8 @@ class GRPO(Stateless):
         G = cfg.num_generations
         P_local = rewards.numel() // G
         scale = cfg.scale_rewards
-        adv = L.group_advantages(rewards.view(P_local, G), scale if scale is not ScaleRewards.BATCH else ScaleRewards.NONE,
+        within = ScaleRewards(scale) if scale is not ScaleRewards.BATCH else ScaleRewards.NONE  # batch scale below
+        adv = L.group_advantages(rewards.view(P_local, G), within,
                                  cfg.advantage_eps)
         r_sum, r_sq, r_n = all_sum(torch.stack([rewards.sum(), (rewards**2).sum(), torch.tensor(float(rewards.numel()))]))
         r_mean = r_sum / r_n
@@ -67,7 +68,7 @@ class GRPO(Stateless):
                 logp, ent, _ = token_logprobs(run.bridge, roll, rows=rows)
                 old_rows = old[rows] if old is not None else logp.detach()
                 loss, st = L.grpo_loss(logp, old_rows, adv[rows], mask[rows], epsilon=cfg.epsilon, epsilon_high=eps_high,
-                                       loss_type=cfg.loss_type, n_sequences=n_seq, n_tokens=n_tok, max_len=max_len,
+                                       loss_type=LossType(cfg.loss_type), n_sequences=n_seq, n_tokens=n_tok, max_len=max_len,
                                        ref_logp=ref[rows] if ref is not None else None, beta=cfg.beta)
                 check_loss(loss, run.step, "GRPO")
                 loss.backward()

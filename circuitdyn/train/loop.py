@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from tqdm.auto import tqdm
@@ -53,6 +53,7 @@ ALGORITHMS: dict[Algorithm, Callable[[Any, LoadedModel], TrainingAlgorithm]] = {
 FREE_FIELDS = frozenset({"max_steps", "output_dir", "progress", "save_steps", "logging_steps", "eval_steps"})
 
 
+@runtime_checkable
 class Callback(Protocol):
     def on_step_end(self, trainer: "Trainer", step: int, logs: dict[str, Any]) -> dict[str, Any] | None: ...
 
@@ -71,7 +72,7 @@ class Trainer:
     def __init__(self, model: LoadedModel, config: TrainConfig, *, task: Task | None = None,
                  reward: RewardFn | None = None, callbacks: Sequence[Callback] = (),
                  resume_from: str | Path | None = None,
-                 preference_pairs: Sequence[tuple[str, str, str]] | None = None) -> None:
+                 preference_pairs: Sequence[Sequence[str]] | None = None) -> None:
         """`preference_pairs` (DPO only): user data as (prompt, chosen completion, rejected completion);
         without them, pairs are sampled from the reference model and labelled by the reward."""
         if not isinstance(model, LoadedModel):
@@ -98,8 +99,8 @@ class Trainer:
         self.backbone = [p for p in self.bridge.parameters() if id(p) not in ids]
         groups = [{"params": self.classifier, "name": "classifier"}, {"params": self.backbone, "name": "backbone"}]
         groups += [{"params": list(m.parameters()), "name": name} for name, m in self.algorithm.extra_modules.items()]
-        self.optimizer = torch.optim.AdamW(groups, lr=config.learning_rate, weight_decay=config.weight_decay,
-                                           betas=(config.adam_beta1, config.adam_beta2))
+        self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+            groups, lr=config.learning_rate, weight_decay=config.weight_decay, betas=(config.adam_beta1, config.adam_beta2))
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.eval_examples = self.task.examples(config.eval_size, seed=config.seed + 10_000, split="test")
