@@ -104,7 +104,10 @@ def test_compare_two_models():
     assert 0 < int(keep.sum()) <= 12
     assert compare(a, b, keep=keep)["gini"].n == int(keep.sum())
     diff = edge_diff(a, b, 10)
-    assert 0 <= diff["jaccard"] <= 1 and len(diff["gained"]) == len(diff["lost"])
+    top_a, top_b = {e for e, _ in a.top_edges(10)}, {e for e, _ in b.top_edges(10)}  # an independent ranking
+    assert diff["jaccard"] == pytest.approx(len(top_a & top_b) / len(top_a | top_b))
+    assert diff["gained"] == sorted(top_b - top_a) and diff["lost"] == sorted(top_a - top_b)
+    assert 0 < diff["jaccard"] < 1  # two different models share some but not all of their strongest edges
     assert edge_diff(a, a, 10)["jaccard"] == 1.0
     rows = cross_family_table([("llama", "zoo:llama", "eap", a), ("qwen2", "zoo:qwen2", "eap", b)])
     assert rows[0]["edges"] == a.graph.n_edges and math.isfinite(rows[1]["normalized_entropy"])

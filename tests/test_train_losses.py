@@ -119,3 +119,11 @@ def test_config_validation():
     assert config_from_dict(cfg.as_dict()) == cfg
     with pytest.raises(ConfigError, match="algorithm"):
         config_from_dict({"algorithm": "a2c"})
+
+
+def test_batch_scaled_advantages_take_the_global_std():
+    """Data-parallel GRPO divides by the std over every rank's rewards, passed in as batch_std."""
+    r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    centred = r - r.mean(1, keepdim=True)
+    assert torch.equal(L.group_advantages(r, ScaleRewards.BATCH, eps=0.0, batch_std=torch.tensor(2.0)), centred / 2)
+    assert torch.equal(L.group_advantages(r, ScaleRewards.BATCH, eps=0.0), centred / r.std())

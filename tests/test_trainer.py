@@ -118,12 +118,23 @@ def test_user_reward_and_logs():
 
     def length_reward(prompts, completions, **columns):
         seen["columns"] = sorted(columns)
-        return [float(len(c)) for c in completions]
+        seen.setdefault("rewards", []).append([float(len(c)) for c in completions])
+        return seen["rewards"][-1]
     result = train(fresh(), GRPOConfig(num_generations=4, **SMALL), reward=length_reward)
     assert seen["columns"] == ["examples"]
-    for key in ("reward_mean", "reward_std", "frac_reward_zero_std", "entropy", "clip_ratio_low", "clip_ratio_high",
-                "completion_length", "grad_norm", "learning_rate", "kl", "stage"):
-        assert key in result.history[0]
+    first, logs = torch.tensor(seen["rewards"][0]), result.history[0]
+    assert logs["reward_mean"] == pytest.approx(float(first.mean()))
+    assert logs["reward_std"] == pytest.approx(float(first.std()))
+    groups = first.view(-1, 4)
+    assert logs["frac_reward_zero_std"] == pytest.approx(float((groups.std(1) == 0).float().mean()))
+    assert logs["learning_rate"] == SMALL["learning_rate"] and logs["stage"] == "rl" and logs["step"] == 1
+    assert logs["kl"] == 0.0  # beta = 0: no reference, no KL term
+    assert 1 <= logs["completion_length"] <= GRPOConfig().max_completion_length
+    assert logs["entropy"] > 0
+    # zero advantages everywhere (every group's completions equally long) give an exactly zero gradient
+    assert (logs["grad_norm"] == 0.0) == (logs["frac_reward_zero_std"] == 1.0)
+    assert any(row["grad_norm"] > 0 for row in result.history)
+    assert 0 <= logs["clip_ratio_low"] <= 1 and 0 <= logs["clip_ratio_high"] <= 1
 
 
 def test_training_is_deterministic():

@@ -7,7 +7,7 @@ pair lines up token by token (activations are compared position by position).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol, no_type_check, runtime_checkable
@@ -104,10 +104,6 @@ class PairBatch:
     def __len__(self) -> int:
         return int(self.clean.shape[0])
 
-    @property
-    def answer_mask(self) -> Bool[Tensor, "batch k"]:
-        return self.answers >= 0
-
     def __getitem__(self, index: slice) -> "PairBatch":
         if not isinstance(index, slice):
             raise TypeError("PairBatch supports slicing only, e.g. batch[0:8]")
@@ -203,5 +199,3 @@ def tokenize_pairs(
         texts=tuple(examples),
     )
 
-
-RewardFn = Callable[..., Sequence[float]]

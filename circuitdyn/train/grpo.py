@@ -43,15 +43,12 @@ class GRPO(Stateless):
         cfg = self.config
         G = cfg.num_generations
         P_local = rewards.numel() // G
-        scale = cfg.scale_rewards
-        within = ScaleRewards(scale) if scale is not ScaleRewards.BATCH else ScaleRewards.NONE  # batch scale below
-        adv = L.group_advantages(rewards.view(P_local, G), within,
-                                 cfg.advantage_eps)
+        # the batch's reward spread over every rank (the same as rewards.std() in one process)
         r_sum, r_sq, r_n = all_sum(torch.stack([rewards.sum(), (rewards**2).sum(), torch.tensor(float(rewards.numel()))]))
         r_mean = r_sum / r_n
         r_std = torch.sqrt(torch.clamp((r_sq - r_n * r_mean**2) / torch.clamp(r_n - 1, min=1), min=0))
-        if scale is ScaleRewards.BATCH:
-            adv = adv / (r_std + cfg.advantage_eps)
+        adv = L.group_advantages(rewards.view(P_local, G), ScaleRewards(cfg.scale_rewards), cfg.advantage_eps,
+                                 batch_std=r_std)
         adv = adv.flatten().to(run.device)
         mask = roll.completion_mask
         n_seq, max_len = n_groups * G, cfg.max_completion_length

@@ -15,14 +15,15 @@ from circuitdyn.train.config import LossType, ScaleRewards
 
 
 def group_advantages(rewards: Float[Tensor, "P G"], scale: ScaleRewards = ScaleRewards.GROUP,
-                     eps: float = 1e-4) -> Float[Tensor, "P G"]:
+                     eps: float = 1e-4, *, batch_std: Tensor | None = None) -> Float[Tensor, "P G"]:
     """GRPO advantages: reward minus its group mean, divided by the group std (unbiased, as trl), the batch
-    std, or nothing (Dr. GRPO)."""
+    std, or nothing (Dr. GRPO). `batch_std` replaces the std of `rewards` for batch scaling (data-parallel
+    runs pass the std over every rank's rewards)."""
     centred = rewards - rewards.mean(1, keepdim=True)
     if scale is ScaleRewards.GROUP:
         return centred / (rewards.std(1, keepdim=True) + eps)
     if scale is ScaleRewards.BATCH:
-        return centred / (rewards.std() + eps)
+        return centred / ((rewards.std() if batch_std is None else batch_std) + eps)
     return centred
 
 
