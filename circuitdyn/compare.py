@@ -70,11 +70,12 @@ def _check_pair(base: Any, tuned: Any) -> None:
 
 
 def bootstrap_ci(diff: np.ndarray, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(diff), size=(n_boot, len(diff)))
-    means = diff[idx].mean(1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, 1 - (1 - level) / 2])
-    return float(lo), float(hi)
+    """Seeded percentile-bootstrap CI of the mean (scipy.stats.bootstrap); the point itself for n < 2."""
+    if len(diff) < 2 or np.all(diff == diff[0]):
+        return float(diff.mean()), float(diff.mean())
+    res = stats.bootstrap((diff,), np.mean, n_resamples=n_boot, confidence_level=level, method="percentile",
+                          rng=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def paired_delta(metric: str, base: np.ndarray, tuned: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> MetricDelta:

@@ -195,3 +195,15 @@ def test_same_seed_gives_bit_identical_scores():
     data = data_for(m, n=4, k=2)
     runs = [attribute(m, "head", data, "answer_nll", method="eap-ig-inputs", steps=3, per_example=True) for _ in range(2)]
     assert torch.equal(runs[0].scores, runs[1].scores) and torch.equal(runs[0].per_example, runs[1].per_example)
+
+
+def test_kl_with_plain_eap_warns_through_logging(caplog):
+    m = zoo_model("llama")
+    data = tokenize_pairs(m.tokenizer, Addition().examples(2))
+    with caplog.at_level("WARNING", logger="circuitdyn.attribution.attribute"):
+        attribute(m, "layer", data, "kl_to_clean")
+    assert any("eap-ig-inputs" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="circuitdyn.attribution.attribute"):
+        attribute(m, "layer", data, "kl_to_clean", method="eap-ig-inputs", steps=2)
+    assert not caplog.records

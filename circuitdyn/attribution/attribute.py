@@ -12,6 +12,7 @@ of each single-edge patch, which is what `aggregation="sum"` EAP approximates.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,6 +34,8 @@ from circuitdyn.attribution.result import Attribution
 from circuitdyn.graph import Granularity, Graph
 from circuitdyn.models import LoadedModel, as_bridge, attribution_hooks
 from circuitdyn.tasks.base import PairBatch, TaskExample
+
+logger = logging.getLogger(__name__)
 
 #: every attribution method, by name (add one by implementing AttributionMethod and registering it here)
 METHODS: dict[Method, AttributionMethod] = {
@@ -76,6 +79,9 @@ def attribute(
     device = next(bridge.parameters()).device
     batch_all = intervention.run_batch(as_batch(model, data, config.answer_tokens).to(device))
     metric_fn, needs_reference = resolve_objective(metric)
+    if needs_reference and Method(config.method) is Method.EAP:
+        logger.warning("kl_to_clean has a zero gradient at the clean run, so plain EAP scores it as ~0 everywhere; "
+                       "use method='eap-ig-inputs' (or 'eap-ig-activations'), which integrate along the path")
     chunk = min(config.batch_size, examples_per_chunk(graph, batch_all.clean.shape[1], config.memory_budget,
                                                       method.buffer_copies(graph)))
     batches = [batch_all[i:i + chunk] for i in range(0, len(batch_all), chunk)]
