@@ -11,6 +11,7 @@ from circuitdyn.dynamics import (
     pass_at_k,
     predicted_logprob_change,
 )
+from circuitdyn.graph import Granularity
 from circuitdyn.models import clone_model
 from circuitdyn.tasks import Addition, tokenize_pairs
 from tests.conftest import zoo_model
@@ -124,3 +125,15 @@ def test_entk_works_while_a_stage_freezes_the_backbone():
     k = entk(m, tokenize_pairs(m.tokenizer, Addition().examples(3)))
     assert float(torch.diagonal(k.backbone).min()) > 0
     assert not any(p.requires_grad for p in frozen)
+
+
+def test_snapshot_choices_are_checked_before_training():
+    from circuitdyn.dynamics.snapshots import CircuitSnapshot
+
+    m = zoo_model("llama")
+    probe = tokenize_pairs(m.tokenizer, Addition().examples(2))
+    assert CircuitSnapshot(probe, granularity="head").granularity is Granularity.HEAD
+    for bad, name in [(dict(granularity="edge"), "granularity"), (dict(ablation="blur"), "ablation"),
+                      (dict(method="magic"), "method"), (dict(metric="accuracy"), "metric")]:
+        with pytest.raises(ValueError, match=name):
+            CircuitSnapshot(probe, **bad)

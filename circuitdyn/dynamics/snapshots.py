@@ -11,13 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from circuitdyn.attribution import attribute
+from circuitdyn.attribution import Ablation, Method, attribute
+from circuitdyn.attribution.objectives import resolve_objective
+from circuitdyn.choices import parse_choice
 from circuitdyn.dynamics.behaviour import confidence, diversity
 from circuitdyn.dynamics.ntk import entk, feature_variability
+from circuitdyn.graph import Granularity
 from circuitdyn.metrics import circuit_metrics
 from circuitdyn.sampling import encode_prompts, sample
+from circuitdyn.surface import seeded_generator
 from circuitdyn.tasks.base import PairBatch, TaskExample
 
 
@@ -55,15 +57,20 @@ class CircuitSnapshot(_EveryK):
     probe: PairBatch
     every: int = 10
     path: Path | None = None
-    granularity: str = "layer"
+    granularity: Granularity | str = Granularity.LAYER  # strings are parsed in __post_init__
     metric: str = "answer_nll"
-    ablation: str = "zero"
-    method: str = "eap"
+    ablation: Ablation | str = Ablation.ZERO
+    method: Method | str = Method.EAP
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.every < 1:
             raise ValueError(f"every must be >= 1, got {self.every}")
+        # refused now, not ten training steps later
+        self.granularity = parse_choice(Granularity, self.granularity, "granularity")
+        self.ablation = parse_choice(Ablation, self.ablation, "ablation")
+        self.method = parse_choice(Method, self.method, "method")
+        resolve_objective(self.metric)
 
     def record(self, trainer: Any, step: int) -> dict[str, Any]:
         a = attribute(trainer.model, self.granularity, self.probe, self.metric, ablation=self.ablation, method=self.method)
@@ -92,7 +99,7 @@ class DynamicsRecorder(_EveryK):
 
     def record(self, trainer: Any, step: int) -> dict[str, Any]:
         row: dict[str, Any] = {"step": step, **confidence(trainer.model, self.probe)}
-        gen = torch.Generator().manual_seed(self.seed + step)
+        gen = seeded_generator(trainer.device, self.seed + step)
         prompts = [e.clean for e in self.examples for _ in range(self.samples)]
         ids, mask = encode_prompts(trainer.tokenizer, prompts, trainer.device)
         out = sample(trainer.sampler, trainer.tokenizer, ids, mask, max_new_tokens=trainer.config.max_completion_length,
