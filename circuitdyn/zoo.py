@@ -180,7 +180,7 @@ def pretrain(spec: ZooSpec, *, progress: bool = False) -> tuple[Any, Any, dict[s
                 model.eval()
                 accuracy = greedy_accuracy(model, tokenizer, held_out)
                 model.train()
-                curve.append((step, round(float(loss), 4), accuracy))
+                curve.append((step, round(loss.item(), 4), accuracy))
                 if progress:
                     print(f"[zoo:{spec.family}] step {step} loss {loss.item():.3f} held-out acc {accuracy:.3f}")
                 if accuracy >= spec.target_accuracy:
