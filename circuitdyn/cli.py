@@ -146,6 +146,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_fields() -> str:
+    """The --set fields of every algorithm, from the config classes themselves."""
+    from circuitdyn.train.config import CONFIGS, config_help
+
+    return "\n\n".join(f"--set fields of {algo.value} ({kind.__name__}):\n{config_help(kind)}" for algo, kind in CONFIGS.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="circuitdyn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -197,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="folder for comparison.csv / comparison.json")
     c.set_defaults(fn=cmd_compare)
 
-    t = sub.add_parser("train", help="fine-tune with GRPO, CF-RL, PPO or DPO")
+    t = sub.add_parser("train", help="fine-tune with GRPO, CF-RL, PPO or DPO", epilog=_train_fields(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--model", required=True)
     t.add_argument("--algorithm", choices=ALGORITHMS, default="grpo")
     t.add_argument("--config", help="JSON file of config fields")

@@ -44,3 +44,19 @@ def test_study_command(tmp_path, capsys):
     assert "LABEL=MODEL" in capsys.readouterr().err
     assert main(["study", "--base", "zoo:gpt2", "--tuned", "g=zoo:gpt2", "--fraction", "0", "--out", str(tmp_path / "y")]) == 2
     assert "fraction must be in (0, 1]" in capsys.readouterr().err
+
+
+def test_train_help_lists_config_fields_and_set_refuses_wrong_types(tmp_path):
+    import subprocess
+    import sys
+
+    from circuitdyn.train import ConfigError, config_from_dict
+
+    out = subprocess.run([sys.executable, "-m", "circuitdyn.cli", "train", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    assert "--set fields of ppo (PPOConfig)" in out and "num_ppo_epochs" in out and "grpo, dapo or dr_grpo" in out
+    for bad, message in [({"max_steps": 1.5}, "integer"), ({"max_steps": True}, "integer"),
+                         ({"learning_rate": float("inf")}, "finite"), ({"max_grad_norm": float("nan")}, "finite")]:
+        with pytest.raises(ConfigError, match=message):
+            config_from_dict({"algorithm": "grpo", **bad})
+    assert config_from_dict({"algorithm": "grpo", "epsilon_high": None, "learning_rate": 1}).learning_rate == 1

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
 from typing import Any
 
@@ -79,16 +80,17 @@ class TrainConfig:
     max_completion_length: int = 4
     temperature: float = 1.0
     top_p: float = 1.0
-    top_k: int = 0  # 0: no top-k filtering
-    stop_token_ids: tuple[int, ...] = ()  # besides the tokenizer's eos
+    top_k: int = field(default=0, metadata={"help": "0: no top-k filtering"})
+    stop_token_ids: tuple[int, ...] = field(default=(), metadata={"help": "besides the tokenizer's eos"})
     seed: int = 0
     logging_steps: int = 1
     eval_steps: int = 10
     eval_size: int = 200
-    save_steps: int = 0  # 0: no intermediate checkpoints
+    save_steps: int = field(default=0, metadata={"help": "0: no intermediate checkpoints"})
     output_dir: str | None = None
     progress: bool = False
-    classifier_first: ClassifierFirst | None = None  # a CF-RL stage 1 before this algorithm (see CFRLConfig)
+    classifier_first: ClassifierFirst | None = field(default=None,
+        metadata={"help": "a CF-RL stage 1 before this algorithm (see CFRLConfig)"})
 
     def __post_init__(self) -> None:
         plan = self.schedule
@@ -123,12 +125,12 @@ class TrainConfig:
 @dataclass(frozen=True)
 class GRPOConfig(TrainConfig):
     num_generations: int = 8
-    beta: float = 0.0  # KL to the frozen reference (k3 estimator); 0 skips the reference model
-    epsilon: float = 0.2  # lower clip
-    epsilon_high: float | None = None  # upper clip (clip-higher); None: same as epsilon
-    scale_rewards: ScaleRewards | str = ScaleRewards.GROUP  # strings are parsed in __post_init__
-    loss_type: LossType | str = LossType.DAPO
-    num_iterations: int = 1  # policy updates per batch of rollouts
+    beta: float = field(default=0.0, metadata={"help": "KL to the frozen reference (k3 estimator); 0 skips the reference model"})
+    epsilon: float = field(default=0.2, metadata={"help": "lower clip"})
+    epsilon_high: float | None = field(default=None, metadata={"help": "upper clip (clip-higher); None: same as epsilon"})
+    scale_rewards: ScaleRewards | str = field(default=ScaleRewards.GROUP, metadata={"help": "group, batch or none (Dr. GRPO)"})
+    loss_type: LossType | str = field(default=LossType.DAPO, metadata={"help": "grpo, dapo or dr_grpo"})
+    num_iterations: int = field(default=1, metadata={"help": "policy updates per batch of rollouts"})
     advantage_eps: float = 1e-4
 
     def __post_init__(self) -> None:
@@ -158,7 +160,7 @@ class CFRLConfig(GRPOConfig):
     classifier_steps: int = 10
     classifier_until_reward: float | None = None
     train_final_norm: bool = False
-    classifier_learning_rate: float | None = None  # None: learning_rate
+    classifier_learning_rate: float | None = field(default=None, metadata={"help": "None: learning_rate"})
 
     def __post_init__(self) -> None:
         if self.classifier_first is not None:
@@ -180,7 +182,7 @@ class CFRLConfig(GRPOConfig):
 
 @dataclass(frozen=True)
 class PPOConfig(TrainConfig):
-    kl_coef: float = 0.05  # per-token KL penalty folded into the rewards
+    kl_coef: float = field(default=0.05, metadata={"help": "per-token KL penalty folded into the rewards"})
     gamma: float = 1.0
     lam: float = 0.95
     cliprange: float = 0.2
@@ -203,8 +205,10 @@ class PPOConfig(TrainConfig):
 @dataclass(frozen=True)
 class DPOConfig(TrainConfig):
     beta: float = 0.1
-    rpo_alpha: float = 0.0  # weight of the NLL of the chosen completion added to the DPO loss (trl's RPO)
-    pair_prompts: int = 256  # prompts sampled from the reference model to build (chosen, rejected) pairs
+    rpo_alpha: float = field(default=0.0,
+        metadata={"help": "weight of the NLL of the chosen completion added to the DPO loss (trl's RPO)"})
+    pair_prompts: int = field(default=256,
+        metadata={"help": "prompts sampled from the reference model to build (chosen, rejected) pairs"})
     pair_generations: int = 8
 
     def __post_init__(self) -> None:
@@ -234,9 +238,26 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
         d["stop_token_ids"] = tuple(d["stop_token_ids"])
     if isinstance(d.get("classifier_first"), dict):  # as read back from JSON
         d["classifier_first"] = ClassifierFirst(**d["classifier_first"])
+    for f in fields(kind):  # JSON and --set values: integers must be integers, floats finite numbers
+        if f.name in d and f.type in ("int", "float", "float | None") and not (f.type == "float | None" and d[f.name] is None):
+            v = d[f.name]
+            ok = isinstance(v, int) and not isinstance(v, bool) if f.type == "int" else \
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            if not ok:
+                raise ConfigError(f"{f.name} must be {'an integer' if f.type == 'int' else 'a finite number'}, got {v!r}")
     known = {f for f in kind.__dataclass_fields__}
     unknown = sorted(set(d) - known)
     if unknown:
         raise ConfigError(f"unknown {kind.__name__} fields {unknown}")
     return kind(**d)
 
+
+
+def config_help(kind: type[TrainConfig]) -> str:
+    """One line per field of a config class: name, type, default and its `help` metadata (the CLI's --help)."""
+    rows = []
+    for f in fields(kind):
+        default = f.default.value if isinstance(f.default, Enum) else f.default
+        text = f.metadata.get("help", "")
+        rows.append(f"  {f.name:<30} {str(f.type):<22} default {default!r}" + (f"  {text}" if text else ""))
+    return "\n".join(rows)
