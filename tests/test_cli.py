@@ -60,3 +60,7 @@ def test_train_help_lists_config_fields_and_set_refuses_wrong_types(tmp_path):
         with pytest.raises(ConfigError, match=message):
             config_from_dict({"algorithm": "grpo", **bad})
     assert config_from_dict({"algorithm": "grpo", "epsilon_high": None, "learning_rate": 1}).learning_rate == 1
+    from circuitdyn.train import GRPOConfig
+
+    with pytest.raises(ConfigError, match="integer"):  # the Python API refuses the same, not only --set
+        GRPOConfig(max_steps=2.5)

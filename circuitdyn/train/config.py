@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 from enum import Enum
-from typing import Any
+from typing import Any, no_type_check
 
 
 class ConfigError(ValueError):
@@ -38,6 +38,18 @@ def _enum(kind: type[Enum], value: Any, name: str) -> Any:
         raise ConfigError(f"{name}={value!r} is not valid; choose one of {[m.value for m in kind]}") from None
 
 
+def _check_numbers(obj: Any) -> None:
+    """Integer fields hold integers (not 2.5, not True), float fields finite numbers (not NaN, not inf)."""
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        if f.type not in ("int", "float", "float | None") or (f.type == "float | None" and v is None):
+            continue
+        ok = isinstance(v, int) and not isinstance(v, bool) if f.type == "int" else \
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if not ok:
+            raise ConfigError(f"{f.name} must be {'an integer' if f.type == 'int' else 'a finite number'}, got {v!r}")
+
+
 def _positive(obj: Any, *names: str) -> None:
     for n in names:
         v = getattr(obj, n)
@@ -63,6 +75,9 @@ class ClassifierFirst:
             raise ConfigError(f"classifier-first learning_rate must be > 0 or None, got {self.learning_rate!r}")
 
 
+# no_type_check: __post_init__ validates every field with an error that names it (static checkers still read
+# the field types); a runtime type checker in front of it would answer first, less clearly
+@no_type_check
 @dataclass(frozen=True)
 class TrainConfig:
     """What every algorithm shares. `per_device_train_batch_size` counts completions (trl's meaning) and
@@ -93,6 +108,7 @@ class TrainConfig:
         metadata={"help": "a CF-RL stage 1 before this algorithm (see CFRLConfig)"})
 
     def __post_init__(self) -> None:
+        _check_numbers(self)
         plan = self.schedule
         if plan is not None and plan.steps > self.max_steps:
             raise ConfigError(f"classifier_steps must be in [0, max_steps={self.max_steps}], got {plan.steps}")
@@ -122,6 +138,7 @@ class TrainConfig:
         return {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(self).items()} | {"algorithm": self.algorithm.value}
 
 
+@no_type_check
 @dataclass(frozen=True)
 class GRPOConfig(TrainConfig):
     num_generations: int = 8
@@ -151,6 +168,7 @@ class GRPOConfig(TrainConfig):
         return Algorithm.GRPO
 
 
+@no_type_check
 @dataclass(frozen=True)
 class CFRLConfig(GRPOConfig):
     """Classifier-first RL: stage 1 trains only the classifier (unembedding, optionally the final norm)
@@ -180,6 +198,7 @@ class CFRLConfig(GRPOConfig):
                                self.classifier_learning_rate)
 
 
+@no_type_check
 @dataclass(frozen=True)
 class PPOConfig(TrainConfig):
     kl_coef: float = field(default=0.05, metadata={"help": "per-token KL penalty folded into the rewards"})
@@ -202,6 +221,7 @@ class PPOConfig(TrainConfig):
         return Algorithm.PPO
 
 
+@no_type_check
 @dataclass(frozen=True)
 class DPOConfig(TrainConfig):
     beta: float = 0.1
@@ -238,13 +258,6 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
         d["stop_token_ids"] = tuple(d["stop_token_ids"])
     if isinstance(d.get("classifier_first"), dict):  # as read back from JSON
         d["classifier_first"] = ClassifierFirst(**d["classifier_first"])
-    for f in fields(kind):  # JSON and --set values: integers must be integers, floats finite numbers
-        if f.name in d and f.type in ("int", "float", "float | None") and not (f.type == "float | None" and d[f.name] is None):
-            v = d[f.name]
-            ok = isinstance(v, int) and not isinstance(v, bool) if f.type == "int" else \
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            if not ok:
-                raise ConfigError(f"{f.name} must be {'an integer' if f.type == 'int' else 'a finite number'}, got {v!r}")
     known = {f for f in kind.__dataclass_fields__}
     unknown = sorted(set(d) - known)
     if unknown:
