@@ -18,7 +18,7 @@ Parallel attention+MLP blocks (GPT-NeoX): `m{l}` does not read layer l's attenti
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +27,8 @@ from jaxtyping import Bool, Float
 from torch import Tensor
 
 from circuitdyn.choices import parse_choice
-from circuitdyn.models import as_bridge
+from circuitdyn.liveness import HookProbe, dead_hooks
+from circuitdyn.models import as_bridge, attribution_hooks
 from circuitdyn.nodes import (
     QKV,
     DestHook,
@@ -55,12 +56,12 @@ def spec_from_model(
     cfg = bridge.cfg
     n_heads = int(cfg.n_heads)
     n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads
-    post_norm = hasattr(bridge.blocks[0], "ln1_post")
+    children = dict(bridge.blocks[0].named_children())
     granularity = parse_choice(Granularity, granularity, "granularity", GraphError)
     return GraphSpec(
         n_layers=int(cfg.n_layers), n_heads=n_heads, n_kv_heads=int(n_kv), d_model=int(cfg.d_model),
-        parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)), post_attn_norm=post_norm,
-        granularity=granularity, qkv=parse_choice(QKV, qkv, "qkv", GraphError),
+        parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)), post_attn_norm="ln1_post" in children,
+        granularity=granularity, qkv=parse_choice(QKV, qkv, "qkv", GraphError), pre_attn_norm="ln1" in children,
     )
 
 
@@ -102,8 +103,9 @@ class Graph:
             elif s.qkv is QKV.SPLIT:  # one destination per input kind, gradients summed over its heads
                 for kind in ("q", "k", "v"):
                     add_dest(f"{attn}.hook_{kind}_input", [Destination(f"a{layer}<{kind}>", kind, layer)], True, True, upstream)  # type: ignore[arg-type]
-            else:  # the attention's pre-norm input: its gradient is the q, k, v gradients summed over heads
-                add_dest(f"blocks.{layer}.ln1.hook_in", [Destination(f"a{layer}", "attn", layer)], False, False, upstream)
+            else:  # the attention's residual input: its gradient is the q, k, v gradients summed over heads
+                reads = f"blocks.{layer}.ln1.hook_in" if s.pre_attn_norm else f"{attn}.hook_in"
+                add_dest(reads, [Destination(f"a{layer}", "attn", layer)], False, False, upstream)
             start = len(sources)
             if head:
                 sources.extend(Source(f"a{layer}.h{h}", "head", layer, h) for h in range(H))
@@ -130,25 +132,50 @@ class Graph:
     # ---- construction -------------------------------------------------------------------------------
     @property
     def needs_split_qkv(self) -> bool:
-        """Head-level graphs read per-head q/k/v inputs, which the bridge only provides with split_qkv_input."""
+        """Graphs that read per-head q/k/v inputs, which the bridge only provides with split_qkv_input."""
         return any(h.per_head for h in self.dest_hooks)
+
+    @property
+    def needs_attn_result(self) -> bool:
+        """Head-level graphs read per-head outputs, which the bridge only provides with attn_result."""
+        return any(h.per_head for h in self.source_hooks)
+
+    def hook_probes(self) -> list[HookProbe]:
+        """Every hook this graph reads or patches, with the nodes it carries (for the liveness probe)."""
+        def role(kind: str, nodes: Sequence[Any]) -> str:
+            names = [n.name for n in nodes]
+            return f"{kind} {names[0]}" if len(names) == 1 else f"{kind}s {names[0]}..{names[-1]}"
+        probes = [HookProbe(h.name, h.per_head, role("source", self.sources[h.start:h.stop])) for h in self.source_hooks]
+        probes += [HookProbe(h.name, h.per_head and not h.sum_heads, role("destination", self.destinations[h.start:h.stop]))
+                   for h in self.dest_hooks]
+        probes += [HookProbe(h.name, False, f"pre-norm attention output of layer {h.layer}") for h in self.post_norm_hooks]
+        return probes
 
     @classmethod
     def from_model(
-        cls, model: Any, granularity: Granularity | str = Granularity.HEAD, *, qkv: QKV | str = QKV.SPLIT
+        cls, model: Any, granularity: Granularity | str = Granularity.HEAD, *, qkv: QKV | str = QKV.SPLIT,
+        probe: bool = True,
     ) -> "Graph":
         """The graph of a loaded model: at layer granularity the paper's graph (q, k, v destinations per
-        layer), or `qkv="merged"` for one attention destination per layer. Raises HookFlagsUnavailable if
-        the model has no per-head hooks."""
-        from circuitdyn.models import as_bridge, attribution_hooks
-
+        layer), or `qkv="merged"` for one attention destination per layer. Every hook the graph uses is
+        probed (liveness.py) unless `probe=False`: a dead hook is refused with a GraphError naming it.
+        Raises HookFlagsUnavailable if the model has no per-head hooks the graph needs."""
         bridge = as_bridge(model)
         graph = cls(spec_from_model(bridge, granularity, qkv))
-        with attribution_hooks(bridge):
+        architecture = str(getattr(bridge.cfg, "architecture", type(bridge).__name__))
+        with attribution_hooks(bridge, split_qkv=graph.needs_split_qkv, attn_result=graph.needs_attn_result):
             names = [h.name for h in graph.source_hooks + graph.dest_hooks + graph.post_norm_hooks]
             missing = [n for n in names if n not in bridge.hook_dict]
-        if missing:
-            raise GraphError(f"the model lacks hook points {missing[:4]}...; it is not a supported bridge")
+            if missing:
+                raise GraphError(f"{architecture}: the model lacks hook points {missing[:4]}...; it is not a "
+                                 "supported bridge (the README lists the supported families)")
+            dead = dead_hooks(bridge, graph.hook_probes(), graph.source_hooks[0].name) if probe else []
+        if dead:
+            raise GraphError(
+                f"{architecture}: {len(dead)} hook point(s) of the {Granularity(graph.spec.granularity).value}-level graph are "
+                "dead, so every edge they carry would score exactly 0:\n  " + "\n  ".join(dead[:8]) +
+                "\nThis family is not supported at this granularity (the README lists what each family supports)."
+            )
         return graph
 
     # ---- sizes and lookups --------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from circuitdyn import real_models, zoo
+from circuitdyn.branches import shared_norm_branches
 from circuitdyn.model_files import (
     ModelSpecError,
     check_round_trip,
@@ -174,10 +175,11 @@ def as_bridge(model: Any) -> Any:
 
 
 @contextlib.contextmanager
-def attribution_hooks(model: Any, *, split_qkv: bool = True) -> Iterator[Any]:
-    """Switch on the per-head hooks edge attribution needs (attn result, split q/k/v input, mlp_in) and
-    restore every flag afterwards, also on error. Yields the bridge. `split_qkv=False` leaves out the
-    per-head q/k/v copies (about 30% of a forward), which layer-level graphs do not read."""
+def attribution_hooks(model: Any, *, split_qkv: bool = True, attn_result: bool = True) -> Iterator[Any]:
+    """Switch on the hooks edge attribution needs and restore every flag afterwards, also on error. Yields
+    the bridge. Always on: `hook_mlp_in` (made live in shared-norm parallel blocks, see branches.py).
+    `attn_result` (per-head outputs) and `split_qkv` (per-head q/k/v inputs, about 30% of a forward) are
+    what head-level graphs read; layer-level graphs need only what their hooks name."""
     bridge = as_bridge(model)
     cfg = bridge.cfg
     old = {name: bool(getattr(cfg, name, False)) for name in HOOK_FLAGS + ("use_attn_in",)}
@@ -187,19 +189,17 @@ def attribution_hooks(model: Any, *, split_qkv: bool = True) -> Iterator[Any]:
         "use_hook_mlp_in": bridge.set_use_hook_mlp_in,
         "use_attn_in": bridge.set_use_attn_in,
     }
+    wanted = {"use_attn_result": attn_result, "use_split_qkv_input": split_qkv, "use_hook_mlp_in": True}
     try:
-        try:
-            if old["use_attn_in"]:
-                setters["use_attn_in"](False)
-            for name in HOOK_FLAGS:
-                setters[name](split_qkv or name != "use_split_qkv_input")
-        except Exception as err:  # the bridge refuses: e.g. boot_native random-init bridges
-            raise HookFlagsUnavailable(
-                f"this model cannot provide per-head hooks ({err}). Load it with "
-                "circuitdyn.load_model (TransformerBridge.boot_transformers over a Hugging Face model); "
-                "boot_native bridges do not support attn_result / split q,k,v input hooks."
-            ) from err
-        yield bridge
+        if old["use_attn_in"]:
+            setters["use_attn_in"](False)
+        for name in HOOK_FLAGS:
+            try:
+                setters[name](wanted[name])
+            except Exception as err:  # the bridge refuses
+                raise HookFlagsUnavailable(_flag_refusal(bridge, name, err)) from err
+        with shared_norm_branches(bridge):
+            yield bridge
     finally:
         for name in HOOK_FLAGS:
             with contextlib.suppress(Exception):
@@ -209,15 +209,38 @@ def attribution_hooks(model: Any, *, split_qkv: bool = True) -> Iterator[Any]:
                 setters["use_attn_in"](True)
 
 
+def _flag_refusal(bridge: Any, flag: str, err: Exception) -> str:
+    architecture = str(getattr(bridge.cfg, "architecture", type(bridge).__name__))
+    attention = type(bridge.blocks[0].attn).__name__ if len(bridge.blocks) else "?"
+    if "native" in type(getattr(bridge, "original_model", None)).__module__:  # a boot_native random-init bridge
+        return (f"this bridge cannot provide per-head hooks ({flag}: {err}). Load the model with "
+                "circuitdyn.load_model (TransformerBridge.boot_transformers over a Hugging Face model); "
+                "boot_native bridges do not support attn_result / split q,k,v input hooks.")
+    return (f"{architecture}: the bridge's attention ({attention}) has no per-head hooks ({flag}), which "
+            "head-level graphs and the q/k/v-split layer graph read. Use the layer graph with one attention "
+            "destination per layer: Graph.from_model(model, 'layer', qkv='merged'), passed to attribute() as "
+            "the graph. The README lists what each family supports.")
+
+
 def clone_bridge(bridge: Any) -> Any:
     """A deep copy of a bridge. Tensors the bridge caches on its modules during a forward with gradients
-    (non-leaf tensors, which deepcopy refuses) are copied detached."""
+    (non-leaf tensors, which deepcopy refuses) are copied detached.
+
+    A block that has run wires capture hooks (hook_mlp_in, the split q/k/v fork) whose closures point at
+    ITS modules; deepcopy copies the hooks but not the closures, so the copy's `hook_mlp_in` would never
+    fire (every edge into an MLP silently 0). They are removed from the copy, which re-wires its own on
+    its first forward."""
     memo: dict[int, Any] = {}
     for module in bridge.modules():
         for value in vars(module).values():
             if isinstance(value, torch.Tensor) and value.grad_fn is not None:
                 memo[id(value)] = value.detach().clone()
-    return copy.deepcopy(bridge, memo)
+    clone = copy.deepcopy(bridge, memo)
+    for module in clone.modules():
+        teardown = getattr(module, "_teardown_capture_hooks", None)
+        if callable(teardown):
+            teardown()
+    return clone
 
 
 def clone_model(model: LoadedModel) -> LoadedModel:

@@ -93,6 +93,7 @@ class GraphSpec:
     post_attn_norm: bool  # attention output is normalised before the residual add (Gemma3)
     granularity: Granularity | str  # parsed into the Enum in __post_init__
     qkv: QKV | str = QKV.SPLIT  # layer granularity only (head graphs read q, k, v per head); parsed likewise
+    pre_attn_norm: bool = True  # the attention reads its input through a norm (ln1); OLMo2 has none
 
     def __post_init__(self) -> None:
         if self.n_layers < 1 or self.n_heads < 1 or self.d_model < 1:

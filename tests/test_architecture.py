@@ -15,8 +15,8 @@ MAX_LINES = 300
 LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"foundation": ("atomic", "choices", "stats", "tasks", "model_files")},
     {"model sources": ("zoo", "real_models")},
-    {"models": ("models", "surface", "sampling")},
-    {"graph": ("nodes", "graph")},
+    {"models": ("branches", "models", "surface", "sampling")},
+    {"graph": ("nodes", "liveness", "graph")},
     {"attribution": ("attribution",)},
     {"circuits": ("circuit", "patching", "distributed")},
     {"metrics": ("metrics", "io")},
