@@ -19,6 +19,7 @@ Parallel attention+MLP blocks (GPT-NeoX): `m{l}` does not read layer l's attenti
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,6 +141,10 @@ class Graph:
         """Head-level graphs read per-head outputs, which the bridge only provides with attn_result."""
         return any(h.per_head for h in self.source_hooks)
 
+    def enable_hooks(self, model: Any) -> AbstractContextManager[Any]:
+        """`attribution_hooks` with exactly the per-head flags this graph reads (yields the bridge)."""
+        return attribution_hooks(model, split_qkv=self.needs_split_qkv, attn_result=self.needs_attn_result)
+
     def hook_probes(self) -> list[HookProbe]:
         """Every hook this graph reads or patches, with the nodes it carries (for the liveness probe)."""
         def role(kind: str, nodes: Sequence[Any]) -> str:
@@ -163,7 +168,7 @@ class Graph:
         bridge = as_bridge(model)
         graph = cls(spec_from_model(bridge, granularity, qkv))
         architecture = str(getattr(bridge.cfg, "architecture", type(bridge).__name__))
-        with attribution_hooks(bridge, split_qkv=graph.needs_split_qkv, attn_result=graph.needs_attn_result):
+        with graph.enable_hooks(bridge):
             names = [h.name for h in graph.source_hooks + graph.dest_hooks + graph.post_norm_hooks]
             missing = [n for n in names if n not in bridge.hook_dict]
             if missing:

@@ -31,7 +31,7 @@ from circuitdyn.attribution.objectives import MetricFn, checked, resolve_objecti
 from circuitdyn.attribution.result import Attribution
 from circuitdyn.circuit import Circuit, Selection, prune, select
 from circuitdyn.graph import Graph
-from circuitdyn.models import as_bridge, attribution_hooks
+from circuitdyn.models import as_bridge
 from circuitdyn.tasks.base import PairBatch, TaskExample
 
 
@@ -93,7 +93,7 @@ def _patched_run(bridge: Any, circuit: Circuit, batch: PairBatch, metric: Metric
     device = batch.clean.device
     shape = (graph.n_src, *batch.clean.shape, graph.spec.d_model)
     cf, cur = torch.zeros(shape, device=device), torch.zeros(shape, device=device)
-    with attribution_hooks(bridge, split_qkv=graph.needs_split_qkv):
+    with graph.enable_hooks(bridge):
         if cf_kind is Counterfactual.MEAN and means is None:
             means = source_means(bridge, graph, [batch])
         fill_counterfactual(bridge, graph, batch, cf_kind, cf, means)
@@ -124,7 +124,7 @@ def _prepared(model: Any, graph: Graph, data: PairBatch | Sequence[TaskExample],
         raise ValueError("kl_to_clean is not supported for faithfulness; use logit_diff or answer metrics")
     means = None
     if plan.needs_means:
-        with attribution_hooks(bridge):
+        with graph.enable_hooks(bridge):
             means = source_means(bridge, graph, [batch])
     return bridge, batch, fn, plan, means
 

@@ -32,7 +32,7 @@ from circuitdyn.attribution.method import AttributionMethod, BatchJob, Method
 from circuitdyn.attribution.objectives import MetricError, MetricFn, kl_to_reference, resolve_objective
 from circuitdyn.attribution.result import Attribution
 from circuitdyn.graph import Granularity, Graph
-from circuitdyn.models import LoadedModel, as_bridge, attribution_hooks
+from circuitdyn.models import LoadedModel, as_bridge
 from circuitdyn.tasks.base import PairBatch, TaskExample
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def attribute(
     batches = [batch_all[i:i + chunk] for i in range(0, len(batch_all), chunk)]
     n = len(batch_all)
     t0 = time.perf_counter()
-    with attribution_hooks(bridge, split_qkv=graph.needs_split_qkv), frozen_parameters(bridge):
+    with graph.enable_hooks(bridge), frozen_parameters(bridge):
         means = source_means(bridge, graph, batches) if intervention.needs_means else None
         acc = ScoreAccumulator(graph, n if config.per_example else None, device)
         values_all, effects_all = [], []

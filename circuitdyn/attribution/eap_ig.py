@@ -14,7 +14,7 @@ from torch import Tensor
 
 from circuitdyn.attribution.eap import backward_to
 from circuitdyn.attribution.engine import GradientSum, HookList, forward, input_leaf_hook
-from circuitdyn.attribution.intervention import Deltas, prepare_deltas
+from circuitdyn.attribution.intervention import Deltas, post_norm, prepare_deltas
 from circuitdyn.attribution.method import BatchJob, BatchResult, Method
 from circuitdyn.attribution.objectives import checked
 from circuitdyn.graph import Graph
@@ -87,9 +87,24 @@ def _interpolating_hooks(graph: Graph, deltas: Deltas, alpha: float, store: dict
     return hooks
 
 
+def _pull_back(norm: Any, out: Tensor, grad: Tensor, per_head: bool) -> Tensor:
+    """J_N(out)^T grad: a destination gradient carried back through a post-attention norm to its input,
+    at the norm input `out` ([B, T, d]); per-head gradients ([B, T, H, d]) share one `out`."""
+    x = (out[:, :, None].expand(*grad.shape) if per_head else out).detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        y = norm(x)
+        (gx,) = torch.autograd.grad(y, x, grad.to(y.dtype))
+    return gx.float()
+
+
 class EAPIGActivations:
     """At each step every source output is interpolated between its run and counterfactual value;
-    destination gradients are averaged over the steps."""
+    destination gradients are averaged over the steps.
+
+    Post-norm models (Gemma2/3, OLMo2): a head's output reaches the residual through its layer's output
+    norm N, so along the path its residual contribution moves by J_N(alpha) raw_h, not by a fixed delta.
+    Its edges are scored raw_h . mean_alpha J_N(alpha)^T g_v(alpha), the pre-norm gradient taken at each
+    step, so that the scores of the edges into a destination sum to the path integral (completeness)."""
 
     method = Method.EAP_IG_ACTIVATIONS
 
@@ -101,13 +116,32 @@ class EAPIGActivations:
         deltas, values = prepare_deltas(bridge, graph, batch, job.counterfactual, job.means, job.metric,
                                         raw=True, run=True)
         assert values is not None
+        raw = deltas.raw if deltas.raw is not None else deltas.residual
+        post = [(ph, post_norm(bridge, ph.module)) for ph in graph.post_norm_hooks]
+        for ph, _ in post:  # these rows are contracted step by step below, through the norm
+            deltas.residual[ph.start:ph.stop] = 0
         grads = GradientSum()
         for alpha in midpoints(steps):
             store: dict[str, Tensor] = {}
-            hooks = _interpolating_hooks(graph, deltas, alpha, store) \
-                + job.accumulator.hooks(lambda dh, g: grads.add(dh, g, 1.0 / steps))
+            step: dict[Any, Tensor] = {}
+            outs: dict[int, Tensor] = {}
+
+            def keep(dh: Any, g: Tensor, step: dict[Any, Tensor] = step) -> None:
+                step[dh] = step[dh] + g if dh in step else g
+
+            def record(out: Tensor, hook: Any, layer: int, outs: dict[int, Tensor] = outs) -> Tensor:
+                outs[layer] = out.detach()
+                return out
+            hooks = _interpolating_hooks(graph, deltas, alpha, store) + job.accumulator.hooks(keep) + \
+                [(ph.name, lambda out, hook, layer=ph.layer: record(out, hook, layer)) for ph, _ in post]
             with torch.enable_grad():
                 out = checked(job.metric(forward(bridge, batch.clean, batch.mask, hooks), batch), batch)
                 backward_to(out, store["leaf"])
+            for dh, g in step.items():
+                grads.add(dh, g, 1.0 / steps)
+                for ph, norm in post:
+                    if dh.n_upstream > ph.start:
+                        pulled = _pull_back(norm, outs[ph.layer], g, dh.per_head) / steps
+                        job.accumulator.contract(dh, pulled, raw, job.weights, rows=slice(ph.start, ph.stop))
         grads.flush(job.accumulator, deltas.residual, job.weights)
         return BatchResult(values)

@@ -65,20 +65,22 @@ class ScoreAccumulator:
             self.per_example = torch.zeros(n_examples, graph.n_src, graph.n_dst, dtype=torch.float32, device=device)
         self.offset = 0  # index of the first example of the current batch (per-example scores)
 
-    def contract(self, dh: Any, grad: Tensor, deltas: Tensor, weights: Tensor) -> None:
-        """Add delta . grad for every incoming edge of the destinations of hook `dh`."""
+    def contract(self, dh: Any, grad: Tensor, deltas: Tensor, weights: Tensor, rows: slice | None = None) -> None:
+        """Add delta . grad for every incoming edge of the destinations of hook `dh` (or only for the
+        sources in `rows`, a sub-range of its upstream prefix)."""
+        rows = slice(0, dh.n_upstream) if rows is None else rows
         g = grad.float()
         g = g if dh.per_head else g[:, :, None]
         if dh.sum_heads:
             g = g.sum(2, keepdim=True)
         g = g * weights[:, :, None, None]
-        up = deltas[: dh.n_upstream]
+        up = deltas[rows]
         width = dh.stop - dh.start
         flat = g.permute(0, 1, 3, 2).reshape(-1, width)  # [B*T*d, width], same order as up
-        self.total[: dh.n_upstream, dh.start:dh.stop] += up.reshape(dh.n_upstream, -1) @ flat
+        self.total[rows, dh.start:dh.stop] += up.reshape(up.shape[0], -1) @ flat
         if self.per_example is not None:
             ex = torch.einsum("sbtd,bthd->bsh", up, g)
-            self.per_example[self.offset:self.offset + g.shape[0], : dh.n_upstream, dh.start:dh.stop] += ex
+            self.per_example[self.offset:self.offset + g.shape[0], rows, dh.start:dh.stop] += ex
 
     def hooks(self, on_grad: Callable[[Any, Tensor], None]) -> HookList:
         """Forward hooks that call `on_grad(dest_hook, gradient)` when each destination's gradient arrives."""
