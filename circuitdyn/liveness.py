@@ -75,11 +75,12 @@ def gradient_dead(bridge: Any, probes: Sequence[HookProbe], input_hook: str) -> 
         return out
     names = list(dict.fromkeys([input_hook] + [p.name for p in probes]))
     hooks = [(n, lambda act, hook, n=n: grab(act, hook, n)) for n in names]
-    with torch.enable_grad(), bridge.hooks(fwd_hooks=hooks):
-        logits = bridge(_probe_input(bridge, 1, device))
-    found = [p for p in probes if p.name in views and views[p.name].requires_grad]
-    target = (logits.float() * _projection(logits)).sum()
-    grads = torch.autograd.grad(target, [views[p.name] for p in found], allow_unused=True) if found else ()
+    with torch.enable_grad():
+        with bridge.hooks(fwd_hooks=hooks):
+            logits = bridge(_probe_input(bridge, 1, device))
+        found = [p for p in probes if p.name in views and views[p.name].requires_grad]
+        target = (logits.float() * _projection(logits)).sum()
+        grads = torch.autograd.grad(target, [views[p.name] for p in found], allow_unused=True) if found else ()
     by_name = {p.name: g for p, g in zip(found, grads)}
     dead: list[tuple[HookProbe, list[int]]] = []
     for p in probes:
