@@ -24,6 +24,7 @@ import torch
 
 from circuitdyn import real_models, zoo
 from circuitdyn.branches import shared_norm_branches
+from circuitdyn.head_forks import FORKABLE_FLAGS, head_forks, set_flag
 from circuitdyn.model_files import (
     ModelSpecError,
     check_round_trip,
@@ -178,35 +179,39 @@ def as_bridge(model: Any) -> Any:
 def attribution_hooks(model: Any, *, split_qkv: bool = True, attn_result: bool = True) -> Iterator[Any]:
     """Switch on the hooks edge attribution needs and restore every flag afterwards, also on error. Yields
     the bridge. Always on: `hook_mlp_in` (made live in shared-norm parallel blocks, see branches.py).
+    Where the bridge delegates attention to Hugging Face and refuses the per-head flags (GPT-J, GPT-Neo,
+    OPT), head_forks.py provides the same hooks.
     `attn_result` (per-head outputs) and `split_qkv` (per-head q/k/v inputs, about 30% of a forward) are
     what head-level graphs read; layer-level graphs need only what their hooks name."""
     bridge = as_bridge(model)
-    cfg = bridge.cfg
-    old = {name: bool(getattr(cfg, name, False)) for name in HOOK_FLAGS + ("use_attn_in",)}
-    setters = {
-        "use_attn_result": bridge.set_use_attn_result,
-        "use_split_qkv_input": bridge.set_use_split_qkv_input,
-        "use_hook_mlp_in": bridge.set_use_hook_mlp_in,
-        "use_attn_in": bridge.set_use_attn_in,
-    }
+    old = {name: bool(getattr(bridge.cfg, name, False)) for name in HOOK_FLAGS + ("use_attn_in",)}
     wanted = {"use_attn_result": attn_result, "use_split_qkv_input": split_qkv, "use_hook_mlp_in": True}
+    forked = False  # the bridge refused a per-head flag: head_forks provides its hooks
     try:
         if old["use_attn_in"]:
-            setters["use_attn_in"](False)
+            bridge.set_use_attn_in(False)
         for name in HOOK_FLAGS:
             try:
-                setters[name](wanted[name])
+                forked |= _set_hook_flag(bridge, name, wanted[name])
             except Exception as err:  # the bridge refuses
                 raise HookFlagsUnavailable(_flag_refusal(bridge, name, err)) from err
-        with shared_norm_branches(bridge):
+        with shared_norm_branches(bridge), head_forks(bridge, forked):
             yield bridge
     finally:
         for name in HOOK_FLAGS:
             with contextlib.suppress(Exception):
-                setters[name](old[name])
+                _set_hook_flag(bridge, name, old[name])
         if old["use_attn_in"]:
             with contextlib.suppress(Exception):
-                setters["use_attn_in"](True)
+                bridge.set_use_attn_in(True)
+
+
+def _set_hook_flag(bridge: Any, name: str, value: bool) -> bool:
+    """Set one of HOOK_FLAGS; True when head_forks must provide the hooks (see head_forks.set_flag)."""
+    if name in FORKABLE_FLAGS:
+        return set_flag(bridge, name, value)
+    bridge.set_use_hook_mlp_in(value)
+    return False
 
 
 def _flag_refusal(bridge: Any, flag: str, err: Exception) -> str:
@@ -253,9 +258,9 @@ def split_qkv_off(bridge: Any) -> Iterator[None]:
     """Temporarily drop the per-head q/k/v copies (for passes that read no q/k/v destination)."""
     was = bool(getattr(bridge.cfg, "use_split_qkv_input", False))
     if was:
-        bridge.set_use_split_qkv_input(False)
+        set_flag(bridge, "use_split_qkv_input", False)
     try:
         yield
     finally:
         if was:
-            bridge.set_use_split_qkv_input(True)
+            set_flag(bridge, "use_split_qkv_input", True)

@@ -48,8 +48,6 @@ TINY_FAMILIES = ("mistral", "phi3", "qwen3", "olmo", "olmo2", "stablelm", "gemma
                  "gpt_bigcode", "gptj", "gptneo", "opt", "bloom")
 SUPPORT: dict[str, tuple[str, ...]] = {name: ALL_GRAPHS for name in TINY_FAMILIES}
 SUPPORT.update({
-    # the bridge's attention for these has no per-head hooks: only the merged layer graph
-    "gptj": (MERGED,), "gptneo": (MERGED,), "opt": (MERGED,),
     # the bridge's hook_mlp_in never reaches Bloom's MLP: refused by the liveness probe
     "bloom": (),
 })

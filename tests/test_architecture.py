@@ -15,7 +15,7 @@ MAX_LINES = 300
 LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"foundation": ("atomic", "choices", "stats", "tasks", "model_files")},
     {"model sources": ("zoo", "real_models")},
-    {"models": ("branches", "models", "surface", "sampling")},
+    {"models": ("branches", "head_forks", "models", "surface", "sampling")},
     {"graph": ("nodes", "liveness", "graph")},
     {"attribution": ("attribution",)},
     {"circuits": ("circuit", "patching", "distributed")},

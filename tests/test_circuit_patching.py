@@ -91,6 +91,32 @@ def test_denoising_runs_the_corrupt_prompts_and_patches_in_clean(granularity):
     assert torch.allclose(empty, clean, atol=1e-5)
 
 
+@pytest.mark.parametrize("ablation", ["zero", "mean"])
+def test_empty_circuit_feeds_the_logits_the_counterfactual_residual(family, ablation):
+    """Under zero and mean ablation the empty circuit leaves the logits only counterfactual sources. On the
+    layer graph the sources sum to the final residual, so this is the run whose final residual is replaced
+    by 0 (zero) or by its mean over the valid tokens of the clean prompts (mean): computed here by a hook."""
+    m = zoo_model(family)
+    data = tokenize_pairs(m.tokenizer, Addition().examples(4, seed=2))
+    g = Graph.from_model(m, "layer")
+    final = f"blocks.{g.spec.n_layers - 1}.hook_resid_post"
+    mask = data.mask.long()
+    with torch.no_grad():
+        seen = {}
+        with m.bridge.hooks(fwd_hooks=[(final, lambda act, hook: seen.setdefault("resid", act))]):
+            clean = logit_diff(m.bridge(data.clean, attention_mask=mask), data)
+        valid = data.mask[:, :, None].float()
+        mean = (seen["resid"] * valid).sum((0, 1)) / valid.sum()
+        value = torch.zeros_like(mean) if ablation == "zero" else mean
+        with m.bridge.hooks(fwd_hooks=[(final, lambda act, hook: value.expand_as(act).clone())]):
+            reference = logit_diff(m.bridge(data.clean, attention_mask=mask), data)
+    assert (reference - clean).abs().max() > 1e-3, "the counterfactual run must differ for the check to bite"
+    empty = patched_metric(m, Circuit.empty(g), data, logit_diff, ablation=ablation)
+    full = patched_metric(m, Circuit.full(g), data, logit_diff, ablation=ablation)
+    torch.testing.assert_close(empty, reference, rtol=0, atol=1e-4)
+    torch.testing.assert_close(full, clean, rtol=0, atol=1e-5)
+
+
 def test_single_edge_circuit_patches_that_edge_only():
     """Keeping every edge but one equals exact patching of that one edge."""
     m = zoo_model("llama")

@@ -147,11 +147,7 @@ def test_unsupported_graphs_are_refused_with_the_reason_and_the_way_out(name, ki
     with pytest.raises((HookFlagsUnavailable, GraphError)) as err:
         build_graph(m, kind)
     message = str(err.value)
-    assert architecture in message
-    if SUPPORT[name]:  # only the merged layer graph works: the message must say so
-        assert "qkv='merged'" in message and "no per-head hooks" in message
-    else:
-        assert "dead" in message and "hook_mlp_in" in message
+    assert architecture in message and "dead" in message and "hook_mlp_in" in message
 
 
 def test_the_probe_refuses_falcon_without_its_mlp_branch_input(root, monkeypatch):
@@ -171,3 +167,16 @@ def test_a_clone_of_a_model_that_has_run_scores_like_the_original():
     copy = attribute(clone_model(m), "head", data, "logit_diff")
     assert original.scores[:, [j for j, d in enumerate(original.graph.destinations) if d.kind == "mlp"]].abs().max() > 0
     assert torch.equal(original.scores, copy.scores)
+
+
+def test_gptj_without_separate_projections_is_refused_with_the_merged_layer_graph_named(root, monkeypatch):
+    """GPT-J's bridge delegates attention to Hugging Face; head_forks provides its per-head hooks from its
+    separate q, k, v, o projections. An attention without them (fused qkv) is refused, naming the way out."""
+    from circuitdyn import head_forks
+
+    m = family_model("gptj", root)
+    monkeypatch.setattr(head_forks, "forkable", lambda bridge: False)
+    with pytest.raises(HookFlagsUnavailable, match=r"GPTJForCausalLM: .*no per-head hooks.*qkv='merged'"):
+        Graph.from_model(m, "head")
+    assert Graph.from_model(m, "layer", qkv="merged").n_edges > 0
+    assert not m.bridge.cfg.use_attn_result and not m.bridge.cfg.use_split_qkv_input, "flags restored"
