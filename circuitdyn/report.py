@@ -58,6 +58,7 @@ def direction_sentence(c: Comparison, metric: str) -> str:
     if d.n == 0 or math.isnan(d.delta):
         return f"{c.name}: {metric} could not be compared (no shared correct prompts)."
     significant = d.p_value < 0.05 and (d.ci_low > 0 or d.ci_high < 0)
-    word = "raised" if d.delta > 0 else "lowered"
-    return (f"{c.name}: {word} {metric} by {_fmt(d.delta)} (95% CI {_fmt(d.ci_low)} to {_fmt(d.ci_high)}, "
+    word = "raised" if d.delta > 0 else "lowered" if d.delta < 0 else "did not change"
+    by = f" by {_fmt(abs(d.delta))}" if d.delta else ""  # the verb carries the sign
+    return (f"{c.name}: {word} {metric}{by} (delta {_fmt(d.delta)}, 95% CI {_fmt(d.ci_low)} to {_fmt(d.ci_high)}, "
             f"p={d.p_value:.2g}, n={d.n}){'' if significant else ', not significant'}.")

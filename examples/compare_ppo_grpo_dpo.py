@@ -37,7 +37,8 @@ HEADLINE = ("intensity", "normalized_entropy", "gini", "kurtosis")
 
 def configs(steps: int, seed: int, task: str, completion_length: int, rpo: bool) -> dict[str, TrainConfig]:
     """Matched budgets: the same steps, 64 completions per step and seed for every algorithm."""
-    common = dict(task=task, max_steps=steps, seed=seed, eval_steps=max(1, steps // 4), max_completion_length=completion_length)
+    common = dict(task=task, max_steps=steps, seed=seed, eval_steps=max(1, steps // 4), max_completion_length=completion_length,
+                  progress=True)
     arms: dict[str, TrainConfig] = {
         "ppo": PPOConfig(per_device_train_batch_size=64, **common),
         "grpo": GRPOConfig(per_device_train_batch_size=64, num_generations=8, **common),

@@ -13,7 +13,7 @@ MAX_LINES = 300
 # Lowest first. A module may import modules of lower layers and of its own group; groups that share a
 # layer are siblings and must not import each other.
 LAYERS: list[dict[str, tuple[str, ...]]] = [
-    {"foundation": ("atomic", "choices", "stats", "tasks", "model_files")},
+    {"foundation": ("atomic", "choices", "stats", "tasks", "model_files", "hub")},
     {"model sources": ("zoo", "real_models")},
     {"models": ("branches", "head_forks", "models", "surface", "sampling")},
     {"graph": ("nodes", "liveness", "graph")},
@@ -23,7 +23,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"comparison": ("compare", "report", "plot")},
     {"train": ("train",), "dynamics": ("dynamics",)},
     {"study": ("study",)},
-    {"face": ("cli", "__init__")},
+    {"face": ("cli_inputs", "cli", "__init__")},
 ]
 
 

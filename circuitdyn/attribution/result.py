@@ -40,5 +40,28 @@ class Attribution:
         order = torch.argsort(values.abs(), descending=True, stable=True)[:k]
         return [(names[i], float(values[i])) for i in order]
 
+    def to_records(self, *, per_example: bool = False) -> list[dict[str, Any]]:
+        """One record per real edge (edge, source, destination, layer of the destination, score); with
+        `per_example`, one per (example, edge) in long form with the example's index."""
+        g = self.graph
+        pairs = list(g.edges())
+        base = [{"edge": f"{g.sources[i].name}->{g.destinations[j].name}", "source": g.sources[i].name,
+                 "destination": g.destinations[j].name, "layer": g.destinations[j].layer} for i, j in pairs]
+        if not per_example:
+            values = self.edge_scores().tolist()
+            return [{**b, "score": v} for b, v in zip(base, values)]
+        if self.per_example is None:
+            raise ValueError("this attribution has no per-example scores: rerun attribute(..., per_example=True)")
+        rows = self.per_example.permute(0, 2, 1)[:, g.edge_mask.T]  # [n, E], destination-major like edges()
+        return [{"example": n, **b, "score": v} for n, row in enumerate(rows.tolist()) for b, v in zip(base, row)]
+
+    def to_dataframe(self, *, per_example: bool = False) -> Any:
+        """`to_records` as a pandas DataFrame (pandas is imported only here)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("to_dataframe needs pandas (pip install pandas); to_records() gives the same rows") from None
+        return pd.DataFrame.from_records(self.to_records(per_example=per_example))
+
     def to_networkx(self) -> Any:
         return self.graph.to_networkx(self.scores)

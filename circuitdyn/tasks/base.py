@@ -7,6 +7,7 @@ pair lines up token by token (activations are compared position by position).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -128,6 +129,21 @@ class PairBatch:
             self.answer_pos.repeat(times), self.answers.repeat(times, 1), self.foils.repeat(times),
         )
 
+    def fingerprint(self) -> str:
+        """sha256 of the token ids, mask, answer positions, answers and foils: two attributions of the same
+        data share it, whatever the model or the ablation."""
+        digest = hashlib.sha256()
+        for name in ("clean", "corrupt", "mask", "answer_pos", "answers", "foils"):
+            tensor = getattr(self, name)
+            digest.update(f"{name}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.detach().to("cpu", torch.int64).contiguous().numpy().tobytes())
+        return digest.hexdigest()
+
+    def identical_pairs(self) -> list[int]:
+        """Rows whose clean and corrupt ids are the same (a corrupt run would change nothing)."""
+        same = ((self.clean == self.corrupt) | ~self.mask).all(1)
+        return [int(i) for i in torch.nonzero(same).flatten()]
+
     def swapped(self) -> "PairBatch":
         """The same batch with clean and corrupt exchanged (answers unchanged)."""
         return PairBatch(self.corrupt, self.clean, self.mask, self.answer_pos, self.answers, self.foils, self.texts)
@@ -137,18 +153,47 @@ def _encode(tokenizer: Any, text: str, *, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
+def _check_known(tokenizer: Any, i: int, field_name: str, text: str, ids: list[int]) -> None:
+    """Refuse text the tokenizer maps to its unknown token (two different prompts would look the same)."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is None or unk not in ids or (tokenizer.unk_token and tokenizer.unk_token in text):
+        return
+    unknown = sorted({c for c in text if unk in _encode(tokenizer, c, special=False)})
+    raise TaskError(
+        f"pair {i}: the {field_name} {text!r} contains characters this tokenizer does not know "
+        f"({''.join(unknown)!r} -> {tokenizer.unk_token}); replace them (e.g. full-width digits by ASCII)"
+    )
+
+
+def context_length(tokenizer: Any) -> int | None:
+    """The tokenizer's model_max_length when it is a real limit (transformers uses ~1e30 for 'none')."""
+    limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if isinstance(limit, int) and 0 < limit < 10**9 else None
+
+
+def check_context(width: int, n_ctx: int | None, where: str) -> None:
+    """Refuse sequences longer than the model's context (RoPE models would run past their trained
+    positions silently; learned-position models would index out of range)."""
+    if n_ctx is not None and width > n_ctx:
+        raise TaskError(f"{where}: sequences of {width} tokens exceed the model's context of {n_ctx}; "
+                        "shorten the prompts (or the answers scored) or use a model with a longer context")
+
+
 def tokenize_pairs(
     tokenizer: Any,
     examples: Sequence[TaskExample],
     *,
     answer_tokens: int = 1,
     require_single_token_answers: bool = False,
+    max_length: int | None = None,
 ) -> PairBatch:
     """Tokenize examples into a right-padded, position-aligned PairBatch.
 
     `answer_tokens` (k) is how many answer tokens the metric scores; the first k-1 are appended to both
     prompts for teacher forcing. Raises TaskError naming the pair when clean and corrupt tokenize to
-    different lengths, or when an answer is not a single token and `require_single_token_answers`.
+    different lengths, when a text holds characters the tokenizer maps to its unknown token, when a
+    sequence is longer than `max_length` (default: the tokenizer's model_max_length, where it sets one),
+    or when an answer is not a single token and `require_single_token_answers`.
     """
     if len(examples) == 0:
         raise TaskError("no examples: the dataset is empty; pass at least one TaskExample")
@@ -169,6 +214,9 @@ def tokenize_pairs(
             )
         answer = _encode(tokenizer, ex.answer, special=False)
         foil = _encode(tokenizer, ex.foil, special=False)
+        for field_name, text, ids in (("clean prompt", ex.clean, clean), ("corrupt prompt", ex.corrupt, corrupt),
+                                      ("answer", ex.answer, answer), ("foil", ex.foil, foil)):
+            _check_known(tokenizer, i, field_name, text, ids)
         if not answer or not foil:
             raise TaskError(f"pair {i}: answer {ex.answer!r} or foil {ex.foil!r} tokenizes to nothing")
         if require_single_token_answers and (len(answer) != 1 or len(foil) != 1):
@@ -184,6 +232,8 @@ def tokenize_pairs(
         answers.append((answer[:answer_tokens] + [-1] * answer_tokens)[:answer_tokens])
         foils.append(foil[0])
     width = max(len(r) for r in rows_clean)
+    longest = max(range(len(rows_clean)), key=lambda r: len(rows_clean[r]))
+    check_context(width, max_length if max_length is not None else context_length(tokenizer), f"pair {longest}")
 
     def padded(rows: list[list[int]]) -> Tensor:
         return torch.tensor([r + [pad] * (width - len(r)) for r in rows], dtype=torch.long)

@@ -90,7 +90,42 @@ def read_checkpoint_meta(folder: Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("schema") != SCHEMA or meta.get("version") != VERSION:
         got = (meta.get("schema"), meta.get("version")) if isinstance(meta, dict) else type(meta).__name__
         raise CheckpointError(f"{meta_path}: schema/version {got}, expected {SCHEMA}/{VERSION}")
+    problem = _meta_problem(meta)
+    if problem:
+        raise CheckpointError(f"{meta_path}: {problem}; the file was edited or damaged (restore it, or resume from "
+                              "another checkpoint)")
     return meta
+
+
+MT_STATE_WORDS = 625  # Python's Mersenne Twister state: 624 words and an index
+
+
+def _meta_problem(meta: dict[str, Any]) -> str | None:
+    """What is malformed in a checkpoint.json (None when every field is well formed)."""
+    state = meta.get("state")
+    if not isinstance(state, dict):
+        return "'state' is missing or not an object"
+    step = state.get("step")
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        return f"state.step must be an integer >= 0, got {step!r}"
+    if not isinstance(state.get("config"), dict):
+        return "state.config is missing or not an object"
+    if not isinstance(state.get("history"), list) or not all(isinstance(h, dict) for h in state["history"]):
+        return "state.history must be a list of objects"
+    if not isinstance(state.get("base_accuracy"), (int, float, type(None))):
+        return f"state.base_accuracy must be a number, got {state.get('base_accuracy')!r}"
+    if not isinstance(meta.get("param_groups"), list) or not all(isinstance(g, dict) for g in meta["param_groups"]):
+        return "'param_groups' must be a list of objects"
+    scalars = meta.get("optimizer_scalars")
+    if not isinstance(scalars, dict) or not all(isinstance(k, str) and "." in k and k.split(".", 1)[0].isdigit()
+                                                for k in scalars):
+        return "'optimizer_scalars' must map 'INDEX.name' to values"
+    rng = meta.get("py_random")
+    if not (isinstance(rng, list) and len(rng) == 3 and isinstance(rng[0], int) and isinstance(rng[1], list)
+            and len(rng[1]) == MT_STATE_WORDS and all(isinstance(w, int) for w in rng[1])
+            and isinstance(rng[2], (float, type(None)))):
+        return f"'py_random' must be [version, {MT_STATE_WORDS} integers, gauss]"
+    return None
 
 
 def load_checkpoint(folder: Path, *, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
@@ -104,17 +139,23 @@ def load_checkpoint(folder: Path, *, modules: dict[str, torch.nn.Module], optimi
         tensors = load_file(str(folder / "optimizer.safetensors"))
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{folder}: unreadable weights (truncated or corrupted?): {err}") from None
-    generator.set_state(tensors.pop("__rng__"))
+    rng = tensors.pop("__rng__", None)
     state: dict[int, dict[str, Any]] = {}
-    for key, v in tensors.items():
-        idx, k = key.split(".", 1)
+    for key, v in list(tensors.items()) + list(meta["optimizer_scalars"].items()):
+        idx, _, k = key.partition(".")
+        if not idx.isdigit() or not k:
+            raise CheckpointError(f"{folder}: optimizer entry {key!r} is not 'INDEX.name'; the file was edited or damaged")
         state.setdefault(int(idx), {})[k] = v
-    for key, v in meta["optimizer_scalars"].items():
-        idx, k = key.split(".", 1)
-        state.setdefault(int(idx), {})[k] = v
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     version, internal, gauss = meta["py_random"]
-    py_random.setstate((version, tuple(internal), gauss))
+    try:
+        if rng is None:
+            raise ValueError("the sampling generator's state is missing")
+        generator.set_state(rng)
+        optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        py_random.setstate((version, tuple(internal), gauss))
+    except (RuntimeError, ValueError, TypeError, KeyError) as err:
+        raise CheckpointError(f"{folder}: its optimizer or random state does not fit this run ({err}); resume from "
+                              "a checkpoint of the same configuration") from None
     return meta["state"]
 
 

@@ -11,6 +11,7 @@ to the same result.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +42,8 @@ from circuitdyn.train.parallel import rank_world
 from circuitdyn.train.ppo import PPO
 from circuitdyn.train.rewards import RewardFn, compute_rewards, task_reward
 from circuitdyn.train.rollout import Rollout, encode_prompts, sample
+
+logger = logging.getLogger(__name__)
 
 #: how each algorithm is built from its config (CF-RL is GRPO under a classifier-first schedule)
 ALGORITHMS: dict[Algorithm, Callable[[Any, LoadedModel], TrainingAlgorithm]] = {
@@ -107,6 +110,7 @@ class Trainer:
         if preference_pairs is not None:
             self.algorithm.use_preference_pairs(self, preference_pairs)
         self.base_accuracy: float | None = None
+        self.resumed = resume_from is not None
         if resume_from is not None:
             self._resume(Path(resume_from))
 
@@ -178,7 +182,12 @@ class Trainer:
         out_dir = Path(cfg.output_dir) if cfg.output_dir else None
         log_file = (out_dir / "log.jsonl") if out_dir else None
         if out_dir:
+            if not self.resumed and previous_run(out_dir):
+                raise TrainingError(f"{out_dir} already holds a training run ({', '.join(previous_run(out_dir)[:3])}); "
+                                    "write to a new folder, or continue it with resume_from (circuitdyn train --resume)")
             out_dir.mkdir(parents=True, exist_ok=True)
+            if log_file is not None and self.resumed:
+                truncate_log(log_file, self.step)  # steps after the checkpoint are run again
         for cb in self.callbacks:
             if hasattr(cb, "on_train_begin"):
                 cb.on_train_begin(self)
@@ -187,11 +196,14 @@ class Trainer:
         while self.step < cfg.max_steps:
             logs = self.train_step()
             self.history.append(logs)
-            if log_file is not None:
+            warn_if_diverging(logs, cfg)
+            logged = self.step % cfg.logging_steps == 0 or self.step == cfg.max_steps
+            if log_file is not None and logged:
                 with log_file.open("a") as f:
                     f.write(json.dumps(logs) + "\n")
             bar.update(1)
-            bar.set_postfix(reward=f"{logs.get('reward_mean', logs.get('loss', 0)):.3f}")
+            if logged:
+                bar.set_postfix(reward=f"{logs.get('reward_mean', logs.get('loss', 0)):.3f}")
             if out_dir and cfg.save_steps and self.step % cfg.save_steps == 0:
                 checkpoint = self.save(out_dir / f"checkpoint-{self.step}")
         bar.close()
@@ -230,6 +242,46 @@ class Trainer:
         self.history = list(state["history"])
         self.base_accuracy = state["base_accuracy"]
         self.schedule.switched = bool(state.get("switched", False))
+
+
+def previous_run(folder: Path) -> list[str]:
+    """What in `folder` belongs to an earlier run (its log and checkpoints)."""
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir() if p.name in ("log.jsonl", "final") or p.name.startswith("checkpoint-"))
+
+
+def latest_checkpoint(folder: Path) -> Path:
+    """The newest `checkpoint-N` in a run's folder (for `--resume latest`)."""
+    steps = [(int(p.name.split("-", 1)[1]), p) for p in Path(folder).glob("checkpoint-*")
+             if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
+    if not steps:
+        raise CheckpointError(f"{folder}: no checkpoint-N folder to resume from (set save_steps to write them)")
+    return max(steps)[1]
+
+
+def truncate_log(log_file: Path, step: int) -> None:
+    """Keep the log lines up to `step` (a resumed run logs the later steps again)."""
+    if not log_file.exists():
+        return
+    kept = [line for line in log_file.read_text().splitlines()
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    log_file.write_text("".join(line + "\n" for line in kept))
+
+
+#: a step whose KL to the reference or gradient norm (before clipping) passes these is reported
+KL_WARNING, GRAD_NORM_WARNING = 10.0, 100.0
+
+
+def warn_if_diverging(logs: dict[str, Any], config: TrainConfig) -> None:
+    kl, norm = logs.get("kl"), logs.get("grad_norm")
+    if isinstance(kl, float) and kl > KL_WARNING:
+        logger.warning("step %d: KL to the reference is %.3g (> %g): the policy is moving far from it; lower "
+                       "learning_rate (now %g) or raise beta", logs["step"], kl, KL_WARNING, config.learning_rate)
+    if isinstance(norm, float) and norm > GRAD_NORM_WARNING * config.max_grad_norm:
+        logger.warning("step %d: gradient norm %.3g is over %g x max_grad_norm (it is clipped, but the loss is "
+                       "exploding): lower learning_rate (now %g)", logs["step"], norm, GRAD_NORM_WARNING,
+                       config.learning_rate)
 
 
 def train(model: LoadedModel, config: TrainConfig, **kwargs: Any) -> TrainResult:
