@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -87,15 +88,22 @@ def trl_grpo(steps: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=30, help="steps per round and contender")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (ours, trl, ours, trl, ...)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     result: dict[str, Any] = {"settings": {"model": "zoo:llama", "completions_per_step": BATCH, "group": GROUP,
-                                           "max_completion_tokens": MAX_NEW, "threads": torch.get_num_threads()}}
-    result["circuitdyn"] = ours(args.steps)
-    result["trl"] = trl_grpo(args.steps)
-    if "steps_per_s" in result["trl"]:
-        result["ratio_steps_per_s"] = result["circuitdyn"]["steps_per_s"] / result["trl"]["steps_per_s"]
+                                           "max_completion_tokens": MAX_NEW, "threads": torch.get_num_threads(),
+                                           "steps_per_round": args.steps, "rounds": args.rounds}}
+    rounds: list[dict[str, Any]] = []
+    for _ in range(args.rounds):  # interleaved: the machine is shared and noisy
+        rounds.append({"circuitdyn": ours(args.steps), "trl": trl_grpo(args.steps)})
+    result["circuitdyn"] = rounds[-1]["circuitdyn"]
+    result["trl"] = rounds[-1]["trl"]
+    if all("steps_per_s" in r["trl"] for r in rounds):
+        per_round = [r["circuitdyn"]["steps_per_s"] / r["trl"]["steps_per_s"] for r in rounds]
+        result["ratio_steps_per_s"] = statistics.median(per_round)
+        result["ratio_steps_per_s_min_median"] = [min(per_round), statistics.median(per_round)]
     print(json.dumps(result, indent=1))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))

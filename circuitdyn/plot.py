@@ -5,21 +5,30 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from circuitdyn.circuit import Circuit
 from circuitdyn.compare import Comparison
 from circuitdyn.metrics import per_layer_metrics
 
+if TYPE_CHECKING:  # matplotlib is imported when a figure is made (it costs seconds at start-up)
+    from matplotlib.figure import Figure
 
-def _finish(fig: Figure, path: str | Path | None) -> Figure:
+
+def _figure(**kwargs: Any) -> "Figure":
+    from matplotlib.figure import Figure
+
+    return Figure(**kwargs)
+
+
+def _finish(fig: "Figure", path: str | Path | None) -> "Figure":
     fig.tight_layout()
     if path is not None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
         FigureCanvasAgg(fig)
         fig.savefig(str(path), dpi=130)
     return fig
@@ -30,7 +39,7 @@ def _masked(attribution: Any, scores: torch.Tensor | None = None) -> np.ndarray:
     return np.where(attribution.graph.edge_mask.numpy(), s, np.nan)
 
 
-def _heatmap(fig: Figure, ax: Any, graph: Any, values: np.ndarray, title: str) -> None:
+def _heatmap(fig: "Figure", ax: Any, graph: Any, values: np.ndarray, title: str) -> None:
     lim = np.nanmax(np.abs(values)) or 1.0
     im = ax.imshow(values, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
     fig.colorbar(im, ax=ax, shrink=0.8)
@@ -43,23 +52,23 @@ def _heatmap(fig: Figure, ax: Any, graph: Any, values: np.ndarray, title: str) -
         ax.set_yticks(range(graph.n_src), [s.name for s in graph.sources], fontsize=6)
 
 
-def score_heatmap(attribution: Any, path: str | Path | None = None, title: str = "edge scores") -> Figure:
-    fig = Figure(figsize=(9, 6))
+def score_heatmap(attribution: Any, path: str | Path | None = None, title: str = "edge scores") -> "Figure":
+    fig = _figure(figsize=(9, 6))
     _heatmap(fig, fig.add_subplot(), attribution.graph, _masked(attribution), title)
     return _finish(fig, path)
 
 
-def delta_heatmap(base: Any, tuned: Any, path: str | Path | None = None, title: str = "tuned - base") -> Figure:
+def delta_heatmap(base: Any, tuned: Any, path: str | Path | None = None, title: str = "tuned - base") -> "Figure":
     if base.graph.spec != tuned.graph.spec:
         raise ValueError("delta_heatmap needs attributions over the same graph")
-    fig = Figure(figsize=(9, 6))
+    fig = _figure(figsize=(9, 6))
     _heatmap(fig, fig.add_subplot(), base.graph, _masked(base, tuned.scores - base.scores), title)
     return _finish(fig, path)
 
 
-def metric_bars(comparisons: Sequence[Comparison], metrics: Sequence[str], path: str | Path | None = None) -> Figure:
+def metric_bars(comparisons: Sequence[Comparison], metrics: Sequence[str], path: str | Path | None = None) -> "Figure":
     """Mean paired delta per comparison with its bootstrap 95% CI, one panel per metric."""
-    fig = Figure(figsize=(3.2 * len(metrics), 3.6))
+    fig = _figure(figsize=(3.2 * len(metrics), 3.6))
     for k, metric in enumerate(metrics):
         ax = fig.add_subplot(1, len(metrics), k + 1)
         deltas = [c[metric] for c in comparisons]
@@ -73,9 +82,9 @@ def metric_bars(comparisons: Sequence[Comparison], metrics: Sequence[str], path:
     return _finish(fig, path)
 
 
-def score_distribution(attributions: Mapping[str, Any], path: str | Path | None = None) -> Figure:
+def score_distribution(attributions: Mapping[str, Any], path: str | Path | None = None) -> "Figure":
     """Histogram of |edge score| (log scale) per model."""
-    fig = Figure(figsize=(6, 4))
+    fig = _figure(figsize=(6, 4))
     ax = fig.add_subplot()
     values = {k: a.edge_scores().abs().numpy() for k, a in attributions.items()}
     positive = np.concatenate([v[v > 0] for v in values.values()])
@@ -91,8 +100,8 @@ def score_distribution(attributions: Mapping[str, Any], path: str | Path | None 
     return _finish(fig, path)
 
 
-def per_layer_lines(attributions: Mapping[str, Any], metric: str, path: str | Path | None = None) -> Figure:
-    fig = Figure(figsize=(6, 4))
+def per_layer_lines(attributions: Mapping[str, Any], metric: str, path: str | Path | None = None) -> "Figure":
+    fig = _figure(figsize=(6, 4))
     ax = fig.add_subplot()
     for name, a in attributions.items():
         layers = per_layer_metrics(a)
@@ -106,7 +115,7 @@ def per_layer_lines(attributions: Mapping[str, Any], metric: str, path: str | Pa
 
 
 def draw_circuit(circuit: Circuit, scores: torch.Tensor | None = None, path: str | Path | None = None,
-                 title: str = "circuit") -> Figure:
+                 title: str = "circuit") -> "Figure":
     """Node-level drawing: sources and the nodes that read them, placed by layer, edges weighted by |score|."""
     g = circuit.graph
     edges: dict[tuple[str, str], float] = {}
@@ -126,7 +135,7 @@ def draw_circuit(circuit: Circuit, scores: torch.Tensor | None = None, path: str
     for n in nodes:
         rows.setdefault(layer_of[n], []).append(n)
     pos = {n: (i - (len(rows[l]) - 1) / 2, l) for l, names in rows.items() for i, n in enumerate(names)}
-    fig = Figure(figsize=(8, 1.2 + 1.1 * (g.spec.n_layers + 2)))
+    fig = _figure(figsize=(8, 1.2 + 1.1 * (g.spec.n_layers + 2)))
     ax = fig.add_subplot()
     top = max(edges.values(), default=1.0) or 1.0
     for (u, v), w in edges.items():

@@ -54,10 +54,17 @@ def sampling_twin(bridge: Any) -> torch.nn.Module:
     twin.load_state_dict({k: state[k] for k in expected}, assign=True)
     # The parameters the bridge actually computes with must all be the twin's: the GPT-2 bridge, for one,
     # computes with split q/k/v copies of c_attn and adds an unembedding bias, so its twin would be stale.
-    params = [p for p in bridge.parameters() if p.requires_grad]
+    params = list(bridge.parameters())
+    frozen = [p for p in params if not p.requires_grad]  # a frozen reference is probed too, then re-frozen
     probe = torch.zeros(1, 2, dtype=torch.long, device=params[0].device if params else None)
-    with torch.enable_grad():
-        grads = torch.autograd.grad(bridge(probe).float().sum(), params, allow_unused=True) if params else []
+    try:
+        for p in frozen:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            grads = torch.autograd.grad(bridge(probe).float().sum(), params, allow_unused=True) if params else []
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
     used = {id(p) for p, g in zip(params, grads) if g is not None}
     if used - {id(p) for p in twin.parameters()}:
         return hf

@@ -179,15 +179,26 @@ def test_bad_inputs_fail_clearly():
         m.bridge.eval()
 
 
-def test_memory_budget_chunks_automatically():
+def test_memory_budget_chunks_automatically_and_holds():
+    """The budget counts the difference buffers, the activations autograd keeps (probed) and the buffered
+    gradients; a budget of two examples' worth runs in chunks of two, with the same scores."""
+    from circuitdyn.attribution.engine import frozen_parameters, peak_estimate, saved_activation_bytes
+
     m = zoo_model("gpt2")
     data = data_for(m, n=6)
     g = Graph.from_model(m, "head")
-    from circuitdyn.attribution.engine import buffer_bytes
-
-    small = attribute(m, g, data, "logit_diff", memory_budget=buffer_bytes(g, 2, data.clean.shape[1]))
-    big = attribute(m, g, data, "logit_diff")
-    assert close(small.scores, big.scores, rel=1e-6)
+    seq = data.clean.shape[1]
+    with g.enable_hooks(m.bridge), frozen_parameters(m.bridge):
+        one = saved_activation_bytes(m.bridge, g, data.clean[:1], data.mask[:1])
+        four = saved_activation_bytes(m.bridge, g, data.clean[:4], data.mask[:4])
+    assert 3.5 * one < four < 4.5 * one  # what autograd keeps grows with the batch: a per-example estimate
+    budget = peak_estimate(g, 2, seq, 1.0, one)
+    for per_example in (False, True):
+        small = attribute(m, g, data, "logit_diff", memory_budget=budget, per_example=per_example)
+        assert small.provenance["batch_chunk"] == 2 and small.provenance["peak_bytes_estimate"] <= budget
+        big = attribute(m, g, data, "logit_diff", per_example=per_example)
+        assert big.provenance["batch_chunk"] == 6
+        assert close(small.scores, big.scores, rel=1e-6)
 
 
 def test_same_seed_gives_bit_identical_scores():

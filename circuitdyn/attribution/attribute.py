@@ -25,7 +25,15 @@ from tqdm.auto import tqdm
 from circuitdyn.attribution.config import Aggregation, AttributionConfig
 from circuitdyn.attribution.eap import EAP
 from circuitdyn.attribution.eap_ig import EAPIGActivations, EAPIGInputs
-from circuitdyn.attribution.engine import ScoreAccumulator, examples_per_chunk, frozen_parameters, token_weights
+from circuitdyn.attribution.engine import (
+    BACKWARD_TRANSIENT,
+    ScoreAccumulator,
+    examples_per_chunk,
+    frozen_parameters,
+    peak_estimate,
+    saved_activation_bytes,
+    token_weights,
+)
 from circuitdyn.attribution.errors import AttributionError
 from circuitdyn.attribution.exact import ExactPatching, FirstOrder
 from circuitdyn.attribution.intervention import Intervention, as_batch, source_means
@@ -93,12 +101,17 @@ def attribute(
     if needs_reference and Method(config.method) is Method.EAP:
         logger.warning("kl_to_clean has a zero gradient at the clean run, so plain EAP scores it as ~0 everywhere; "
                        "use method='eap-ig-inputs' (or 'eap-ig-activations'), which integrate along the path")
-    chunk = min(config.batch_size, examples_per_chunk(graph, batch_all.clean.shape[1], config.memory_budget,
-                                                      method.buffer_copies(graph)))
-    batches = [batch_all[i:i + chunk] for i in range(0, len(batch_all), chunk)]
     n = len(batch_all)
     t0 = time.perf_counter()
     with graph.enable_hooks(bridge), frozen_parameters(bridge):
+        seq = batch_all.clean.shape[1]
+        activations = saved_activation_bytes(bridge, graph, batch_all.clean[:1], batch_all.mask[:1])
+        chunk = min(n, config.batch_size, examples_per_chunk(graph, seq, config.memory_budget,
+                                                          method.buffer_copies(graph), activations))
+        batches = [batch_all[i:i + chunk] for i in range(0, len(batch_all), chunk)]
+        # EAP-IG over inputs stacks interpolation points: as many rows as the budget's activations allow
+        max_rows = max(chunk, (config.memory_budget - peak_estimate(graph, chunk, seq, method.buffer_copies(graph),
+                                                                    0)) // max(int(activations * (1 + BACKWARD_TRANSIENT)), 1))
         means = source_means(bridge, graph, batches) if intervention.needs_means else None
         acc = ScoreAccumulator(graph, n if config.per_example else None, device)
         values_all, effects_all = [], []
@@ -110,7 +123,7 @@ def attribute(
             fn = _with_reference(bridge, batch) if needs_reference else metric_fn
             weights = token_weights(batch, config.aggregation is Aggregation.PER_TOKEN, device)
             result = method.run(BatchJob(bridge, graph, batch, fn, acc, intervention.counterfactual, means, weights,
-                                         config.steps))
+                                         config.steps, int(max_rows)))
             if result.effects is not None:
                 effects_all.append(result.effects)
             acc.offset += len(batch)
@@ -138,6 +151,8 @@ def attribute(
         "dataset_sha256": given.fingerprint(),
         "dtype": str(next(bridge.parameters()).dtype).replace("torch.", ""),
         "seconds": round(time.perf_counter() - t0, 3),
+        "batch_chunk": chunk,
+        "peak_bytes_estimate": peak_estimate(graph, chunk, seq, method.buffer_copies(graph), activations),
         "torch": torch.__version__,
     }
     return Attribution(scores, graph, torch.cat(values_all), config, per_example, provenance)

@@ -25,7 +25,7 @@ class AttributionConfig:
     aggregation: Aggregation | str = Aggregation.PER_TOKEN
     batch_size: int = 32
     per_example: bool = False
-    memory_budget: int = 2 * 2**30  # bytes for the float32 activation-difference buffers
+    memory_budget: int = 2 * 2**30  # bytes one pass may hold: difference buffers, kept activations, gradients
     answer_tokens: int = 1  # k: answer tokens scored by NLL / log-prob metrics when tokenizing examples
     progress: bool = False
 

@@ -34,4 +34,5 @@ class EAP:
         with torch.enable_grad():
             values = checked(job.metric(forward(bridge, batch.clean, batch.mask, hooks), batch), batch)
             backward_to(values, store["leaf"])
+        job.accumulator.flush(deltas.residual, job.weights)
         return BatchResult(values.detach())

@@ -19,7 +19,10 @@ from circuitdyn.attribution.method import BatchJob, BatchResult, Method
 from circuitdyn.attribution.objectives import checked
 from circuitdyn.graph import Graph
 
-STACKED_ROWS = 256  # EAP-IG over inputs stacks interpolation points up to this many rows per forward/backward
+#: EAP-IG over inputs stacks interpolation points along the batch while a pass holds at most this many
+#: tokens: stacking saves the fixed cost of a pass on short prompts, and costs (cache misses, larger
+#: buffers) on long ones, where each pass is already large
+STACKED_TOKENS = 2048
 
 
 def midpoints(steps: int) -> list[float]:
@@ -46,7 +49,7 @@ class EAPIGInputs:
         alphas = midpoints(steps)
         # Interpolation points are independent: stack several along the batch axis so each forward/backward
         # serves k points (the destination gradients of the k copies are summed before the one contraction).
-        k = max(1, min(steps, STACKED_ROWS // n))
+        k = max(1, min(steps, STACKED_TOKENS // (n * batch.clean.shape[1]), job.max_rows // n))
         for start in range(0, steps, k):
             chunk = alphas[start:start + k]
             rep = batch.repeat(len(chunk))

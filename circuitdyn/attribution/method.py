@@ -42,6 +42,7 @@ class BatchJob:
     means: Tensor | None  # per-source means, for the mean counterfactual
     weights: Float[Tensor, "batch seq"]  # per-token weights of the scores (aggregation)
     steps: int  # EAP-IG interpolation steps
+    max_rows: int = 1 << 30  # rows one forward/backward may hold within the memory budget (EAP-IG stacking)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,9 @@ class TrainingRun(Protocol):
     config: TrainConfig
     bridge: Any
     reference: Any
+    #: modules that compute the policy's / reference's log-probs fastest, with their parameters (twins)
+    scorer: Any
+    reference_scorer: Any
     tokenizer: Any
     task: Task
     reward_fn: RewardFn

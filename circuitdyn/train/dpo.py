@@ -24,15 +24,15 @@ Pairs = tuple[Rollout, Rollout, Tensor, Tensor]  # chosen, rejected, reference l
 
 def _reference_logprobs(run: TrainingRun, chosen: Rollout, rejected: Rollout) -> Pairs:
     with torch.no_grad():
-        ref_c = (token_logprobs(run.reference, chosen)[0] * chosen.completion_mask).sum(1)
-        ref_r = (token_logprobs(run.reference, rejected)[0] * rejected.completion_mask).sum(1)
+        ref_c = (token_logprobs(run.reference_scorer, chosen)[0] * chosen.completion_mask).sum(1)
+        ref_r = (token_logprobs(run.reference_scorer, rejected)[0] * rejected.completion_mask).sum(1)
     return chosen, rejected, ref_c, ref_r
 
 
 def sampled_pairs(run: TrainingRun, config: DPOConfig) -> Pairs:
     """(chosen, rejected) completions sampled from the reference model, and its log-probs of both."""
     examples = run.prompts(config.pair_prompts)
-    roll = run.rollout(examples, config.pair_generations, policy=run.reference)
+    roll = run.rollout(examples, config.pair_generations, policy=run.reference_scorer)
     rep = [ex for ex in examples for _ in range(config.pair_generations)]
     rewards = compute_rewards(run.reward_fn, [e.clean for e in rep], roll.texts, rep, step=0).view(len(examples), -1)
     chosen, rejected = [], []
@@ -92,8 +92,8 @@ class DPO:
         run.optimizer.zero_grad(set_to_none=True)
         total, stats = 0.0, {"reward_margin": 0.0, "reward_accuracy": 0.0}
         for rows in micro_batches(n, cfg.gradient_accumulation_steps):
-            pc = (token_logprobs(run.bridge, cs, rows=rows)[0] * cs.completion_mask[rows]).sum(1)
-            pr = (token_logprobs(run.bridge, rs, rows=rows)[0] * rs.completion_mask[rows]).sum(1)
+            pc = (token_logprobs(run.scorer, cs, rows=rows)[0] * cs.completion_mask[rows]).sum(1)
+            pr = (token_logprobs(run.scorer, rs, rows=rows)[0] * rs.completion_mask[rows]).sum(1)
             loss, st = L.dpo_loss(pc, pr, ref_c[at][rows], ref_r[at][rows], cfg.beta, rpo_alpha=cfg.rpo_alpha,
                                   chosen_tokens=cs.completion_mask[rows].sum(1))
             weight = (rows.stop - rows.start) / n  # micro-batch means recombine into the batch mean

@@ -54,15 +54,15 @@ class GRPO(Stateless):
         n_seq, max_len = n_groups * G, cfg.max_completion_length
         n_tok = int(all_sum(mask.sum().float()))
         with torch.no_grad():
-            old = token_logprobs(run.bridge, roll)[0] if cfg.num_iterations > 1 else None
-            ref = token_logprobs(run.reference, roll)[0] if run.reference is not None else None
+            old = token_logprobs(run.scorer, roll)[0] if cfg.num_iterations > 1 else None
+            ref = token_logprobs(run.reference_scorer, roll)[0] if run.reference is not None else None
         eps_high = cfg.epsilon_high if cfg.epsilon_high is not None else cfg.epsilon
         stats = torch.zeros(5)  # loss, clip_low, clip_high, kl, entropy (sums over the whole batch)
         grad_norm = 0.0
         for _ in range(cfg.num_iterations):
             run.optimizer.zero_grad(set_to_none=True)
             for rows in micro_batches(rewards.numel(), cfg.gradient_accumulation_steps):
-                logp, ent, _ = token_logprobs(run.bridge, roll, rows=rows)
+                logp, ent, _ = token_logprobs(run.scorer, roll, rows=rows)
                 old_rows = old[rows] if old is not None else logp.detach()
                 loss, st = L.grpo_loss(logp, old_rows, adv[rows], mask[rows], epsilon=cfg.epsilon, epsilon_high=eps_high,
                                        loss_type=LossType(cfg.loss_type), n_sequences=n_seq, n_tokens=n_tok, max_len=max_len,

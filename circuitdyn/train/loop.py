@@ -95,6 +95,8 @@ class Trainer:
         self.algorithm = ALGORITHMS[config.algorithm](config, model)
         self.reference = self._frozen_copy() if self.algorithm.needs_reference else None
         self.sampler = sampling_twin(self.bridge)
+        self.scorer = self.sampler  # the same log-probs as the bridge, bit for bit, without its wrappers
+        self.reference_scorer = sampling_twin(self.reference) if self.reference is not None else None
         self.schedule = ParameterSchedule(config.schedule)
         final_norm = config.schedule.final_norm if config.schedule is not None else False
         self.classifier = classifier_parameters(self.bridge, final_norm=final_norm)

@@ -34,9 +34,9 @@ class PPO(Stateless):
         rewards = compute_rewards(run.reward_fn, [e.clean for e in examples], roll.texts, examples, step=run.step)
         mask = roll.completion_mask
         with torch.no_grad():
-            old_logp, _, old_values = token_logprobs(run.bridge, roll, value_head=self.value_head)
+            old_logp, _, old_values = token_logprobs(run.scorer, roll, value_head=self.value_head)
             assert old_values is not None
-            ref_logp = token_logprobs(run.reference, roll)[0]
+            ref_logp = token_logprobs(run.reference_scorer, roll)[0]
             kl = (old_logp - ref_logp) * mask
             token_rewards = -cfg.kl_coef * kl
             last = (mask.sum(1) - 1).clamp(min=0)
@@ -50,7 +50,7 @@ class PPO(Stateless):
         for _ in range(cfg.num_ppo_epochs):
             run.optimizer.zero_grad(set_to_none=True)
             for rows in micro_batches(n, cfg.gradient_accumulation_steps):
-                logp, ent, values = token_logprobs(run.bridge, roll, value_head=self.value_head, rows=rows)
+                logp, ent, values = token_logprobs(run.scorer, roll, value_head=self.value_head, rows=rows)
                 assert values is not None
                 pg, vf, st = L.ppo_losses(logp, old_logp[rows], values, old_values[rows], adv[rows], returns[rows],
                                           mask[rows], cliprange=cfg.cliprange, cliprange_value=cfg.cliprange_value,

@@ -1,7 +1,8 @@
 """Token log-probabilities of rollouts under the policy (sampling itself lives in circuitdyn.sampling).
 
-They run through `bridge.original_model`: the Hugging Face module tree that the bridge wraps, so the same
-parameters (and the same bridge components) the attribution reads.
+They run through a plain Hugging Face module with the bridge's own parameters: the trainer passes the
+sampling twin (surface.sampling_twin), whose log-probabilities equal the bridge's bit for bit at less cost
+than `bridge.original_model`'s wrapped components (which a bridge given here falls back to).
 """
 
 from __future__ import annotations
@@ -18,15 +19,17 @@ __all__ = ["ROLLOUT_TENSORS", "Rollout", "encode_prompts", "sample", "token_logp
 
 
 def token_logprobs(
-    bridge: Any, rollout: Rollout, *, value_head: torch.nn.Module | None = None, rows: slice | None = None,
+    model: Any, rollout: Rollout, *, value_head: torch.nn.Module | None = None, rows: slice | None = None,
 ) -> tuple[Float[Tensor, "N Lc"], Float[Tensor, "N Lc"], Tensor | None]:
-    """Log-probability and entropy of each completion token under the policy (and PPO values)."""
+    """Log-probability and entropy of each completion token under `model` (a bridge or a Hugging Face
+    causal LM, e.g. the sampling twin), and PPO values."""
     rows = rows or slice(None)
     p_ids, p_mask = rollout.prompt_ids[rows], rollout.prompt_mask[rows]
     c_ids, c_mask = rollout.completion_ids[rows], rollout.completion_mask[rows]
     ids = torch.cat([p_ids, c_ids], 1)
     mask = torch.cat([p_mask, c_mask], 1).long()
-    out = bridge.original_model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
+    hf = getattr(model, "original_model", model)
+    out = hf(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
                                 output_hidden_states=value_head is not None)
     lp = p_ids.shape[1]
     logits = out.logits[:, lp - 1:-1].float()
