@@ -263,3 +263,30 @@ def test_top_k_one_samples_the_greedy_completion():
     assert greedy.texts == top1.texts
     nucleus = sample(twin, m.tokenizer, ids, mask, max_new_tokens=4, top_p=1e-6, temperature=2.0, generator=g)
     assert nucleus.texts == greedy.texts  # the smallest nucleus is the most likely token alone
+
+
+def test_ppo_value_loss_leaves_the_policy_gradients_unchanged():
+    """The value head reads the hidden state detached: with and without the value loss, every policy
+    parameter gets the same gradient, and only the head's gradient differs."""
+    from circuitdyn.train import losses
+    from circuitdyn.train.rollout import token_logprobs
+
+    m = fresh()
+    trainer = Trainer(m, PPOConfig(**SMALL))
+    head = trainer.algorithm.value_head
+    torch.nn.init.normal_(head.weight)
+    roll = trainer.rollout(trainer.prompts(8), 1)
+    grads = []
+    for vf_coef in (0.0, 1.0):
+        trainer.optimizer.zero_grad(set_to_none=True)
+        logp, _, values = token_logprobs(trainer.scorer, roll, value_head=head)
+        mask = roll.completion_mask
+        pg, vf, _ = losses.ppo_losses(logp, logp.detach(), values, values.detach() + 1, torch.ones_like(logp),
+                                      torch.zeros_like(logp), mask, cliprange=0.2, cliprange_value=0.2,
+                                      n_tokens=int(mask.sum()))
+        (pg + vf_coef * vf).backward()
+        grads.append([p.grad.clone() if p.grad is not None else None for p in m.bridge.parameters()])
+        assert (head.weight.grad is not None) == (vf_coef > 0) or head.weight.grad.abs().sum() == 0
+    assert any(g is not None for g in grads[0])
+    for a, b in zip(*grads):
+        assert (a is None and b is None) or torch.equal(a, b)

@@ -144,9 +144,17 @@ class Trainer:
                                 "the last checkpoint is intact") from None
 
     def optimizer_step(self, source: str) -> float:
-        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm)
-        if not torch.isfinite(norm):
+        """Clip and apply the gradients; returns the policy's gradient norm. The policy (classifier and
+        backbone) and each module the algorithm adds (PPO's value head) are clipped apart, so one never
+        scales the other's update."""
+        norms = []
+        for names in (("classifier", "backbone"), *((n,) for n in self.algorithm.extra_modules)):
+            params = [p for g in self.optimizer.param_groups if g["name"] in names for p in g["params"]
+                      if p.grad is not None]
+            norms.append(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm) if params
+                         else torch.tensor(0.0))
+        norm = norms[0]
+        if not all(torch.isfinite(n) for n in norms):
             raise TrainingError(f"step {self.step}: non-finite gradient norm from the {source}; the update was "
                                 "skipped and the last checkpoint is intact. Lower learning_rate or check the rewards")
         self.optimizer.step()

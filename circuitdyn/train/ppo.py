@@ -1,4 +1,8 @@
-"""PPO: a value head on the final hidden state, per-token KL penalty to the reference, GAE, clipped losses."""
+"""PPO: a value head on the final hidden state, per-token KL penalty to the reference, GAE, clipped losses.
+
+The value head reads the hidden state DETACHED and is clipped apart from the policy: the value loss
+trains the head alone, so the circuits being measured are shaped by the policy objective only (trl
+reaches the same with a separate value model)."""
 
 from __future__ import annotations
 

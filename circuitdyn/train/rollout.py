@@ -39,5 +39,6 @@ def token_logprobs(
     values = None
     if value_head is not None:
         hidden = out.hidden_states[-1][:, lp - 1:-1]
-        values = value_head(hidden.float())[..., 0]
+        # detached: the value loss trains the head alone and never reshapes the policy's circuits
+        values = value_head(hidden.float().detach())[..., 0]
     return logp, entropy.detach(), values
