@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_attribution
+import bench_shapes
 import bench_train
 
 
@@ -26,7 +27,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     attribution = bench_attribution.main(["--quick"] if args.quick else [])
-    train = bench_train.main(["--steps", "10" if args.quick else "60"])
+    train = bench_train.main(["--steps", "10" if args.quick else "30", "--rounds", "1" if args.quick else "3"])
+    shapes = bench_shapes.main(["--rounds", "2" if args.quick else "5"] +
+                               (["--shapes", "gpt2-16x64", "--threads", "default"] if args.quick else []))
     summary = {
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": sys.version.split()[0]},
         "ratios": {
@@ -39,6 +42,7 @@ def main(argv: list[str] | None = None) -> dict:
             "grpo_steps_per_s_ours_over_trl": train.get("ratio_steps_per_s"),
         },
         "smollm2_135m_eap": attribution.get("smollm2_135m"),
+        "shapes": shapes,
         "details": {"attribution": attribution, "train": train},
         "seconds": time.perf_counter() - t0,
     }
@@ -46,6 +50,18 @@ def main(argv: list[str] | None = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary["ratios"], indent=1))
+    print("| shape | threads | EAP head / bare | EAP layer / bare | EAP-IG(5) head / fwd+bwd | peak / estimate (head) |")
+    print("|---|---|---|---|---|---|")
+    for name, row in shapes.items():
+        if not isinstance(row, dict) or "layers" not in row:
+            continue
+        for key, value in row.items():
+            if key.startswith("threads_"):
+                r = value["ratios"]
+                cells = [f"{r[k]['median']:.2f} (min {r[k]['min']:.2f})" for k in
+                         ("eap_head_over_bare", "eap_layer_over_bare", "eap_ig5_head_over_fwd_bwd")]
+                mem = row.get("memory", {}).get("head", {}).get("peak_over_estimate")
+                print(f"| {name} | {key[8:]} | " + " | ".join(cells) + f" | {mem if mem is None else round(mem, 2)} |")
     print(f"wrote {out}")
     return summary
 

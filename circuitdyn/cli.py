@@ -117,7 +117,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from circuitdyn.train import config_from_dict, train
-    from circuitdyn.train.loop import latest_checkpoint
+    from circuitdyn.train.run_folder import latest_checkpoint
 
     fields = read_json_object(args.config, "--config") if args.config else {}
     fields.update(parse_sets(args.set))

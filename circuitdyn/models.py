@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,7 @@ from circuitdyn.model_files import (
     check_tokenizer_files,
     load_tokenizer,
 )
+from circuitdyn.weights import current_sha256, read_training_record
 
 REAL_MODELS = ("smollm2-135m", "gemma3-270m")
 HOOK_FLAGS = ("use_attn_result", "use_split_qkv_input", "use_hook_mlp_in")
@@ -56,8 +56,9 @@ class Provenance:
     dtype: str
     device: str
     n_params: int
-    weights_sha256: str
+    weights_sha256: str  # as loaded; attributions record the hash of the weights they ran on (weights.py)
     source: str
+    training: dict[str, Any] | None = None  # the training run that wrote a checkpoint folder, when it is one
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -102,13 +103,9 @@ def resolve_device(device: torch.device | str | None) -> torch.device:
     return device
 
 
-def weights_sha256(module: torch.nn.Module) -> str:
-    """Hash of every parameter and buffer, by name, in a stable order."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return digest.hexdigest()
+def weights_sha256(model: Any) -> str:
+    """Hash of the weights a model (LoadedModel or bridge) runs on now: see circuitdyn.weights."""
+    return current_sha256(as_bridge(model))
 
 
 def resolve_spec(spec: str) -> Path | str:
@@ -177,8 +174,9 @@ def load_model(
         dtype=str(dtype).replace("torch.", ""),
         device=str(device),
         n_params=sum(p.numel() for p in bridge.original_model.parameters()),
-        weights_sha256=weights_sha256(bridge.original_model),
+        weights_sha256=current_sha256(bridge),
         source=str(target),
+        training=read_training_record(target, bridge),
     )
     return LoadedModel(bridge=bridge, tokenizer=tokenizer, provenance=provenance)
 

@@ -15,14 +15,14 @@ MAX_LINES = 300
 LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"foundation": ("atomic", "choices", "stats", "tasks", "model_files", "hub")},
     {"model sources": ("zoo", "real_models")},
-    {"models": ("branches", "head_forks", "models", "surface", "sampling")},
+    {"models": ("branches", "head_forks", "hf_export", "weights", "models", "surface", "sampling")},
     {"graph": ("nodes", "liveness", "graph")},
     {"attribution": ("attribution",)},
     {"circuits": ("circuit", "patching", "distributed")},
     {"metrics": ("metrics", "io")},
     {"comparison": ("compare", "report", "plot")},
     {"train": ("train",), "dynamics": ("dynamics",)},
-    {"study": ("study",)},
+    {"study": ("study",), "integrations": ("integrations",)},
     {"face": ("cli_inputs", "cli", "__init__")},
 ]
 

@@ -24,7 +24,7 @@ from circuitdyn.models import load_model
 from circuitdyn.tasks import Addition, TaskError, TaskExample, tokenize_pairs
 from circuitdyn.train import GRPOConfig, Trainer, train
 from circuitdyn.train.checkpoint import CheckpointError
-from circuitdyn.train.loop import warn_if_diverging
+from circuitdyn.train.run_folder import warn_if_diverging
 from tests.conftest import zoo_model
 
 

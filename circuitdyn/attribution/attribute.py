@@ -43,6 +43,7 @@ from circuitdyn.attribution.result import Attribution
 from circuitdyn.graph import Granularity, Graph
 from circuitdyn.models import LoadedModel, as_bridge
 from circuitdyn.tasks.base import PairBatch, TaskExample
+from circuitdyn.weights import current_sha256, training_of
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,18 @@ def _with_reference(bridge: Any, batch: PairBatch) -> MetricFn:
         # EAP-IG stacks copies of the batch: repeat the reference to match
         return kl_to_reference(logits, reference.repeat(len(b) // reference.shape[0], 1, 1), b)
     return kl
+
+
+def _model_provenance(model: Any, bridge: Any) -> dict[str, Any]:
+    """Where the model came from, with the hash of the weights this attribution ran on (not the ones it
+    was loaded with: a model trained in place differs) and the training run that produced them."""
+    loaded = model.provenance.as_dict() if isinstance(model, LoadedModel) else \
+        {"architecture": str(getattr(bridge.cfg, "architecture", "?"))}
+    now = current_sha256(bridge)
+    out = {**loaded, "weights_sha256": now, "training": training_of(bridge) or loaded.get("training")}
+    if loaded.get("weights_sha256") not in (None, now):
+        out["loaded_weights_sha256"] = loaded["weights_sha256"]
+    return out
 
 
 def attribute(
@@ -142,8 +155,7 @@ def attribute(
         raise MetricError("attribution produced non-finite scores: check the metric and the model dtype")
     scores = scores * graph.edge_mask
     provenance = {
-        "model": model.provenance.as_dict() if isinstance(model, LoadedModel)
-        else {"architecture": str(getattr(bridge.cfg, "architecture", "?"))},
+        "model": _model_provenance(model, bridge),
         "graph": graph.spec.as_dict(),
         "config": config.as_dict(),
         "metric": metric if isinstance(metric, str) else getattr(metric, "__name__", "callable"),

@@ -267,7 +267,7 @@ def _protocol(cfg: StudyConfig, entries: Sequence[Entry], source: ProblemSet, it
         "generation": {"greedy": True, "max_new_tokens": cfg.max_new_tokens, "chat_template": cfg.chat_template,
                        "batch_size": cfg.batch_size},
         # the hash of the weights each model actually ran with (a modified copy keeps its base's provenance)
-        "models": {e.name: {**e.model.provenance.as_dict(), "weights_sha256": weights_sha256(e.model.bridge.original_model)}
+        "models": {e.name: {**e.model.provenance.as_dict(), "weights_sha256": weights_sha256(e.model)}
                    for e in entries},
         "correct": correct,
         "n_kept": len(kept),

@@ -1,5 +1,10 @@
 """Training checkpoints: weights and optimizer tensors in safetensors, everything else in JSON.
 
+A checkpoint folder is also a Hugging Face model folder (config.json, model.safetensors under the
+original weight names, tokenizer, generation config; written by the trainer), so load_model and
+AutoModelForCausalLM.from_pretrained open it. Beside it: `policy.safetensors` (the bridge's own
+parameters, what a resumed run loads), optimizer, RNG and trainer state.
+
 Nothing is pickled. A checkpoint is a folder written under a temporary name and renamed into place, so a
 run killed mid-save leaves the previous checkpoint intact and no folder that loads as valid.
 """
@@ -8,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +47,15 @@ def _unique_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(folder: Path, *, modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer,
                     generator: torch.Generator, py_random: random.Random, state: dict[str, Any],
-                    algorithm_tensors: dict[str, torch.Tensor] | None = None) -> Path:
+                    algorithm_tensors: dict[str, torch.Tensor] | None = None,
+                    also: Callable[[Path], Any] | None = None) -> Path:
     """Write modules, optimizer, RNG states, the trainer `state` and the algorithm's own tensors (e.g. DPO's
-    preference pairs, in `algorithm.safetensors`)."""
+    preference pairs, in `algorithm.safetensors`); `also(tmp)` writes more into the same folder before it
+    is renamed into place (the trainer's Hugging Face files)."""
     folder = Path(folder)
     with atomic_folder(folder) as tmp:
+        if also is not None:
+            also(tmp)
         if algorithm_tensors:
             save_file({k: v.detach().contiguous() for k, v in algorithm_tensors.items()}, str(tmp / ALGORITHM_FILE))
         for name, module in modules.items():

@@ -10,8 +10,8 @@ to the same result.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import logging
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from tqdm.auto import tqdm
 
+from circuitdyn.hf_export import save_hf_folder
 from circuitdyn.models import LoadedModel, clone_bridge
 from circuitdyn.surface import classifier_parameters, sampling_twin, seeded_generator
 from circuitdyn.tasks import get_task
@@ -42,8 +43,8 @@ from circuitdyn.train.parallel import rank_world
 from circuitdyn.train.ppo import PPO
 from circuitdyn.train.rewards import RewardFn, compute_rewards, task_reward
 from circuitdyn.train.rollout import Rollout, encode_prompts, sample
-
-logger = logging.getLogger(__name__)
+from circuitdyn.train.run_folder import previous_run, truncate_log, warn_if_diverging
+from circuitdyn.weights import TRAINING_FILE, current_sha256, record_training
 
 #: how each algorithm is built from its config (CF-RL is GRPO under a classifier-first schedule)
 ALGORITHMS: dict[Algorithm, Callable[[Any, LoadedModel], TrainingAlgorithm]] = {
@@ -176,6 +177,8 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
         self.step += 1
         self.schedule.observe(stage, logs)
+        record_training(self.bridge, {"algorithm": cfg.algorithm.value, "step": self.step,
+                                      "base_spec": self.model.provenance.spec})
         logs = {"step": self.step, "algorithm": cfg.algorithm.value, "stage": stage.value, "learning_rate": lr, **logs}
         if cfg.eval_steps and (self.step % cfg.eval_steps == 0 or self.step == cfg.max_steps):
             logs["eval_accuracy"] = self.accuracy()
@@ -228,12 +231,29 @@ class Trainer:
     def _modules(self) -> dict[str, torch.nn.Module]:
         return {"policy": self.bridge.original_model, **self.algorithm.extra_modules}
 
+    def training_info(self) -> dict[str, Any]:
+        """What produced the current weights: recorded with attributions of the model and in checkpoints."""
+        config = self.config.as_dict()
+        base = self.model.provenance
+        return {"algorithm": self.config.algorithm.value, "step": self.step, "config": config,
+                "config_sha256": hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest(),
+                "base_spec": base.spec, "base_weights_sha256": base.weights_sha256,
+                "weights_sha256": current_sha256(self.bridge)}
+
     def save(self, folder: Path) -> Path:
         tensors, meta = self.algorithm.state()
+        info = self.training_info()
+        record_training(self.bridge, info)
         state = {"step": self.step, "config": self.config.as_dict(), "history": self.history,
-                 "base_accuracy": self.base_accuracy, "switched": self.schedule.switched, "algorithm": meta}
+                 "base_accuracy": self.base_accuracy, "switched": self.schedule.switched, "algorithm": meta,
+                 "weights_sha256": info["weights_sha256"]}
+
+        def hugging_face_files(tmp: Path) -> None:
+            save_hf_folder(self.bridge, self.tokenizer, tmp)
+            (tmp / TRAINING_FILE).write_text(json.dumps(info, indent=1, default=str))
         return save_checkpoint(folder, modules=self._modules(), optimizer=self.optimizer, generator=self.generator,
-                               py_random=self.py_random, state=state, algorithm_tensors=tensors)
+                               py_random=self.py_random, state=state, algorithm_tensors=tensors,
+                               also=hugging_face_files)
 
     def _resume(self, folder: Path) -> None:
         meta = read_checkpoint_meta(folder)  # checked before any weights are loaded
@@ -252,46 +272,6 @@ class Trainer:
         self.history = list(state["history"])
         self.base_accuracy = state["base_accuracy"]
         self.schedule.switched = bool(state.get("switched", False))
-
-
-def previous_run(folder: Path) -> list[str]:
-    """What in `folder` belongs to an earlier run (its log and checkpoints)."""
-    if not folder.is_dir():
-        return []
-    return sorted(p.name for p in folder.iterdir() if p.name in ("log.jsonl", "final") or p.name.startswith("checkpoint-"))
-
-
-def latest_checkpoint(folder: Path) -> Path:
-    """The newest `checkpoint-N` in a run's folder (for `--resume latest`)."""
-    steps = [(int(p.name.split("-", 1)[1]), p) for p in Path(folder).glob("checkpoint-*")
-             if p.is_dir() and p.name.split("-", 1)[1].isdigit()]
-    if not steps:
-        raise CheckpointError(f"{folder}: no checkpoint-N folder to resume from (set save_steps to write them)")
-    return max(steps)[1]
-
-
-def truncate_log(log_file: Path, step: int) -> None:
-    """Keep the log lines up to `step` (a resumed run logs the later steps again)."""
-    if not log_file.exists():
-        return
-    kept = [line for line in log_file.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    log_file.write_text("".join(line + "\n" for line in kept))
-
-
-#: a step whose KL to the reference or gradient norm (before clipping) passes these is reported
-KL_WARNING, GRAD_NORM_WARNING = 10.0, 100.0
-
-
-def warn_if_diverging(logs: dict[str, Any], config: TrainConfig) -> None:
-    kl, norm = logs.get("kl"), logs.get("grad_norm")
-    if isinstance(kl, float) and kl > KL_WARNING:
-        logger.warning("step %d: KL to the reference is %.3g (> %g): the policy is moving far from it; lower "
-                       "learning_rate (now %g) or raise beta", logs["step"], kl, KL_WARNING, config.learning_rate)
-    if isinstance(norm, float) and norm > GRAD_NORM_WARNING * config.max_grad_norm:
-        logger.warning("step %d: gradient norm %.3g is over %g x max_grad_norm (it is clipped, but the loss is "
-                       "exploding): lower learning_rate (now %g)", logs["step"], norm, GRAD_NORM_WARNING,
-                       config.learning_rate)
 
 
 def train(model: LoadedModel, config: TrainConfig, **kwargs: Any) -> TrainResult:

@@ -1,0 +1,119 @@
+"""The bridge's weights as a Hugging Face model: original parameter names, fused projections re-fused.
+
+A bridge's state dict names its weights through its wrappers (`..._original_component...`) and, for
+families whose attention projects q, k and v with one fused matrix (GPT-2's `c_attn`, GPT-NeoX's
+`query_key_value`), computes with split q, k and v copies that training updates while the fused matrix
+goes stale. `hf_state_dict` strips the wrapper names and writes the split copies back into the fused
+matrix. The inverse of each family's split is found without knowing its layout: the split function is run
+on a copy of the attention whose parameters hold their own flat indices, and the q, k, v weights it returns
+say which fused entry each of their entries came from (refused unless every entry is accounted for once).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+WRAPPER = "._original_component"
+
+
+class ExportError(RuntimeError):
+    """The bridge's weights cannot be written as the Hugging Face model it wraps."""
+
+
+def _strip(name: str) -> str:
+    return name.replace(WRAPPER, "")
+
+
+def _joint_attentions(bridge: Any) -> list[Any]:
+    from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import JointQKVAttentionBridge
+
+    return [m for m in bridge.modules() if isinstance(m, JointQKVAttentionBridge)]
+
+
+def _fused_sources(attn: Any) -> dict[str, list[tuple[str, Tensor]]]:
+    """For the split q, k, v linears' weight and bias, where each entry comes from in the attention's own
+    parameters: {"q.weight": [(param name, flat indices of the same shape)], ...}."""
+    original = attn.original_component
+    probe = copy.deepcopy(original).to(torch.float64)
+    offsets: dict[str, tuple[int, int]] = {}
+    start = 0
+    with torch.no_grad():
+        for name, p in probe.named_parameters():
+            p.copy_(torch.arange(start, start + p.numel(), dtype=torch.float64).reshape(p.shape))
+            offsets[name] = (start, start + p.numel())
+            start += p.numel()
+        q, k, v = attn.split_qkv_matrix(probe)
+    out: dict[str, list[tuple[str, Tensor]]] = {}
+    for kind, linear in (("q", q), ("k", k), ("v", v)):
+        for field in ("weight", "bias"):
+            t = getattr(linear, field, None)
+            if t is None:
+                continue
+            flat = t.detach().to(torch.float64).round().long()
+            for name, (lo, hi) in offsets.items():
+                if bool(((flat >= lo) & (flat < hi)).all()):
+                    out[f"{kind}.{field}"] = [(_strip(name), flat - lo)]
+                    break
+            else:
+                raise ExportError(f"{type(attn).__name__}: the split of its fused projection is not a plain "
+                                  "re-indexing of one parameter; cannot re-fuse it")
+    return out
+
+
+def hf_state_dict(bridge: Any) -> dict[str, Tensor]:
+    """The weights under the Hugging Face model's own names, fused projections rebuilt from the split
+    copies the bridge computes (and trains) with. Keys are exactly those of a fresh model of its class."""
+    hf = bridge.original_model
+    state = {_strip(k): v for k, v in hf.state_dict().items()}
+    names = {id(m): _strip(n) for n, m in hf.named_modules()}
+    for attn in _joint_attentions(bridge):
+        prefix = names.get(id(attn.original_component))
+        if prefix is None:
+            raise ExportError(f"cannot find {type(attn).__name__}'s module in the Hugging Face model")
+        for key, [(param, index)] in _fused_sources(attn).items():
+            kind, field = key.split(".")
+            trained = getattr(getattr(attn, kind).original_component, field).detach()
+            target_name = f"{prefix}.{param}" if prefix else param
+            fused = state[target_name].clone() if target_name in state else None
+            if fused is None:
+                raise ExportError(f"{target_name}: not in the model's state dict")
+            flat = fused.reshape(-1)
+            flat[index.reshape(-1)] = trained.reshape(-1).to(flat.dtype)
+            state[target_name] = flat.reshape(fused.shape)
+    expected = _expected_keys(hf)
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise ExportError(f"the bridge has no weights for {missing[:4]}; cannot write a Hugging Face folder")
+    return {k: state[k].detach().contiguous() for k in expected}
+
+
+def _expected_keys(hf: Any) -> list[str]:
+    """The state-dict keys of a model of the same class and config, without allocating its weights."""
+    with torch.device("meta"):
+        fresh = type(hf)(hf.config)
+    return list(fresh.state_dict().keys())
+
+
+def hf_model(bridge: Any) -> Any:
+    """A plain Hugging Face model of the bridge's class holding (copies of) its current weights."""
+    hf = bridge.original_model
+    state = hf_state_dict(bridge)
+    with torch.device("meta"):
+        fresh = type(hf)(hf.config)
+    fresh.load_state_dict(state, assign=True, strict=True)
+    fresh.tie_weights()
+    return fresh.eval()
+
+
+def save_hf_folder(bridge: Any, tokenizer: Any, folder: Path) -> Path:
+    """config.json, model.safetensors (Hugging Face names), generation_config.json and the tokenizer files
+    in `folder` (which must exist), so that AutoModelForCausalLM.from_pretrained and load_model open it."""
+    model = hf_model(bridge)
+    model.save_pretrained(str(folder), safe_serialization=True)
+    tokenizer.save_pretrained(str(folder))
+    return folder

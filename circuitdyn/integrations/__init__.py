@@ -1,0 +1,1 @@
+"""Bridges to other training libraries: circuit snapshots taken during their runs (`integrations.trl`)."""
