@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from circuitdyn.hf_export import hf_state_dict
+from circuitdyn.hf_export import ExportError, hf_state_dict
 from circuitdyn.model_files import ModelSpecError
 
 _HASHES: "weakref.WeakKeyDictionary[Any, tuple[tuple[tuple[int, int], ...], str]]" = weakref.WeakKeyDictionary()
@@ -44,7 +44,7 @@ def current_sha256(bridge: Any) -> str:
         return cached[1]
     try:
         digest = state_sha256(hf_state_dict(bridge))
-    except Exception:  # a bridge that has no Hugging Face form: hash its own state
+    except (ExportError, AttributeError, TypeError):  # no Hugging Face form (e.g. a boot_native bridge)
         digest = state_sha256(dict(bridge.state_dict()))
     _HASHES[bridge] = (versions, digest)
     return digest

@@ -26,12 +26,12 @@ from circuitdyn.attribution.config import Aggregation, AttributionConfig
 from circuitdyn.attribution.eap import EAP
 from circuitdyn.attribution.eap_ig import EAPIGActivations, EAPIGInputs
 from circuitdyn.attribution.engine import (
-    BACKWARD_TRANSIENT,
     ScoreAccumulator,
     examples_per_chunk,
     frozen_parameters,
     peak_estimate,
     saved_activation_bytes,
+    stackable_rows,
     token_weights,
 )
 from circuitdyn.attribution.errors import AttributionError
@@ -122,9 +122,7 @@ def attribute(
         chunk = min(n, config.batch_size, examples_per_chunk(graph, seq, config.memory_budget,
                                                           method.buffer_copies(graph), activations))
         batches = [batch_all[i:i + chunk] for i in range(0, len(batch_all), chunk)]
-        # EAP-IG over inputs stacks interpolation points: as many rows as the budget's activations allow
-        max_rows = max(chunk, (config.memory_budget - peak_estimate(graph, chunk, seq, method.buffer_copies(graph),
-                                                                    0)) // max(int(activations * (1 + BACKWARD_TRANSIENT)), 1))
+        max_rows = stackable_rows(graph, chunk, seq, method.buffer_copies(graph), activations, config.memory_budget)
         means = source_means(bridge, graph, batches) if intervention.needs_means else None
         acc = ScoreAccumulator(graph, n if config.per_example else None, device)
         values_all, effects_all = [], []
@@ -136,7 +134,7 @@ def attribute(
             fn = _with_reference(bridge, batch) if needs_reference else metric_fn
             weights = token_weights(batch, config.aggregation is Aggregation.PER_TOKEN, device)
             result = method.run(BatchJob(bridge, graph, batch, fn, acc, intervention.counterfactual, means, weights,
-                                         config.steps, int(max_rows)))
+                                         config.steps, max_rows))
             if result.effects is not None:
                 effects_all.append(result.effects)
             acc.offset += len(batch)

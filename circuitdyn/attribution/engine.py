@@ -85,6 +85,13 @@ def peak_estimate(graph: Graph, batch: int, seq: int, copies: float, activations
                     + int(activations * (1 + BACKWARD_TRANSIENT)))
 
 
+def stackable_rows(graph: Graph, chunk: int, seq: int, copies: float, activations: int, budget: int) -> int:
+    """How many rows one forward/backward may hold (EAP-IG over inputs stacks interpolation points along
+    the batch): the chunk's buffers stay, and what is left of the budget pays each row's activations."""
+    spare = budget - peak_estimate(graph, chunk, seq, copies, 0)
+    return max(chunk, spare // max(int(activations * (1 + BACKWARD_TRANSIENT)), 1))
+
+
 @contextlib.contextmanager
 def frozen_parameters(bridge: Any) -> Iterator[None]:
     """No parameter gradients during attribution: the backward pass computes only what scores need."""
