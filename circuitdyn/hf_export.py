@@ -12,6 +12,7 @@ say which fused entry each of their entries came from (refused unless every entr
 from __future__ import annotations
 
 import copy
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -35,11 +36,16 @@ def _joint_attentions(bridge: Any) -> list[Any]:
     return [m for m in bridge.modules() if isinstance(m, JointQKVAttentionBridge)]
 
 
-def _fused_sources(attn: Any) -> dict[str, list[tuple[str, Tensor]]]:
+_SOURCES: "weakref.WeakKeyDictionary[Any, dict[str, tuple[str, Tensor]]]" = weakref.WeakKeyDictionary()
+
+
+def _fused_sources(attn: Any) -> dict[str, tuple[str, Tensor]]:
     """For the split q, k, v linears' weight and bias, where each entry comes from in the attention's own
-    parameters: {"q.weight": [(param name, flat indices of the same shape)], ...}."""
-    original = attn.original_component
-    probe = copy.deepcopy(original).to(torch.float64)
+    parameters: {"q.weight": (param name, flat indices of the same shape), ...}. It depends only on the
+    attention's structure, so it is worked out once per attention (the probe copies its weights)."""
+    if attn in _SOURCES:
+        return _SOURCES[attn]
+    probe = copy.deepcopy(attn.original_component).to(torch.float64)
     offsets: dict[str, tuple[int, int]] = {}
     start = 0
     with torch.no_grad():
@@ -48,20 +54,25 @@ def _fused_sources(attn: Any) -> dict[str, list[tuple[str, Tensor]]]:
             offsets[name] = (start, start + p.numel())
             start += p.numel()
         q, k, v = attn.split_qkv_matrix(probe)
-    out: dict[str, list[tuple[str, Tensor]]] = {}
+    out: dict[str, tuple[str, Tensor]] = {}
     for kind, linear in (("q", q), ("k", k), ("v", v)):
         for field in ("weight", "bias"):
             t = getattr(linear, field, None)
             if t is None:
                 continue
             flat = t.detach().to(torch.float64).round().long()
-            for name, (lo, hi) in offsets.items():
-                if bool(((flat >= lo) & (flat < hi)).all()):
-                    out[f"{kind}.{field}"] = [(_strip(name), flat - lo)]
-                    break
-            else:
+            source = next((name for name, (lo, hi) in offsets.items() if bool(((flat >= lo) & (flat < hi)).all())), None)
+            if source is None:
                 raise ExportError(f"{type(attn).__name__}: the split of its fused projection is not a plain "
                                   "re-indexing of one parameter; cannot re-fuse it")
+            out[f"{kind}.{field}"] = (_strip(source), flat - offsets[source][0])
+    for param in {name for name, _ in out.values()}:  # every fused entry comes back exactly once
+        used = torch.cat([index.reshape(-1) for name, index in out.values() if name == param])
+        size = offsets[next(n for n in offsets if _strip(n) == param)]
+        if used.numel() != size[1] - size[0] or torch.unique(used).numel() != used.numel():
+            raise ExportError(f"{type(attn).__name__}: its q, k, v split does not cover {param} exactly once; "
+                              "cannot re-fuse it")
+    _SOURCES[attn] = out
     return out
 
 
@@ -75,16 +86,16 @@ def hf_state_dict(bridge: Any) -> dict[str, Tensor]:
         prefix = names.get(id(attn.original_component))
         if prefix is None:
             raise ExportError(f"cannot find {type(attn).__name__}'s module in the Hugging Face model")
-        for key, [(param, index)] in _fused_sources(attn).items():
+        for key, (param, index) in _fused_sources(attn).items():
             kind, field = key.split(".")
             trained = getattr(getattr(attn, kind).original_component, field).detach()
             target_name = f"{prefix}.{param}" if prefix else param
-            fused = state[target_name].clone() if target_name in state else None
-            if fused is None:
+            if target_name not in state:
                 raise ExportError(f"{target_name}: not in the model's state dict")
+            fused = state[target_name].clone()
             flat = fused.reshape(-1)
             flat[index.reshape(-1)] = trained.reshape(-1).to(flat.dtype)
-            state[target_name] = flat.reshape(fused.shape)
+            state[target_name] = fused
     expected = _expected_keys(hf)
     missing = [k for k in expected if k not in state]
     if missing:

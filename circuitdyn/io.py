@@ -9,7 +9,6 @@ file in every error.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -23,6 +22,7 @@ from circuitdyn.atomic import atomic_file, atomic_write_text
 from circuitdyn.attribution.config import AttributionConfig
 from circuitdyn.attribution.result import Attribution
 from circuitdyn.graph import Granularity, Graph, GraphSpec
+from circuitdyn.weights import state_sha256
 
 SCHEMA = "circuitdyn.attribution"
 VERSION = 3  # 3: tensors' sha256; 2: the graph records `qkv`; 1: merged layer-level q/k/v (read as such)
@@ -38,16 +38,6 @@ def safe_child(root: Path, name: str) -> Path:
     if not target.is_relative_to(root.resolve()):
         raise ArtifactError(f"refusing to write {name!r}: it escapes the output folder {root}")
     return target
-
-
-def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
-    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
-    digest = hashlib.sha256()
-    for name in sorted(tensors):
-        t = tensors[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        digest.update(t.numpy().tobytes())
-    return digest.hexdigest()
 
 
 def check_output_file(path: str | Path, suffix: str = ".safetensors") -> Path:
@@ -77,7 +67,7 @@ def save_attribution(attribution: Attribution, path: str | Path, *, per_example:
                                 "broken: check the metric, the model dtype and the data)")
     meta = {"schema": SCHEMA, "version": VERSION, "graph": attribution.graph.spec.as_dict(),
             "config": attribution.config.as_dict(), "provenance": attribution.provenance,
-            "tensors_sha256": tensors_sha256(tensors)}
+            "tensors_sha256": state_sha256(tensors)}
     with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata={"circuitdyn": json.dumps(meta)})
     return path
@@ -103,7 +93,7 @@ def load_attribution(path: str | Path, *, expected_graph: Graph | None = None) -
             raise ArtifactError(f"{path}: schema {meta.get('schema')!r}, expected {SCHEMA!r}")
         if meta.get("version") not in (1, 2, VERSION):
             raise ArtifactError(f"{path}: version {meta.get('version')!r}; this circuitdyn reads versions 1 to {VERSION}")
-        if meta["version"] >= 3 and meta.get("tensors_sha256") != tensors_sha256(tensors):
+        if meta["version"] >= 3 and meta.get("tensors_sha256") != state_sha256(tensors):
             raise ArtifactError(f"{path}: its tensors do not match the sha256 recorded when it was saved: the file "
                                 "was modified or damaged; recompute the attribution")
         spec_d = dict(meta["graph"])

@@ -67,7 +67,7 @@ def examples_per_chunk(graph: Graph, seq: int, budget: int, copies: float = 1, a
     `saved_activation_bytes`) plus the backward's transient share of them. Refuses with the estimate when
     not even one fits."""
     deltas, grads = buffer_bytes(graph, 1, seq, copies), gradient_bytes(graph, 1, seq)
-    one = deltas + grads + int(activations * (1 + BACKWARD_TRANSIENT))
+    one = peak_estimate(graph, 1, seq, copies, activations)
     if one > budget:
         raise MemoryBudgetError(
             f"one example needs {one / 2**20:.1f} MiB: {deltas / 2**20:.1f} MiB of activation-difference buffers "
@@ -177,7 +177,7 @@ class ScoreAccumulator:
                 self.on_contract()
 
     def receive(self, dh: Any, grad: Tensor, deltas: Tensor, weights: Tensor) -> None:
-        """A destination gradient arrives: contract it, or its layer's q/k/v group once the group is complete."""
+        """A destination gradient arrives: contract it, or its fused group (`fused_groups`) once complete."""
         group = self.groups.get(dh)
         if group is None:
             self.contract(dh, grad, deltas, weights)
