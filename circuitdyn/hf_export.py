@@ -19,15 +19,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-WRAPPER = "._original_component"
+from circuitdyn.lora import effective_tensor, is_lora_layer
+from circuitdyn.wrapper_names import strip_wrappers
 
 
 class ExportError(RuntimeError):
     """The bridge's weights cannot be written as the Hugging Face model it wraps."""
 
 
-def _strip(name: str) -> str:
-    return name.replace(WRAPPER, "")
+_strip = strip_wrappers
 
 
 def _joint_attentions(bridge: Any) -> list[Any]:
@@ -81,6 +81,16 @@ def hf_state_dict(bridge: Any) -> dict[str, Tensor]:
     copies the bridge computes (and trains) with. Keys are exactly those of a fresh model of its class."""
     hf = bridge.original_model
     state = {_strip(k): v for k, v in hf.state_dict().items()}
+    # LoRA adapters merged into their weights, under every name of the adapted module (GPT-2's `c_proj`
+    # is also the bridge's `o`) and of the module they wrap
+    adapted = {id(m): m for m in hf.modules() if is_lora_layer(m)}
+    adapted |= {id(m.get_base_layer()): m for m in list(adapted.values())}
+    for name, module in hf.named_modules(remove_duplicate=False):
+        if id(module) in adapted:
+            for field in ("weight", "bias"):
+                t = effective_tensor(adapted[id(module)], field)
+                if t is not None:
+                    state[f"{_strip(name)}.{field}"] = t.detach()
     names = {id(m): _strip(n) for n, m in hf.named_modules()}
     for attn in _joint_attentions(bridge):
         prefix = names.get(id(attn.original_component))
@@ -88,7 +98,10 @@ def hf_state_dict(bridge: Any) -> dict[str, Tensor]:
             raise ExportError(f"cannot find {type(attn).__name__}'s module in the Hugging Face model")
         for key, (param, index) in _fused_sources(attn).items():
             kind, field = key.split(".")
-            trained = getattr(getattr(attn, kind).original_component, field).detach()
+            tensor = effective_tensor(getattr(attn, kind).original_component, field)
+            if tensor is None:
+                raise ExportError(f"{type(attn).__name__}.{kind} has no {field}; cannot re-fuse it")
+            trained = tensor.detach()
             target_name = f"{prefix}.{param}" if prefix else param
             if target_name not in state:
                 raise ExportError(f"{target_name}: not in the model's state dict")
@@ -111,13 +124,19 @@ def _expected_keys(hf: Any) -> list[str]:
 
 
 def hf_model(bridge: Any) -> Any:
-    """A plain Hugging Face model of the bridge's class holding (copies of) its current weights."""
+    """A plain Hugging Face model of the bridge's class holding (copies of) its current weights, LoRA
+    adapters merged: it computes what the bridge computes."""
     hf = bridge.original_model
     state = hf_state_dict(bridge)
     with torch.device("meta"):
         fresh = type(hf)(hf.config)
-    fresh.load_state_dict(state, assign=True, strict=True)
+    fresh.load_state_dict({k: v.clone() for k, v in state.items()}, assign=True, strict=True)
     fresh.tie_weights()
+    buffers = {_strip(n): b for n, b in hf.named_buffers()}  # non-persistent ones (rotary inv_freq) are not in a state dict
+    for name, buffer in list(fresh.named_buffers()):
+        if buffer.is_meta and name in buffers:
+            owner, _, attr = name.rpartition(".")
+            fresh.get_submodule(owner).register_buffer(attr, buffers[name].clone(), persistent=False)
     return fresh.eval()
 
 

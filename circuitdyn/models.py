@@ -25,6 +25,7 @@ from circuitdyn import real_models, zoo
 from circuitdyn.branches import shared_norm_branches
 from circuitdyn.head_forks import FORKABLE_FLAGS, head_forks, set_flag
 from circuitdyn.hub import hub_target
+from circuitdyn.lora import adapters_merged
 from circuitdyn.model_files import (
     ModelSpecError,
     check_round_trip,
@@ -211,7 +212,7 @@ def attribution_hooks(model: Any, *, split_qkv: bool = True, attn_result: bool =
                 forked |= _set_hook_flag(bridge, name, wanted[name])
             except Exception as err:  # the bridge refuses
                 raise HookFlagsUnavailable(_flag_refusal(bridge, name, err)) from err
-        with shared_norm_branches(bridge), head_forks(bridge, forked):
+        with shared_norm_branches(bridge), head_forks(bridge, forked), adapters_merged(bridge):
             yield bridge
     finally:
         for name in HOOK_FLAGS:

@@ -9,6 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuitdyn.lora import add_lora_to_twin
+from circuitdyn.wrapper_names import strip_wrappers
+
 
 class SurfaceError(ValueError):
     """The model lacks a part of the surface (e.g. a linear classifier); the message names it."""
@@ -46,8 +49,9 @@ def sampling_twin(bridge: Any) -> torch.nn.Module:
     bridge's wrapper components: ~1.7x faster sampling, identical samples. Updates to the bridge are seen at
     once. Falls back to `bridge.original_model` when any weight cannot be shared."""
     hf = bridge.original_model
-    state = {k.replace("._original_component", ""): v for k, v in hf.state_dict(keep_vars=True).items()}
+    state = {strip_wrappers(k): v for k, v in hf.state_dict(keep_vars=True).items()}
     twin = type(hf)(hf.config)
+    add_lora_to_twin(bridge, twin)  # the same adapters, so the twin can hold the bridge's adapter weights
     expected = list(twin.state_dict().keys())
     if any(k not in state for k in expected):
         return hf

@@ -15,7 +15,8 @@ MAX_LINES = 300
 LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"foundation": ("atomic", "choices", "stats", "tasks", "model_files", "hub")},
     {"model sources": ("zoo", "real_models")},
-    {"models": ("branches", "head_forks", "hf_export", "weights", "models", "surface", "sampling")},
+    {"models": ("wrapper_names", "lora", "branches", "head_forks", "hf_export", "weights", "models", "surface",
+                "sampling")},
     {"graph": ("nodes", "liveness", "graph")},
     {"attribution": ("attribution",)},
     {"circuits": ("circuit", "patching", "distributed")},

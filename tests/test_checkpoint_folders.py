@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from circuitdyn.attribution import attribute
-from circuitdyn.hf_export import WRAPPER, hf_state_dict
+from circuitdyn.hf_export import hf_state_dict
 from circuitdyn.models import clone_model, load_model
 from circuitdyn.tasks import Addition, tokenize_pairs
 from circuitdyn.train import GRPOConfig, train
+from circuitdyn.wrapper_names import WRAPPER
 from tests.conftest import ALL_FAMILIES, zoo_model
 
 

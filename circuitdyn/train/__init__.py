@@ -2,6 +2,8 @@
 
 Layout: `loop.py` (the generic Trainer), one file per algorithm (`grpo.py`, `ppo.py`, `dpo.py`) behind the
 protocol in `algorithm.py`, and `cfrl.py`, the classifier-first parameter schedule any algorithm can run under.
+`policy.py` says what trains (LoRA adapters or every weight) and what scores it; `memory.py` holds the
+memory and speed knobs (mixed precision, gradient checkpointing, the fit estimate).
 """
 
 from circuitdyn.surface import classifier_parameters
@@ -21,10 +23,12 @@ from circuitdyn.train.config import (
     config_from_dict,
 )
 from circuitdyn.train.loop import ALGORITHMS, Callback, Trainer, TrainResult, train
+from circuitdyn.train.memory import Precision
+from circuitdyn.train.policy import FitError
 from circuitdyn.train.rewards import RewardError, task_reward
 
 __all__ = [
-    "ALGORITHMS", "Algorithm", "CFRLConfig", "Callback", "ClassifierFirst", "ConfigError", "DPOConfig", "GRPOConfig",
-    "LossType", "PPOConfig", "ParameterSchedule", "RewardError", "ScaleRewards", "Stage", "TrainConfig", "TrainResult",
+    "ALGORITHMS", "Algorithm", "CFRLConfig", "Callback", "ClassifierFirst", "ConfigError", "DPOConfig", "FitError",
+    "GRPOConfig", "LossType", "PPOConfig", "Precision", "ParameterSchedule", "RewardError", "ScaleRewards", "Stage", "TrainConfig", "TrainResult",
     "Trainer", "TrainingAlgorithm", "TrainingError", "classifier_parameters", "config_from_dict", "task_reward", "train",
 ]

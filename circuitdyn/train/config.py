@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any, no_type_check
 
+from circuitdyn.lora import LoraError, check_lora_config, lora_from_dict, lora_to_dict
+from circuitdyn.train.config_fields import ConfigError, _check_numbers, _enum, _positive, config_help
+from circuitdyn.train.memory import Precision
 
-class ConfigError(ValueError):
-    """A config field out of range or an inconsistent combination; the message names the field."""
+__all__ = ["Algorithm", "CFRLConfig", "ClassifierFirst", "ConfigError", "DPOConfig", "GRPOConfig", "LossType",
+           "PPOConfig", "ScaleRewards", "TrainConfig", "config_from_dict", "config_help"]
 
 
 class Algorithm(str, Enum):
@@ -29,32 +31,6 @@ class LossType(str, Enum):
     GRPO = "grpo"  # mean over each sequence's tokens, then over sequences
     DAPO = "dapo"  # mean over all tokens of the batch
     DR_GRPO = "dr_grpo"  # sum over tokens / (sequences x max_completion_length)
-
-
-def _enum(kind: type[Enum], value: Any, name: str) -> Any:
-    try:
-        return kind(value)
-    except ValueError:
-        raise ConfigError(f"{name}={value!r} is not valid; choose one of {[m.value for m in kind]}") from None
-
-
-def _check_numbers(obj: Any) -> None:
-    """Integer fields hold integers (not 2.5, not True), float fields finite numbers (not NaN, not inf)."""
-    for f in fields(obj):
-        v = getattr(obj, f.name)
-        if f.type not in ("int", "float", "float | None") or (f.type == "float | None" and v is None):
-            continue
-        ok = isinstance(v, int) and not isinstance(v, bool) if f.type == "int" else \
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        if not ok:
-            raise ConfigError(f"{f.name} must be {'an integer' if f.type == 'int' else 'a finite number'}, got {v!r}")
-
-
-def _positive(obj: Any, *names: str) -> None:
-    for n in names:
-        v = getattr(obj, n)
-        if not isinstance(v, (int, float)) or v <= 0:
-            raise ConfigError(f"{n} must be > 0, got {v!r}")
 
 
 @dataclass(frozen=True)
@@ -106,6 +82,12 @@ class TrainConfig:
     progress: bool = False
     classifier_first: ClassifierFirst | None = field(default=None,
         metadata={"help": "a CF-RL stage 1 before this algorithm (see CFRLConfig)"})
+    peft: Any = field(default=None,
+        metadata={"help": "a peft.LoraConfig: train LoRA adapters on the bridge's modules; None: every weight"})
+    gradient_checkpointing: bool = field(default=False,
+        metadata={"help": "recompute each layer in the backward (less memory, ~1.3x the compute)"})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast, float32 master weights"})
+    fp16: bool = field(default=False, metadata={"help": "float16 autocast with loss scaling, float32 master weights"})
 
     def __post_init__(self) -> None:
         _check_numbers(self)
@@ -124,6 +106,20 @@ class TrainConfig:
                               f"gradient_accumulation_steps {self.gradient_accumulation_steps}")
         if self.weight_decay < 0 or self.max_grad_norm <= 0 or self.eval_steps < 0 or self.save_steps < 0:
             raise ConfigError("weight_decay, eval_steps and save_steps must be >= 0 and max_grad_norm > 0")
+        for flag in ("gradient_checkpointing", "bf16", "fp16"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+        if self.bf16 and self.fp16:
+            raise ConfigError("bf16 and fp16 are both set; choose one")
+        if self.peft is not None:
+            try:
+                check_lora_config(self.peft)
+            except LoraError as err:
+                raise ConfigError(str(err)) from None
+
+    @property
+    def precision(self) -> Precision:
+        return Precision.BF16 if self.bf16 else Precision.FP16 if self.fp16 else Precision.NO
 
     @property
     def algorithm(self) -> Algorithm:
@@ -135,7 +131,9 @@ class TrainConfig:
         return self.classifier_first
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(self).items()} | {"algorithm": self.algorithm.value}
+        d = {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(self).items()}
+        d["peft"] = lora_to_dict(self.peft) if self.peft is not None else None
+        return d | {"algorithm": self.algorithm.value}
 
 
 @no_type_check
@@ -258,19 +256,10 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
         d["stop_token_ids"] = tuple(d["stop_token_ids"])
     if isinstance(d.get("classifier_first"), dict):  # as read back from JSON
         d["classifier_first"] = ClassifierFirst(**d["classifier_first"])
+    if isinstance(d.get("peft"), dict):
+        d["peft"] = lora_from_dict(d["peft"])
     known = {f for f in kind.__dataclass_fields__}
     unknown = sorted(set(d) - known)
     if unknown:
         raise ConfigError(f"unknown {kind.__name__} fields {unknown}")
     return kind(**d)
-
-
-
-def config_help(kind: type[TrainConfig]) -> str:
-    """One line per field of a config class: name, type, default and its `help` metadata (the CLI's --help)."""
-    rows = []
-    for f in fields(kind):
-        default = f.default.value if isinstance(f.default, Enum) else f.default
-        text = f.metadata.get("help", "")
-        rows.append(f"  {f.name:<30} {str(f.type):<22} default {default!r}" + (f"  {text}" if text else ""))
-    return "\n".join(rows)

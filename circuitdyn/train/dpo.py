@@ -98,7 +98,7 @@ class DPO:
                                   chosen_tokens=cs.completion_mask[rows].sum(1))
             weight = (rows.stop - rows.start) / n  # micro-batch means recombine into the batch mean
             check_loss(loss, run.step, "DPO")
-            (loss * weight).backward()
+            run.backward(loss * weight)
             total += loss.item() * weight
             for k in stats:
                 stats[k] += float(st[k]) * weight

@@ -68,7 +68,7 @@ class GRPO(Stateless):
                                        loss_type=LossType(cfg.loss_type), n_sequences=n_seq, n_tokens=n_tok, max_len=max_len,
                                        ref_logp=ref[rows] if ref is not None else None, beta=cfg.beta)
                 check_loss(loss, run.step, "GRPO")
-                loss.backward()
+                run.backward(loss)
                 m_tok = float(mask[rows].sum())
                 stats += torch.tensor([loss.item(), float(st["clip_low"]), float(st["clip_high"]),
                                        float(st.get("kl", 0.0)) * m_tok, float((ent * mask[rows]).sum())])

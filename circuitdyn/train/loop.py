@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from circuitdyn.hf_export import save_hf_folder
 from circuitdyn.models import LoadedModel, clone_bridge
-from circuitdyn.surface import classifier_parameters, sampling_twin, seeded_generator
+from circuitdyn.surface import seeded_generator
 from circuitdyn.tasks import get_task
 from circuitdyn.tasks.base import Task, TaskExample
 from circuitdyn.train.algorithm import TrainingAlgorithm, TrainingError
@@ -40,6 +40,7 @@ from circuitdyn.train.config import Algorithm, TrainConfig, config_from_dict
 from circuitdyn.train.dpo import DPO
 from circuitdyn.train.grpo import GRPO
 from circuitdyn.train.parallel import rank_world
+from circuitdyn.train.policy import adapt, check_fits, parameter_groups, scorers
 from circuitdyn.train.ppo import PPO
 from circuitdyn.train.rewards import RewardFn, compute_rewards, task_reward
 from circuitdyn.train.rollout import Rollout, encode_prompts, sample
@@ -54,7 +55,8 @@ ALGORITHMS: dict[Algorithm, Callable[[Any, LoadedModel], TrainingAlgorithm]] = {
     Algorithm.DPO: lambda cfg, model: DPO(cfg),
 }
 #: config fields that do not change the trajectory: a resumed run may change them
-FREE_FIELDS = frozenset({"max_steps", "output_dir", "progress", "save_steps", "logging_steps", "eval_steps"})
+FREE_FIELDS = frozenset({"max_steps", "output_dir", "progress", "save_steps", "logging_steps", "eval_steps",
+                         "gradient_checkpointing"})
 
 
 @runtime_checkable
@@ -94,15 +96,12 @@ class Trainer:
         self.py_random = random.Random(config.seed)
         torch.manual_seed(config.seed)  # modules the algorithm creates
         self.algorithm = ALGORITHMS[config.algorithm](config, model)
-        self.reference = self._frozen_copy() if self.algorithm.needs_reference else None
-        self.sampler = sampling_twin(self.bridge)
-        self.scorer = self.sampler  # the same log-probs as the bridge, bit for bit, without its wrappers
-        self.reference_scorer = sampling_twin(self.reference) if self.reference is not None else None
+        self.reference = self._frozen_copy() if self.algorithm.needs_reference else None  # before any adapter
+        self.adapted = adapt(self.bridge, config)
+        self.sampler, self.scorer, self.reference_scorer = scorers(self.bridge, self.reference, config)
+        self.scaler = torch.amp.GradScaler(self.device.type) if config.fp16 else None
         self.schedule = ParameterSchedule(config.schedule)
-        final_norm = config.schedule.final_norm if config.schedule is not None else False
-        self.classifier = classifier_parameters(self.bridge, final_norm=final_norm)
-        ids = {id(p) for p in self.classifier}
-        self.backbone = [p for p in self.bridge.parameters() if id(p) not in ids]
+        self.classifier, self.backbone = parameter_groups(self.bridge, config)
         groups = [{"params": self.classifier, "name": "classifier"}, {"params": self.backbone, "name": "backbone"}]
         groups += [{"params": list(m.parameters()), "name": name} for name, m in self.algorithm.extra_modules.items()]
         self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(
@@ -110,6 +109,8 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.eval_examples = self.task.examples(config.eval_size, seed=config.seed + 10_000, split="test")
+        width = max(len(self.tokenizer(ex.clean)["input_ids"]) for ex in self.eval_examples[:64])
+        self.memory = check_fits(self.bridge, self.scorer, self.reference, config, width, self.device)
         if preference_pairs is not None:
             self.algorithm.use_preference_pairs(self, preference_pairs)
         self.base_accuracy: float | None = None
@@ -144,10 +145,16 @@ class Trainer:
             raise TrainingError(f"step {self.step}: {err}; the weights are no longer finite. Lower learning_rate; "
                                 "the last checkpoint is intact") from None
 
+    def backward(self, loss: torch.Tensor) -> None:
+        """loss.backward(), scaled under fp16 so small gradients survive."""
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
     def optimizer_step(self, source: str) -> float:
         """Clip and apply the gradients; returns the policy's gradient norm. The policy (classifier and
         backbone) and each module the algorithm adds (PPO's value head) are clipped apart, so one never
         scales the other's update."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         norms = []
         for names in (("classifier", "backbone"), *((n,) for n in self.algorithm.extra_modules)):
             params = [p for g in self.optimizer.param_groups if g["name"] in names for p in g["params"]
@@ -155,6 +162,10 @@ class Trainer:
             norms.append(torch.nn.utils.clip_grad_norm_(params, self.config.max_grad_norm) if params
                          else torch.tensor(0.0))
         norm = norms[0]
+        if self.scaler is not None:  # a non-finite fp16 gradient skips the step and lowers the scale
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            return float(norm)
         if not all(torch.isfinite(n) for n in norms):
             raise TrainingError(f"step {self.step}: non-finite gradient norm from the {source}; the update was "
                                 "skipped and the last checkpoint is intact. Lower learning_rate or check the rewards")

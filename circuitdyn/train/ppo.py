@@ -61,7 +61,7 @@ class PPO(Stateless):
                                           n_tokens=n_tok)
                 loss = pg + cfg.vf_coef * vf
                 check_loss(loss, run.step, "PPO")
-                loss.backward()
+                run.backward(loss)
                 totals["pg_loss"] += pg.item() / cfg.num_ppo_epochs
                 totals["vf_loss"] += vf.item() / cfg.num_ppo_epochs
                 totals["clip_frac"] += float(st["clip_frac"]) / cfg.num_ppo_epochs

@@ -29,8 +29,8 @@ def token_logprobs(
     ids = torch.cat([p_ids, c_ids], 1)
     mask = torch.cat([p_mask, c_mask], 1).long()
     hf = getattr(model, "original_model", model)
-    out = hf(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
-                                output_hidden_states=value_head is not None)
+    out = hf(input_ids=ids, attention_mask=mask, position_ids=positions(mask), use_cache=False,
+             output_hidden_states=value_head is not None)
     lp = p_ids.shape[1]
     logits = out.logits[:, lp - 1:-1].float()
     logp_all = torch.log_softmax(logits, -1)

@@ -1,0 +1,86 @@
+"""What a run trains and what computes with it: LoRA adapters or every weight, the classifier and backbone
+parameter groups, the fast modules that sample and score the policy, and a check that a step fits in memory.
+
+With `peft` set, adapters are injected into the bridge's own modules (`circuitdyn.lora`), so the model the
+trainer updates is still the model attribution reads. Only the adapters train, except under a
+classifier-first schedule: when the unembedding has no adapter of its own, its full weight trains (on
+tied-embedding models the input embedding with it), as peft's `modules_to_save` would.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+
+from circuitdyn.lora import apply_lora
+from circuitdyn.surface import classifier_parameters, sampling_twin
+from circuitdyn.train.config import TrainConfig
+from circuitdyn.train.memory import available_bytes, checkpoint_layers, saved_bytes_per_row, step_bytes, with_precision
+
+
+class FitError(RuntimeError):
+    """A configuration that cannot fit in the device's free memory; the message names the knobs."""
+
+
+def adapt(bridge: Any, config: TrainConfig) -> list[str]:
+    """Inject the config's LoRA adapters (none for full fine-tuning); returns the adapted module names."""
+    return apply_lora(bridge, config.peft) if config.peft is not None else []
+
+
+def parameter_groups(bridge: Any, config: TrainConfig) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:
+    """(classifier, backbone): the trainable parameters of the unembedding (and final norm where the schedule
+    trains it), and every other trainable parameter."""
+    plan = config.schedule
+    classifier = classifier_parameters(bridge, final_norm=plan.final_norm if plan is not None else False)
+    if plan is not None and not any(p.requires_grad for p in classifier):
+        for p in classifier:  # LoRA without an adapter on the unembedding: stage 1 trains it whole
+            p.requires_grad_(True)
+    classifier = [p for p in classifier if p.requires_grad]
+    ids = {id(p) for p in classifier}
+    backbone = [p for p in bridge.parameters() if p.requires_grad and id(p) not in ids]
+    return classifier, backbone
+
+
+def scorers(bridge: Any, reference: Any, config: TrainConfig) -> tuple[Any, Any, Any]:
+    """(sampler, scorer, reference scorer): plain Hugging Face twins sharing the bridge's parameters (the
+    same log-probs bit for bit, without the wrappers), under the config's precision; the scorer's layers
+    are checkpointed when asked."""
+    sampler = sampling_twin(bridge)
+    if config.gradient_checkpointing:
+        if sampler is bridge.original_model:  # checkpointing it would re-run attribution's hooks in backwards
+            warnings.warn(f"gradient_checkpointing is not applied to {type(sampler).__name__}: its log-probs run "
+                          "through the bridge's own modules (no parameter-sharing twin), which attribution also "
+                          "hooks", stacklevel=3)
+        else:
+            checkpoint_layers(sampler)
+    reference_twin = sampling_twin(reference) if reference is not None else None
+    precise = lambda m: with_precision(m, config.precision) if m is not None else None
+    return precise(sampler), precise(sampler), precise(reference_twin)
+
+
+def check_fits(bridge: Any, scorer: Any, reference: Any, config: TrainConfig, prompt_tokens: int,
+               device: torch.device) -> dict[str, int]:
+    """A step's estimated peak memory by part; refuses (naming the knobs) when it exceeds the device's free
+    memory, and warns above 80% of it."""
+    rows = config.per_device_train_batch_size // config.gradient_accumulation_steps
+    tokens = prompt_tokens + config.max_completion_length
+    vocab = int(bridge.cfg.d_vocab)
+    per_row = saved_bytes_per_row(scorer, tokens, vocab)
+    ref = sum(p.numel() * p.element_size() for p in reference.parameters()) if reference is not None else 0
+    params = list(bridge.parameters())
+    parts = step_bytes(params, [p for p in params if p.requires_grad], per_row, rows, ref)
+    free = available_bytes(device)
+    if free is None:
+        return parts
+    mib = lambda b: f"{b / 2**20:,.0f} MiB"
+    detail = ", ".join(f"{k} {mib(v)}" for k, v in parts.items() if k != "total")
+    if parts["total"] > free:
+        raise FitError(f"a training step needs about {mib(parts['total'])} ({detail}) but {device} has "
+                           f"{mib(free)} free. Lower per_device_train_batch_size or raise gradient_accumulation_steps "
+                           "(smaller micro-batches), set gradient_checkpointing=True, or train LoRA adapters (peft=...)")
+    if parts["total"] > 0.8 * free:
+        warnings.warn(f"a training step needs about {mib(parts['total'])} of the {mib(free)} free on {device} ({detail})",
+                      stacklevel=3)
+    return parts
