@@ -203,8 +203,9 @@ def adapters_merged(bridge: Any) -> Iterator[None]:
     """For the duration, each LoRA layer is replaced by its own base module holding the merged weight, so
     code that reads a projection's weight directly (the bridge's per-head q/k/v and output hooks) computes
     the adapted model; on exit the base weights are restored bit for bit and the adapters put back."""
-    slots: list[tuple[torch.nn.Module, str, Any]] = [(module, attr, child) for module in bridge.modules() for attr, child in module._modules.items()
-             if child is not None and is_lora_layer(child)]
+    slots: list[tuple[torch.nn.Module, str, Any]] = [
+        (module, attr, child) for module in bridge.modules() for attr, child in module._modules.items()
+        if child is not None and is_lora_layer(child)]
     saved: dict[int, tuple[Any, Tensor]] = {}
     with torch.no_grad():
         for module, attr, layer in slots:

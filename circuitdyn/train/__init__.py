@@ -29,6 +29,7 @@ from circuitdyn.train.rewards import RewardError, task_reward
 
 __all__ = [
     "ALGORITHMS", "Algorithm", "CFRLConfig", "Callback", "ClassifierFirst", "ConfigError", "DPOConfig", "FitError",
-    "GRPOConfig", "LossType", "PPOConfig", "Precision", "ParameterSchedule", "RewardError", "ScaleRewards", "Stage", "TrainConfig", "TrainResult",
-    "Trainer", "TrainingAlgorithm", "TrainingError", "classifier_parameters", "config_from_dict", "task_reward", "train",
+    "GRPOConfig", "LossType", "PPOConfig", "ParameterSchedule", "Precision", "RewardError", "ScaleRewards", "Stage",
+    "TrainConfig", "TrainResult", "Trainer", "TrainingAlgorithm", "TrainingError", "classifier_parameters",
+    "config_from_dict", "task_reward", "train",
 ]
