@@ -8,6 +8,7 @@ continues the same random stream). Top-k and top-p filtering are transformers' o
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,15 +61,27 @@ def warpers(top_k: int = 0, top_p: float = 1.0) -> LogitsProcessorList:
     return out
 
 
+def _draw(probs: Tensor, streams: list[torch.Generator]) -> Tensor:
+    """One token per row by inverting the row's CDF at a uniform from the row's own stream."""
+    u = torch.cat([torch.rand(1, generator=g, device=probs.device) for g in streams])
+    cdf = probs.double().cumsum(-1)
+    u = (u.double() * cdf[:, -1]).clamp_min(torch.finfo(torch.float64).tiny)  # never a zero-probability token
+    return torch.searchsorted(cdf, u[:, None])[:, 0].clamp(max=probs.shape[-1] - 1)
+
+
 @torch.no_grad()
 def sample(
     bridge: Any, tokenizer: Any, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int,
     temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, generator: torch.Generator | None = None,
-    greedy: bool = False, stop_token_ids: tuple[int, ...] = (),
+    greedy: bool = False, stop_token_ids: tuple[int, ...] = (), row_seeds: Sequence[int] | None = None,
 ) -> Rollout:
     """Sample completions with a KV cache; stops a row at the tokenizer's eos token (or any of
     `stop_token_ids`, which are kept in the completion). `bridge` may also be
-    a plain Hugging Face causal LM (e.g. a sampling_twin)."""
+    a plain Hugging Face causal LM (e.g. a sampling_twin).
+
+    `row_seeds` gives each row its own random stream (one uniform per token, inverted through the row's
+    cumulative distribution), so a row's sample does not depend on which other rows share its batch: data-
+    parallel ranks sampling their share of a batch draw what one process drawing the whole batch would."""
     hf = getattr(bridge, "original_model", bridge)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     stops = torch.tensor([eos, *stop_token_ids], device=prompt_ids.device)
@@ -78,6 +91,11 @@ def sample(
     next_pos = mask.sum(-1, keepdim=True)
     done = torch.zeros(n, dtype=torch.bool, device=prompt_ids.device)
     warp = warpers(top_k, top_p)
+    streams = None
+    if row_seeds is not None:
+        if len(row_seeds) != n:
+            raise ValueError(f"row_seeds has {len(row_seeds)} seeds for {n} rows")
+        streams = [torch.Generator(device=prompt_ids.device).manual_seed(int(s)) for s in row_seeds]
     tokens, alive = [], []
     for step in range(max_new_tokens):
         logits = out.logits[:, -1].float()
@@ -87,7 +105,8 @@ def sample(
             nxt = logits.argmax(-1)
         else:
             probs = torch.softmax(warp(prompt_ids, logits / temperature), -1)  # type: ignore[arg-type]
-            nxt = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            nxt = _draw(probs, streams) if streams is not None else \
+                torch.multinomial(probs, 1, generator=generator)[:, 0]
         nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
         tokens.append(nxt)
         alive.append(~done)

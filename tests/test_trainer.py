@@ -69,7 +69,7 @@ def test_gradient_accumulation_invariance(loss_type):
         trainer.train_step()
         grads.append({n: p.grad.clone() for n, p in m.bridge.named_parameters()})
     for name in grads[0]:
-        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-7, rtol=1e-5), name
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-6, rtol=1e-5), name  # grads are ~0.1
     assert any(g.abs().max() > 1e-4 for g in grads[0].values())
 
 
@@ -120,7 +120,8 @@ def test_user_reward_and_logs():
         seen["columns"] = sorted(columns)
         seen.setdefault("rewards", []).append([float(len(c)) for c in completions])
         return seen["rewards"][-1]
-    result = train(fresh(), GRPOConfig(num_generations=4, **SMALL), reward=length_reward)
+    # temperature 2: the zoo model is confident, and completions of one length would tie every group
+    result = train(fresh(), GRPOConfig(num_generations=4, temperature=2.0, **SMALL), reward=length_reward)
     assert seen["columns"] == ["examples"]
     first, logs = torch.tensor(seen["rewards"][0]), result.history[0]
     assert logs["reward_mean"] == pytest.approx(float(first.mean()))

@@ -31,7 +31,7 @@ class GRPO(Stateless):
             raise TrainingError(f"{P} prompt groups per step cannot be split over {world} ranks: make "
                                 "per_device_train_batch_size / num_generations a multiple of the world size")
         mine = examples[rank * P // world:(rank + 1) * P // world]
-        roll = run.rollout(mine, G)
+        roll = run.rollout(mine, G, first_row=rank * P // world * G)
         rep = [ex for ex in mine for _ in range(G)]
         rewards = compute_rewards(run.reward_fn, [e.clean for e in rep], roll.texts, rep, step=run.step)
         return self.update(run, roll, rewards, n_groups=P)

@@ -91,7 +91,8 @@ class Trainer:
         self.reward_fn = reward or task_reward(self.task)
         self.callbacks = list(callbacks)
         self.device = model.device
-        # prompts come from the shared stream (the same on every rank); samples from a per-rank stream
+        # prompts come from the shared stream (the same on every rank); rollouts draw from per-row streams
+        # (see rollout); this per-rank generator is for randomness of an algorithm's own, and is checkpointed
         self.generator = seeded_generator(self.device, config.seed + 1_000_003 * rank_world()[0])
         self.py_random = random.Random(config.seed)
         torch.manual_seed(config.seed)  # modules the algorithm creates
@@ -107,6 +108,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(
             groups, lr=config.learning_rate, weight_decay=config.weight_decay, betas=(config.adam_beta1, config.adam_beta2))
         self.step = 0
+        self._rollout_calls: dict[int, int] = {}  # rollouts drawn so far in this step (each its own streams)
         self.history: list[dict[str, Any]] = []
         self.eval_examples = self.task.examples(config.eval_size, seed=config.seed + 10_000, split="test")
         width = max(len(self.tokenizer(ex.clean)["input_ids"]) for ex in self.eval_examples[:64])
@@ -133,14 +135,21 @@ class Trainer:
         """A uniform index in [0, n) from the run's (checkpointed) prompt stream."""
         return self.py_random.randrange(n)
 
-    def rollout(self, examples: Sequence[TaskExample], repeats: int, policy: Any = None, greedy: bool = False) -> Rollout:
+    def rollout(self, examples: Sequence[TaskExample], repeats: int, policy: Any = None, greedy: bool = False,
+                first_row: int = 0) -> Rollout:
+        """Completions of each example, `repeats` per example. Every row draws from its own stream, seeded by
+        (seed, step, this step's rollout call, its row in the global batch: `first_row` + its index), so data-
+        parallel ranks sampling their share draw exactly what one process would."""
         prompts = [ex.clean for ex in examples for _ in range(repeats)]
         ids, mask = encode_prompts(self.tokenizer, prompts, self.device)
+        call = self._rollout_calls.get(self.step, 0)
+        self._rollout_calls = {self.step: call + 1}
+        seeds = [((self.config.seed * 1_000_003 + self.step) * 1_009 + call) * 1_000_033 + first_row + i
+                 for i in range(len(prompts))]
         try:
             return sample(policy or self.sampler, self.tokenizer, ids, mask, max_new_tokens=self.config.max_completion_length,
                           temperature=self.config.temperature, top_p=self.config.top_p, top_k=self.config.top_k,
-                          generator=self.generator,
-                          greedy=greedy, stop_token_ids=self.config.stop_token_ids)
+                          row_seeds=seeds, greedy=greedy, stop_token_ids=self.config.stop_token_ids)
         except FloatingPointError as err:
             raise TrainingError(f"step {self.step}: {err}; the weights are no longer finite. Lower learning_rate; "
                                 "the last checkpoint is intact") from None
