@@ -13,8 +13,9 @@ At each snapshot the trained model's current weights are copied into a Transform
 bridge rewires the modules it wraps, which the running trainer and its optimizer must not see), so the
 snapshot costs one model copy of memory while it runs. Provenance records the weights' hash and the trl
 run (trainer class, step). A trl checkpoint folder (`checkpoint-N/`, a Hugging Face folder) is studied like
-any other: `load_model(folder)`, `run_study(base, {"grpo": folder}, ...)`; with peft adapters, merge them
-first (`model.merge_and_unload()`) and save the merged model.
+any other: `load_model(folder)`, `run_study(base, {"grpo": folder}, ...)`; a peft run saves adapter folders:
+merge them first (`PeftModel.from_pretrained(base, folder).merge_and_unload().save_pretrained(out)`).
+Snapshots of a peft model attribute the merged model (the adapters are merged into the copy).
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def bridge_copy(model: Any, tokenizer: Any, *, spec: str, training: dict[str, An
     from transformer_lens.model_bridge import TransformerBridge
 
     live = getattr(model, "module", model)  # unwrap DDP wrappers
+    if hasattr(live, "merge_and_unload"):  # a peft model: its adapters merged, into a copy (training goes on)
+        live = copy.deepcopy(live).merge_and_unload()
     # a fresh model of the same class with copied weights: a deepcopy would keep the forward wrappers that
     # trainers install (accelerate's), which call the original model and bypass the bridge's hooks
     device, dtype = next(live.parameters()).device, next(live.parameters()).dtype

@@ -16,10 +16,12 @@ from circuitdyn.tasks.problems import (
     normalize_answer,
     problems_sha256,
 )
+from circuitdyn.tasks.qa_addition import QAAddition
 from circuitdyn.tasks.user_data import UserTask, from_jsonl, from_records
 from circuitdyn.tasks.word_problems import WordProblems
 
-TASKS: dict[str, Callable[[], Task]] = {"addition": Addition, "ioi": IOI, "greater_than": GreaterThan}
+TASKS: dict[str, Callable[[], Task]] = {"addition": Addition, "ioi": IOI, "greater_than": GreaterThan,
+                                        "qa_addition": QAAddition}
 
 
 def get_task(name: str) -> Task:
@@ -47,8 +49,8 @@ def get_problem_set(name: str) -> ProblemSet:
 
 
 __all__ = [
-    "Addition", "GreaterThan", "IOI", "MathFile", "PairBatch", "Problem", "ProblemSet", "Split", "Task", "TaskError",
-    "TaskExample", "TaskProblems", "TASKS", "UserTask", "WordProblems", "answers_match", "final_answer",
+    "Addition", "GreaterThan", "IOI", "MathFile", "PairBatch", "Problem", "ProblemSet", "QAAddition", "Split", "Task",
+    "TaskError", "TaskExample", "TaskProblems", "TASKS", "UserTask", "WordProblems", "answers_match", "final_answer",
     "from_jsonl", "from_records", "get_problem_set", "get_task", "load_gsm8k", "load_math", "normalize_answer",
     "problems_sha256", "tokenize_pairs",
 ]

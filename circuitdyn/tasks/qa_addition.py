@@ -1,0 +1,59 @@
+"""Single-digit addition asked as a question, for instruction-tuned language models.
+
+"Question: What is 3 + 5?\\nAnswer: " -> "8". A bare "3+5=" is not how a chat model is asked: SmolLM2-135M-
+Instruct answers it 2% of the time, this question form 40% greedily (12% when sampled at temperature 1),
+so RL has room to act and a verifiable reward. Operands 0..9 (100 problems, 20 held out). The prompt ends
+with the space before the answer, as the tokenizer splits " 8" (space, digit). Clean and corrupt prompts
+differ only in their operands (one digit each, so they align token by token), and the corrupt sum starts
+with another digit, so the first answer token separates them.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+
+from circuitdyn.tasks.addition import leading_digits
+from circuitdyn.tasks.base import Split, TaskError, TaskExample
+
+TEMPLATE = "Question: What is {a} + {b}?\nAnswer: "
+_TEST_FRACTION = 0.2
+
+
+@lru_cache(maxsize=2)
+def _pairs(split: str) -> tuple[tuple[int, int], ...]:
+    pairs = [(a, b) for a in range(10) for b in range(10)]
+    random.Random(4321).shuffle(pairs)
+    n_test = int(len(pairs) * _TEST_FRACTION)
+    return tuple(sorted(pairs[:n_test] if split == "test" else pairs[n_test:]))
+
+
+@dataclass(frozen=True)
+class QAAddition:
+    name: str = "qa_addition"
+    default_metric: str = "logit_diff"
+
+    def examples(self, n: int, *, seed: int = 0, split: Split | str = Split.TEST) -> list[TaskExample]:
+        if not isinstance(n, int) or n < 1:
+            raise TaskError(f"n must be an integer >= 1, got {n!r}")
+        pool = _pairs(Split.parse(split))
+        rng = random.Random(seed)
+        out = []
+        for _ in range(n):
+            a, b = pool[rng.randrange(len(pool))]
+            answer = str(a + b)
+            while True:
+                c, d = pool[rng.randrange(len(pool))]
+                foil = str(c + d)
+                if foil[0] != answer[0]:
+                    break
+            out.append(TaskExample(TEMPLATE.format(a=a, b=b), TEMPLATE.format(a=c, b=d), answer, foil, {"a": a, "b": b}))
+        return out
+
+    def reward(self, example: TaskExample, completion: str) -> float:
+        return float(leading_digits(completion) == example.answer)
+
+    def training_text(self, example: TaskExample, eos: str) -> tuple[str, str]:
+        """(prompt, target) for supervised training: the target ends with the eos token."""
+        return example.clean, example.answer + eos
