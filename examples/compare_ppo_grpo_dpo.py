@@ -1,16 +1,21 @@
 """Fine-tune one base model with PPO, GRPO and DPO, then compare how each changes its circuits.
 
 For every model family (default: the five zoo families, offline), copies of the pre-trained base are
-fine-tuned on `addition` with PPO, GRPO and pure DPO (the paper's setting), matched budgets (same steps, 64
-completions per step) and several training seeds (default 3). Base and tuned models then go through the
-RL-circuitry paper's protocol (`circuitdyn.study.run_study`): each model answers the same probe problems
-greedily, only the problems that EVERY model answers correctly are kept (one common set), and each model
-is scored on its own response (mean NLL of the first 5% of its response tokens, at least one), by
+fine-tuned with PPO, GRPO and pure DPO (the paper's setting), matched budgets (same steps, the same number
+of completions per step) and the same training seeds (default 3 on the zoo). Base and tuned models then go
+through the RL-circuitry paper's protocol (`circuitdyn.study.run_study`): each model answers the same probe
+problems greedily, only the problems that EVERY model answers correctly are kept (one common set), and each
+model is scored on its own response (mean NLL of the first 5% of its response tokens, at least one), by
 zero-ablation EAP on the q/k/v-split layer graph and on the head graph, summed over positions. The report
 gives accuracy before/after, tuned - base and (A - base) - (B - base) deltas with BCa CIs, permutation
 p-values under Benjamini-Hochberg control, seed-level spread, and the paper's claims stated as measured.
 
-    python examples/compare_ppo_grpo_dpo.py --out runs/compare            # default
+A real model (`--model smollm2-135m`) gets the real-model profile: LoRA adapters (r=16 on every linear
+layer, learning rate 5e-4), the `qa_addition` task (single-digit sums asked as a question), 24 steps of 32
+completions, one seed, every one of the 60 held-out problems as probes.
+
+    python examples/compare_ppo_grpo_dpo.py --out runs/compare            # default: the zoo
+    python examples/compare_ppo_grpo_dpo.py --model smollm2-135m --out runs/smollm2
     python examples/compare_ppo_grpo_dpo.py --quick --out runs/quick      # smoke test
     python examples/compare_ppo_grpo_dpo.py --dpo-rpo                     # also a DPO+RPO arm, reported apart
 """
@@ -24,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from peft import LoraConfig
+
 from circuitdyn import plot
 from circuitdyn.io import safe_child
 from circuitdyn.models import LoadedModel, clone_model, load_model
@@ -35,17 +42,33 @@ from circuitdyn.zoo import FAMILIES
 HEADLINE = ("intensity", "normalized_entropy", "gini", "kurtosis")
 
 
-def configs(steps: int, seed: int, task: str, completion_length: int, rpo: bool) -> dict[str, TrainConfig]:
-    """Matched budgets: the same steps, 64 completions per step and seed for every algorithm."""
-    common = dict(task=task, max_steps=steps, seed=seed, eval_steps=max(1, steps // 4), max_completion_length=completion_length,
-                  progress=True)
+#: defaults by kind of model; a command-line option overrides its field
+PROFILES: dict[str, dict[str, Any]] = {
+    "zoo": dict(task="addition", steps=120, seeds=3, probes=256, completion_length=4, batch=64, lora_r=0,
+                learning_rate=None, eval_size=None),
+    "real": dict(task="qa_addition", steps=24, seeds=1, probes=60, completion_length=3, batch=32, lora_r=16,
+                 learning_rate=5e-4, eval_size=100),
+}
+
+
+def configs(args: argparse.Namespace, seed: int) -> dict[str, TrainConfig]:
+    """Matched budgets: the same steps, completions per step (`batch`; DPO: batch/2 pairs) and seed."""
+    peft = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear") if args.lora_r else None
+    common: dict[str, Any] = dict(task=args.task, max_steps=args.steps, seed=seed, eval_steps=max(1, args.steps // 4),
+                                  max_completion_length=args.completion_length, progress=True, peft=peft)
+    if args.learning_rate is not None:
+        common["learning_rate"] = args.learning_rate
+    if args.eval_size is not None:
+        common["eval_size"] = args.eval_size
     arms: dict[str, TrainConfig] = {
-        "ppo": PPOConfig(per_device_train_batch_size=64, **common),
-        "grpo": GRPOConfig(per_device_train_batch_size=64, num_generations=8, **common),
-        "dpo": DPOConfig(per_device_train_batch_size=32, **common),  # pure sigmoid DPO, as in the paper
+        "ppo": PPOConfig(per_device_train_batch_size=args.batch, **common),
+        "grpo": GRPOConfig(per_device_train_batch_size=args.batch, num_generations=8, **common),
+        # pure sigmoid DPO, as in the paper; its pairs are sampled from the base (8 per prompt, best vs worst)
+        "dpo": DPOConfig(per_device_train_batch_size=args.batch // 2, pair_prompts=4 * args.batch, **common),
     }
-    if rpo:  # DPO plus the NLL of the chosen answer (trl's RPO): keeps the chosen answer likely
-        arms["dpo_rpo"] = DPOConfig(per_device_train_batch_size=32, rpo_alpha=1.0, **common)
+    if args.dpo_rpo:  # DPO plus the NLL of the chosen answer (trl's RPO): keeps the chosen answer likely
+        arms["dpo_rpo"] = DPOConfig(per_device_train_batch_size=args.batch // 2, pair_prompts=4 * args.batch,
+                                    rpo_alpha=1.0, **common)
     return arms
 
 
@@ -54,7 +77,7 @@ def run_family(spec: str, family: str, args: argparse.Namespace, out: Path) -> d
     tuned: dict[str, list[LoadedModel]] = {}
     results: dict[str, list[Any]] = {}
     for seed in range(args.seeds):
-        for algo, cfg in configs(args.steps, args.seed + seed, args.task, args.completion_length, args.dpo_rpo).items():
+        for algo, cfg in configs(args, args.seed + seed).items():
             model = clone_model(base)
             res = train(model, cfg)
             tuned.setdefault(algo, []).append(model)
@@ -106,8 +129,10 @@ def training_curves(results: dict[str, list[Any]], path: Path, family: str) -> N
 def write_report(out: Path, runs: list[dict[str, Any]], args: argparse.Namespace, seconds: float) -> Path:
     arms = list(runs[0]["accuracy"])
     lines = ["# PPO vs GRPO vs DPO: circuit changes after RL fine-tuning", "",
-             f"Task `{args.task}`, {args.steps} steps per algorithm (64 completions per step), {args.seeds} training "
-             f"seeds from {args.seed}, {args.probes} probe problems; wall time {seconds:.0f} s.", "",
+             f"Task `{args.task}`, {args.steps} steps per algorithm ({args.batch} completions per step), {args.seeds} "
+             f"training seeds from {args.seed}, {args.probes} probe problems, "
+             + (f"LoRA r={args.lora_r} on every linear layer" if args.lora_r else "every weight trained")
+             + f"; wall time {seconds:.0f} s.", "",
              "## Held-out accuracy (greedy), mean over seeds [min, max]", "",
              "| family | base | " + " | ".join(a.upper() for a in arms) + " |", "|---" * (len(arms) + 2) + "|"]
     for r in runs:
@@ -143,20 +168,36 @@ def write_report(out: Path, runs: list[dict[str, Any]], args: argparse.Namespace
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", action="append", help="model spec (repeatable); default: every zoo family")
-    parser.add_argument("--task", default="addition")
-    parser.add_argument("--steps", type=int, default=120)
-    parser.add_argument("--seeds", type=int, default=3, help="training seeds per algorithm")
-    parser.add_argument("--probes", type=int, default=256, help="problems each model answers")
-    parser.add_argument("--completion-length", type=int, default=4)
+    parser.add_argument("--task", help="training task (zoo: addition, real models: qa_addition)")
+    parser.add_argument("--steps", type=int, help="training steps per algorithm (zoo: 120, real: 24)")
+    parser.add_argument("--seeds", type=int, help="training seeds per algorithm (zoo: 3, real: 1)")
+    parser.add_argument("--probes", type=int, help="problems each model answers (zoo: 256, real: 60)")
+    parser.add_argument("--completion-length", type=int, help="max completion tokens (zoo: 4, real: 3)")
+    parser.add_argument("--batch", type=int, help="completions per training step (zoo: 64, real: 32)")
+    parser.add_argument("--lora-r", type=int, help="LoRA rank on every linear layer, 0: full fine-tuning (zoo: 0, real: 16)")
+    parser.add_argument("--learning-rate", type=float, help="(zoo: each config's default, real: 5e-4)")
+    parser.add_argument("--eval-size", type=int, help="held-out problems per evaluation (zoo: 200, real: 100)")
     parser.add_argument("--resamples", type=int, default=100_000, help="bootstrap resamples per pooled test")
     parser.add_argument("--dpo-rpo", action="store_true", help="add a DPO+RPO arm (reported separately)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/compare_ppo_grpo_dpo")
-    parser.add_argument("--quick", action="store_true", help="two families, 8 steps, 2 seeds, 64 probes")
+    parser.add_argument("--quick", action="store_true", help="zoo: two families, 8 steps, 2 seeds, 64 probes; "
+                        "real: 4 steps, 16 probes")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.steps, args.probes, args.seeds, args.resamples = 8, 64, 2, 5_000
     specs = args.model or [f"zoo:{f}" for f in (("llama", "neox") if args.quick else sorted(FAMILIES))]
+    kinds = {"zoo" if s.startswith("zoo:") else "real" for s in specs}
+    if len(kinds) > 1:
+        parser.error("run zoo models and real models in separate runs: their defaults differ (see --help)")
+    kind = kinds.pop()
+    if args.quick:
+        quick = dict(steps=8, probes=64, seeds=2) if kind == "zoo" else dict(steps=4, probes=16, eval_size=16)
+        args.resamples = 5_000
+        for k, v in quick.items():
+            if getattr(args, k) is None:
+                setattr(args, k, v)
+    for k, v in PROFILES[kind].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

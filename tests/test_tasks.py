@@ -82,3 +82,20 @@ def test_ioi_and_greater_than_shapes():
     for task in (IOI(), GreaterThan()):
         ex = task.examples(10, seed=1)
         assert len(ex) == 10 and all(e.clean != e.corrupt for e in ex)
+
+
+def test_qa_addition_pairs_align_differ_and_split():
+    from circuitdyn.tasks import QAAddition, TaskProblems
+
+    examples = QAAddition().examples(64, seed=0)
+    # clean and corrupt differ only in digits, position by position: aligned under a digit-splitting tokenizer
+    assert all(len(e.clean) == len(e.corrupt) and all(a == b or (a.isdigit() and b.isdigit())
+                                                      for a, b in zip(e.clean, e.corrupt)) for e in examples)
+    assert all(e.answer[0] != e.foil[0] and e.clean.endswith("Answer: ") for e in examples)
+    assert QAAddition().reward(examples[0], examples[0].answer + " apples") == 1.0
+    assert QAAddition().reward(examples[0], "x" + examples[0].answer) == 0.0
+    train = {(e.meta["a"], e.meta["b"]) for e in QAAddition().examples(2000, split="train")}
+    test = {(e.meta["a"], e.meta["b"]) for e in QAAddition().examples(2000, split="test")}
+    assert not train & test and len(train) == 140 and len(test) == 60
+    problems = TaskProblems(QAAddition()).problems(100)  # distinct problems only: all 60 held-out ones
+    assert len(problems) == len({p.question for p in problems}) == 60

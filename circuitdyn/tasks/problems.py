@@ -146,8 +146,13 @@ class TaskProblems:
         return self.task.name
 
     def problems(self, n: int, *, seed: int = 0) -> list[Problem]:
-        examples: list[TaskExample] = self.task.examples(n, seed=seed, split="test")
-        return [Problem(ex.clean, ex.answer, {"example": ex}) for ex in examples]
+        """`n` distinct problems (fewer when the test split has fewer): a task's examples are drawn with
+        replacement, and a repeated question would count twice in the study's statistics."""
+        examples: list[TaskExample] = self.task.examples(8 * n, seed=seed, split="test")
+        distinct: dict[str, TaskExample] = {}
+        for ex in examples:
+            distinct.setdefault(ex.clean, ex)  # first occurrences, in order
+        return [Problem(ex.clean, ex.answer, {"example": ex}) for ex in list(distinct.values())[:n]]
 
     def verify(self, problem: Problem, response: str) -> bool:
         example = problem.meta.get("example") or TaskExample(problem.question, problem.question, problem.answer, problem.answer)

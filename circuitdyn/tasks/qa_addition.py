@@ -1,11 +1,12 @@
 """Single-digit addition asked as a question, for instruction-tuned language models.
 
-"Question: What is 3 + 5?\\nAnswer: " -> "8". A bare "3+5=" is not how a chat model is asked: SmolLM2-135M-
-Instruct answers it 2% of the time, this question form 40% greedily (12% when sampled at temperature 1),
-so RL has room to act and a verifiable reward. Operands 0..9 (100 problems, 20 held out). The prompt ends
-with the space before the answer, as the tokenizer splits " 8" (space, digit). Clean and corrupt prompts
-differ only in their operands (one digit each, so they align token by token), and the corrupt sum starts
-with another digit, so the first answer token separates them.
+"Question: What is 13 + 5?\\nAnswer: " -> "18". A bare "3+5=" is not how a chat model is asked:
+SmolLM2-135M-Instruct answers single-digit sums that way 2% of the time, in this question form 35-40%
+greedily (12-19% sampled at temperature 1), so RL has room to act and a verifiable reward. Operands
+a in 0..19 and b in 0..9: 200 problems, 60 held out. The prompt ends with the space before the answer,
+as the tokenizer splits " 8" (space, digit). A corrupt prompt has operands of the same digit counts (so
+clean and corrupt align token by token under a digit-splitting tokenizer), and its sum starts with
+another digit, so the first answer token separates them.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from circuitdyn.tasks.addition import leading_digits
 from circuitdyn.tasks.base import Split, TaskError, TaskExample
 
 TEMPLATE = "Question: What is {a} + {b}?\nAnswer: "
-_TEST_FRACTION = 0.2
+_TEST_FRACTION = 0.3
 
 
 @lru_cache(maxsize=2)
 def _pairs(split: str) -> tuple[tuple[int, int], ...]:
-    pairs = [(a, b) for a in range(10) for b in range(10)]
+    pairs = [(a, b) for a in range(20) for b in range(10)]
     random.Random(4321).shuffle(pairs)
     n_test = int(len(pairs) * _TEST_FRACTION)
     return tuple(sorted(pairs[:n_test] if split == "test" else pairs[n_test:]))
@@ -46,7 +47,7 @@ class QAAddition:
             while True:
                 c, d = pool[rng.randrange(len(pool))]
                 foil = str(c + d)
-                if foil[0] != answer[0]:
+                if foil[0] != answer[0] and len(str(c)) == len(str(a)):
                     break
             out.append(TaskExample(TEMPLATE.format(a=a, b=b), TEMPLATE.format(a=c, b=d), answer, foil, {"a": a, "b": b}))
         return out
