@@ -128,8 +128,11 @@ def hf_model(bridge: Any) -> Any:
     adapters merged: it computes what the bridge computes."""
     hf = bridge.original_model
     state = hf_state_dict(bridge)
+    config = copy.deepcopy(hf.config)
+    if "quantization_config" in vars(config):  # the exported weights are plain floats, whatever was loaded
+        del config.quantization_config
     with torch.device("meta"):
-        fresh = type(hf)(hf.config)
+        fresh = type(hf)(config)
     fresh.load_state_dict({k: v.clone() for k, v in state.items()}, assign=True, strict=True)
     fresh.tie_weights()
     buffers = {_strip(n): b for n, b in hf.named_buffers()}  # non-persistent ones (rotary inv_freq) are not in a state dict

@@ -52,13 +52,17 @@ def convert_gguf(path: Path, *, architecture: str | None = None) -> Path:
         raise ModelSpecError(f"loading GGUF files needs the `gguf` package: {INSTALL_HINT}") from err
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    digest = hashlib.sha256(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}".encode()).hexdigest()
+    # v2: the folder's config has no quantization_config (the weights are de-quantized floats; trainers
+    # such as trl refuse a model that says it is GGUF-quantized)
+    digest = hashlib.sha256(f"{path.resolve()}:{path.stat().st_size}:{path.stat().st_mtime_ns}:v2".encode()).hexdigest()
     folder = _cache_folder(f"{path.stem}-{digest[:12]}")
     if (folder / "config.json").exists():
         return folder
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
     model.hf_quantizer = None  # type: ignore[assignment]  # dequantized on load: nothing left to quantize
+    if "quantization_config" in vars(model.config):
+        del model.config.quantization_config
     if architecture is not None:
         model.config.architectures = [architecture]
     elif not getattr(model.config, "architectures", None):

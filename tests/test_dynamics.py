@@ -27,6 +27,32 @@ def test_feature_plus_backbone_equals_brute_force(family):
     assert torch.allclose(k.feature, k.feature.T) and (torch.linalg.eigvalsh(k.total.double()) > -1e-3).all()
 
 
+@pytest.mark.parametrize("family", ["llama", "neox"])
+def test_feature_and_gradient_kernels_are_the_factors_of_the_classifier_part(family):
+    """H from the unembedding's input, A from the softmax, both by hand; their product is the Gram matrix
+    of the per-sample gradients of the unembedding (weight and bias) by plain autograd."""
+    from circuitdyn.surface import classifier_linear
+
+    m = zoo_model(family)
+    data = tokenize_pairs(m.tokenizer, Addition().examples(4, seed=3))
+    k = entk(m, data)
+    weight, bias = classifier_linear(m.bridge)
+    rows, pos, ans = torch.arange(4), data.answer_pos, data.answers[:, 0]
+    store = {}
+    with m.bridge.hooks(fwd_hooks=[("unembed.hook_in", lambda x, hook: store.setdefault("h", x))]):
+        logits = m.bridge(data.clean, attention_mask=data.mask.long())
+    h = store["h"][rows, pos].detach()
+    a = torch.nn.functional.one_hot(ans, logits.shape[-1]).float() - torch.softmax(logits[rows, pos].detach(), -1)
+    torch.testing.assert_close(k.feature_kernel, h @ h.T + (1.0 if bias is not None else 0.0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(k.gradient_kernel, a @ a.T, rtol=1e-5, atol=1e-6)
+    params = [weight] + ([bias] if bias is not None else [])
+    logp = torch.log_softmax(logits[rows, pos], -1)[rows, ans]
+    per = torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(logp[i], params, retain_graph=True)])
+                       for i in range(4)])
+    torch.testing.assert_close(k.feature_kernel * k.gradient_kernel, per @ per.T, rtol=1e-4, atol=1e-5)
+    assert {"ntk_feature_kernel_diag", "ntk_gradient_kernel_diag"} <= set(k.summary())
+
+
 def test_tied_unembedding_reports_the_cross_term():
     m = zoo_model("gpt2")
     k = entk(m, tokenize_pairs(m.tokenizer, Addition().examples(3, seed=3)), brute_force=True)
@@ -92,6 +118,23 @@ def test_confidence_and_diversity():
     d = diversity([[ex[0].answer] * 3 + ["0"], ["1", "2", "3", "4"]], ex, Addition(), ks=(1, 2))
     assert d["self_agreement"] == pytest.approx((0.75 + 0.25) / 2)
     assert d["pass@1"] == pytest.approx((0.75 + (1.0 if ex[1].answer in "1234" else 0.0) / 4) / 2)
+
+
+def test_distinct_n_counts_characters_words_and_tokens():
+    class Pairs:  # a tokenizer that reads each pair of characters as one token
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [text[i:i + 2] for i in range(0, len(text), 2)]}
+
+    texts = ["the cat sat", "the cat ran"]
+    assert distinct_n(texts, 1, unit="word") == pytest.approx(4 / 6)  # the, cat, sat, ran
+    assert distinct_n(texts, 2, unit="word") == pytest.approx(3 / 4)  # (the cat) twice
+    assert distinct_n(["abab", "abcd"], 1, unit="token", tokenizer=Pairs()) == pytest.approx(2 / 4)  # ab, cd
+    assert distinct_n(texts, 1) == pytest.approx(len(set("the cat satthe cat ran")) / 22)
+    with pytest.raises(ValueError, match="tokenizer"):
+        distinct_n(texts, 1, unit="token")
+    ex = Addition().examples(1)
+    d = diversity([["12 a", "12 b"]], ex, Addition(), tokenizer=Pairs())
+    assert d["distinct_word_1"] == pytest.approx(3 / 4) and d["distinct_token_1"] == pytest.approx(3 / 4)
 
 
 def test_callbacks_record_without_changing_training(tmp_path):

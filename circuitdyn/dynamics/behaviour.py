@@ -3,7 +3,8 @@
 confidence: at the position that predicts the first answer token, the mean max-probability, the mean
 token entropy (nats) and the mean log-probability of the correct answer token.
 diversity: G sampled completions per prompt give distinct-n (distinct n-grams / all n-grams, per prompt,
-averaged), pass@k (the unbiased estimator 1 - C(G-c, k) / C(G, k) with c correct samples) and
+averaged; in characters, words and, given the tokenizer, tokens: a real model's diversity is a statement
+about its tokens and words, a character count mostly about their spelling), pass@k (the unbiased estimator 1 - C(G-c, k) / C(G, k) with c correct samples) and
 self-agreement (share of samples equal to the prompt's most common completion).
 """
 
@@ -12,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -42,22 +43,46 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def distinct_n(texts: Sequence[str], n: int) -> float:
-    grams = [tuple(t[i:i + n]) for t in texts for i in range(max(0, len(t) - n + 1))]
+Unit = Literal["char", "word", "token"]
+
+
+def units(text: str, unit: Unit, tokenizer: Any = None) -> list[Any]:
+    """A completion as characters, whitespace-separated words, or the tokenizer's token ids."""
+    if unit == "char":
+        return list(text)
+    if unit == "word":
+        return text.split()
+    if unit == "token":
+        if tokenizer is None:
+            raise ValueError("token n-grams need the model's tokenizer: distinct_n(..., unit='token', tokenizer=tok)")
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    raise ValueError(f"unit must be 'char', 'word' or 'token', got {unit!r}")
+
+
+def distinct_n(texts: Sequence[str], n: int, *, unit: Unit = "char", tokenizer: Any = None) -> float:
+    """Distinct n-grams / all n-grams over `texts`, in characters, words or tokens."""
+    seqs = [units(t, unit, tokenizer) for t in texts]
+    grams = [tuple(s[i:i + n]) for s in seqs for i in range(max(0, len(s) - n + 1))]
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
 def diversity(samples: Sequence[Sequence[str]], examples: Sequence[TaskExample], task: Task,
-              *, ks: Sequence[int] = (1, 4)) -> dict[str, float]:
-    """`samples[i]` are the G completions of `examples[i]`."""
+              *, ks: Sequence[int] = (1, 4), tokenizer: Any = None) -> dict[str, float]:
+    """`samples[i]` are the G completions of `examples[i]`. distinct_1/2 count character n-grams,
+    distinct_word_1/2 word n-grams, and, given the model's tokenizer, distinct_token_1/2 token n-grams."""
     if len(samples) != len(examples) or not samples:
         raise ValueError("give one list of completions per example, and at least one example")
     G = len(samples[0])
-    out: dict[str, list[float]] = {"distinct_1": [], "distinct_2": [], "self_agreement": []}
+    grams: list[tuple[str, Unit]] = [("distinct", "char"), ("distinct_word", "word")]
+    if tokenizer is not None:
+        grams.append(("distinct_token", "token"))
+    out: dict[str, list[float]] = {f"{name}_{n}": [] for name, _ in grams for n in (1, 2)}
+    out["self_agreement"] = []
     out.update({f"pass@{k}": [] for k in ks if k <= G})
     for texts, ex in zip(samples, examples):
-        out["distinct_1"].append(distinct_n(texts, 1))
-        out["distinct_2"].append(distinct_n(texts, 2))
+        for name, unit in grams:
+            for n in (1, 2):
+                out[f"{name}_{n}"].append(distinct_n(texts, n, unit=unit, tokenizer=tokenizer))
         out["self_agreement"].append(Counter(texts).most_common(1)[0][1] / len(texts))
         c = int(sum(task.reward(ex, t) > 0.5 for t in texts))
         for k in ks:

@@ -11,6 +11,13 @@ The split is exact when the unembedding is not tied to the embedding; for tied m
 the shared matrix also flows through the embedding, and `cross` (= full - feature - backbone, computed
 from per-sample gradients when asked) holds that remainder.
 
+The paper's "two components" read two ways, and both are exposed:
+  additive:  K = K_feature (the classifier's own gradients) + K_backbone (`feature`, `backbone`);
+  product:   K_feature = H * A, the feature kernel H(x, x') = h(x).h(x') [+ 1 for the bias] ("limited
+             variability of the features" is a statement about H) times the gradient kernel
+             A(x, x') = a(x).a(x') ("shaping the classifier" acts on a = e_y - softmax(z), so on A)
+             (`feature_kernel`, `gradient_kernel`).
+
 One-step prediction: after SGD with learning rate eta on the loss -A log pi(y|x) (a policy-gradient step
 with advantage A), log pi(y'|x') changes by eta * A * K(x', x) to first order.
 """
@@ -42,6 +49,8 @@ class NTKDecomposition:
     features: Float[Tensor, "N d"]  # h(x): final normalised residual at the predicting position
     logprob: Float[Tensor, " N"]  # log pi(y|x)
     tied: bool  # the unembedding shares its matrix with the embedding
+    feature_kernel: Float[Tensor, "N N"]  # H = h.h' (+ 1 with a bias): how alike the features are
+    gradient_kernel: Float[Tensor, "N N"]  # A = a.a', a = e_y - softmax(z): the classifier's gradient factor
     full: Float[Tensor, "N N"] | None = None  # brute force from per-sample gradients, when asked
 
     @property
@@ -56,7 +65,9 @@ class NTKDecomposition:
         """Scalars for time series: mean diagonal of each part and the feature share of the trace."""
         f, b = torch.diagonal(self.feature).mean(), torch.diagonal(self.backbone).mean()
         return {"ntk_feature_diag": float(f), "ntk_backbone_diag": float(b),
-                "ntk_feature_share": float(f / (f + b)) if float(f + b) > 0 else float("nan")}
+                "ntk_feature_share": float(f / (f + b)) if float(f + b) > 0 else float("nan"),
+                "ntk_feature_kernel_diag": float(torch.diagonal(self.feature_kernel).mean()),
+                "ntk_gradient_kernel_diag": float(torch.diagonal(self.gradient_kernel).mean())}
 
 
 def estimate_bytes(n_params: int, n_samples: int) -> int:
@@ -119,7 +130,9 @@ def _entk(model: Any, batch: PairBatch, *, brute_force: bool, memory_budget: int
     logprob = logp_all[rows, answers]
     a = (torch.nn.functional.one_hot(answers, z.shape[-1]).float() - logp_all.exp()).detach()
     hd = h.detach().float()
-    feature = (hd @ hd.T + (1.0 if bias is not None else 0.0)) * (a @ a.T)
+    feature_kernel = hd @ hd.T + (1.0 if bias is not None else 0.0)
+    gradient_kernel = a @ a.T
+    feature = feature_kernel * gradient_kernel
     # backbone: one vector-Jacobian product per sample, u = W_U^T a through h (classifier held fixed)
     u = a @ weight.detach().float()  # [N, d]; W_U is [V, d]
     grads = []
@@ -136,7 +149,8 @@ def _entk(model: Any, batch: PairBatch, *, brute_force: bool, memory_budget: int
             per.append(torch.cat([(x if x is not None else torch.zeros_like(p)).flatten().float() for x, p in zip(g, params)]))
         gf = torch.stack(per)
         full = gf @ gf.T
-    return NTKDecomposition(feature.detach(), backbone_k.detach(), hd, logprob.detach(), tied, full)
+    return NTKDecomposition(feature.detach(), backbone_k.detach(), hd, logprob.detach(), tied, feature_kernel,
+                            gradient_kernel, full)
 
 
 def predicted_logprob_change(decomposition: NTKDecomposition, source: int, lr: float, advantage: float) -> Tensor:

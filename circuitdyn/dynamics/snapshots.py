@@ -105,7 +105,7 @@ class DynamicsRecorder(_EveryK):
         out = sample(trainer.sampler, trainer.tokenizer, ids, mask, max_new_tokens=trainer.config.max_completion_length,
                      temperature=trainer.config.temperature, generator=gen)
         groups = [list(out.texts[i * self.samples:(i + 1) * self.samples]) for i in range(len(self.examples))]
-        row.update(diversity(groups, self.examples, trainer.task))
+        row.update(diversity(groups, self.examples, trainer.task, tokenizer=trainer.tokenizer))
         k = entk(trainer.model, self.probe)
         row.update(k.summary())
         row.update(feature_variability(k.features))
