@@ -4,8 +4,9 @@ confidence: at the position that predicts the first answer token, the mean max-p
 token entropy (nats) and the mean log-probability of the correct answer token.
 diversity: G sampled completions per prompt give distinct-n (distinct n-grams / all n-grams, per prompt,
 averaged; in characters, words and, given the tokenizer, tokens: a real model's diversity is a statement
-about its tokens and words, a character count mostly about their spelling), pass@k (the unbiased estimator 1 - C(G-c, k) / C(G, k) with c correct samples) and
-self-agreement (share of samples equal to the prompt's most common completion).
+about its tokens and words, a character count mostly about their spelling), pass@k (the unbiased
+estimator 1 - C(G-c, k) / C(G, k) with c correct samples) and self-agreement (share of samples equal to
+the prompt's most common completion).
 """
 
 from __future__ import annotations
