@@ -39,6 +39,26 @@ def classifier_linear(bridge: Any) -> tuple[Tensor, Tensor | None]:
     return weight, bias if isinstance(bias, torch.nn.Parameter) else None
 
 
+def is_tied(bridge: Any) -> bool:
+    """Whether the unembedding shares its matrix with the input embedding."""
+    weight, _ = classifier_linear(bridge)
+    return any(weight is p for p in bridge.embed.parameters())
+
+
+def untie_classifier(bridge: Any) -> bool:
+    """Give a tied unembedding its own copy of the shared matrix (the model computes the same until one
+    of the two trains); returns whether it was tied. The model's config says so too, so exports keep both."""
+    if not is_tied(bridge):
+        return False
+    unembed = bridge.unembed
+    module = getattr(unembed, "original_component", unembed)
+    module.weight = torch.nn.Parameter(module.weight.detach().clone(), requires_grad=module.weight.requires_grad)
+    config = bridge.original_model.config
+    for c in {id(c): c for c in (config, config.get_text_config())}.values():
+        c.tie_word_embeddings = False
+    return True
+
+
 def seeded_generator(device: torch.device | str, seed: int) -> torch.Generator:
     """A torch.Generator on `device` (sampling on CUDA needs a CUDA generator), seeded."""
     return torch.Generator(device=torch.device(device)).manual_seed(seed)

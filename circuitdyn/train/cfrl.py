@@ -1,7 +1,8 @@
 """Classifier-first RL as a parameter schedule, composable with any algorithm.
 
 Stage 1 trains only the classifier (the unembedding, optionally the final norm) for `steps` steps, or until
-the mean reward reaches `until_reward`; stage 2 trains everything. The backbone is frozen inside a context
+the mean reward reaches `until_reward`, under the algorithm's objective (CF-RL) or supervised cross-entropy
+(LP-FT, `lpft.py`); stage 2 trains everything. The backbone is frozen inside a context
 around each stage-1 step and restored on exit, so nothing outside the step ever sees it frozen.
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 
-from circuitdyn.train.config import ClassifierFirst
+from circuitdyn.train.config import ClassifierFirst, Stage1Objective
 
 
 class Stage(str, Enum):
@@ -55,6 +56,10 @@ class ParameterSchedule:
             for p in frozen:
                 p.requires_grad_(True)
             group["lr"] = lr
+
+    def supervised(self, stage: Stage) -> bool:
+        """Whether this stage-1 step fits the classifier by supervised cross-entropy (LP-FT)."""
+        return stage is Stage.CLASSIFIER and self.plan is not None and self.plan.objective is Stage1Objective.SUPERVISED
 
     def observe(self, stage: Stage, logs: dict[str, Any]) -> None:
         """Leave stage 1 once the step's mean reward reached `until_reward`."""

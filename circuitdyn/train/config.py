@@ -11,7 +11,7 @@ from circuitdyn.train.config_fields import ConfigError, _check_numbers, _enum, _
 from circuitdyn.train.memory import Precision
 
 __all__ = ["Algorithm", "CFRLConfig", "ClassifierFirst", "ConfigError", "DPOConfig", "GRPOConfig", "LossType",
-           "PPOConfig", "ScaleRewards", "TrainConfig", "config_from_dict", "config_help"]
+           "PPOConfig", "ScaleRewards", "Stage1Objective", "TrainConfig", "config_from_dict", "config_help"]
 
 
 class Algorithm(str, Enum):
@@ -33,22 +33,38 @@ class LossType(str, Enum):
     DR_GRPO = "dr_grpo"  # sum over tokens / (sequences x max_completion_length)
 
 
+class Stage1Objective(str, Enum):
+    RL = "rl"  # the algorithm's own objective on the classifier: classifier-first RL (CF-RL)
+    SUPERVISED = "supervised"  # cross-entropy of the correct answers: linear probing, then fine-tuning (LP-FT)
+
+
 @dataclass(frozen=True)
 class ClassifierFirst:
-    """A classifier-first schedule (CF-RL's stage 1) for any algorithm: train only the classifier (the
-    unembedding, and the final norm when `final_norm`) for `steps` steps, or until the step's mean reward
-    reaches `until_reward`, at `learning_rate` (None: the algorithm's); then train everything."""
+    """A classifier-first schedule for any algorithm: train only the classifier (the unembedding, and the
+    final norm when `final_norm`) for `steps` steps, or until the step's mean reward reaches
+    `until_reward`, at `learning_rate` (None: the algorithm's); then train everything. `objective` "rl" is
+    CF-RL's stage 1 (the algorithm's objective), "supervised" LP-FT's (cross-entropy of the task's correct
+    answers). `untie`: on a model whose unembedding is tied to the input embedding, give the classifier its
+    own copy first, so stage 1 moves the classifier alone (otherwise the embedding moves with it)."""
 
     steps: int = 10
     until_reward: float | None = None
     final_norm: bool = False
     learning_rate: float | None = None
+    objective: Stage1Objective | str = Stage1Objective.RL
+    untie: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 0:
             raise ConfigError(f"classifier-first steps must be an integer >= 0, got {self.steps!r}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ConfigError(f"classifier-first learning_rate must be > 0 or None, got {self.learning_rate!r}")
+        object.__setattr__(self, "objective", _enum(Stage1Objective, self.objective, "classifier-first objective"))
+        if self.objective is Stage1Objective.SUPERVISED and self.until_reward is not None:
+            raise ConfigError("until_reward needs a sampled reward per step; the supervised (LP-FT) stage has none: "
+                              "use steps")
+        if not isinstance(self.untie, bool):
+            raise ConfigError(f"untie must be True or False, got {self.untie!r}")
 
 
 # no_type_check: __post_init__ validates every field with an error that names it (static checkers still read
@@ -133,6 +149,8 @@ class TrainConfig:
     def as_dict(self) -> dict[str, Any]:
         d = {k: (v.value if isinstance(v, Enum) else v) for k, v in asdict(self).items()}
         d["peft"] = lora_to_dict(self.peft) if self.peft is not None else None
+        if isinstance(d.get("classifier_first"), dict):
+            d["classifier_first"] = {k: (v.value if isinstance(v, Enum) else v) for k, v in d["classifier_first"].items()}
         return d | {"algorithm": self.algorithm.value}
 
 
@@ -177,6 +195,8 @@ class CFRLConfig(GRPOConfig):
     classifier_until_reward: float | None = None
     train_final_norm: bool = False
     classifier_learning_rate: float | None = field(default=None, metadata={"help": "None: learning_rate"})
+    untie_classifier: bool = field(default=False,
+        metadata={"help": "tied embeddings: give the classifier its own copy before stage 1"})
 
     def __post_init__(self) -> None:
         if self.classifier_first is not None:
@@ -193,7 +213,7 @@ class CFRLConfig(GRPOConfig):
     @property
     def schedule(self) -> ClassifierFirst:
         return ClassifierFirst(self.classifier_steps, self.classifier_until_reward, self.train_final_norm,
-                               self.classifier_learning_rate)
+                               self.classifier_learning_rate, untie=self.untie_classifier)
 
 
 @no_type_check

@@ -17,7 +17,7 @@ from circuitdyn.train.algorithm import TrainingError, TrainingRun, check_loss, m
 from circuitdyn.train.config import DPOConfig
 from circuitdyn.train.parallel import rank_world
 from circuitdyn.train.rewards import compute_rewards
-from circuitdyn.train.rollout import ROLLOUT_TENSORS, Rollout, encode_prompts, token_logprobs
+from circuitdyn.train.rollout import ROLLOUT_TENSORS, Rollout, completion_rollout, token_logprobs
 
 Pairs = tuple[Rollout, Rollout, Tensor, Tensor]  # chosen, rejected, reference log-probs of each
 
@@ -48,13 +48,7 @@ def sampled_pairs(run: TrainingRun, config: DPOConfig) -> Pairs:
 
 
 def _completion_rollout(run: TrainingRun, prompts: list[str], completions: list[str]) -> Rollout:
-    tok = run.tokenizer
-    ids, mask = encode_prompts(tok, prompts, run.device)
-    rows = [list(tok(c, add_special_tokens=False)["input_ids"]) + [tok.eos_token_id] for c in completions]
-    width = max(map(len, rows))
-    cids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows], device=run.device)
-    cmask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.bool, device=run.device)
-    return Rollout(ids, mask, cids, cmask, tuple(completions))
+    return completion_rollout(run.tokenizer, prompts, completions, run.device)
 
 
 def pairs_from_data(run: TrainingRun, pairs: Sequence[Sequence[str]]) -> Pairs:

@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from circuitdyn.hf_export import save_hf_folder
-from circuitdyn.models import LoadedModel, clone_bridge
+from circuitdyn.models import LoadedModel
 from circuitdyn.surface import seeded_generator
 from circuitdyn.tasks import get_task
 from circuitdyn.tasks.base import Task, TaskExample
@@ -39,11 +39,12 @@ from circuitdyn.train.checkpoint import (
 from circuitdyn.train.config import Algorithm, TrainConfig, config_from_dict
 from circuitdyn.train.dpo import DPO
 from circuitdyn.train.grpo import GRPO
+from circuitdyn.train.lpft import supervised_step
 from circuitdyn.train.parallel import rank_world
-from circuitdyn.train.policy import adapt, check_fits, parameter_groups, scorers
+from circuitdyn.train.policy import adapt, check_fits, frozen_copy, parameter_groups, scorers, untie_if_asked
 from circuitdyn.train.ppo import PPO
 from circuitdyn.train.rewards import RewardFn, compute_rewards, task_reward
-from circuitdyn.train.rollout import Rollout, encode_prompts, sample
+from circuitdyn.train.rollout import Rollout, encode_prompts, row_seeds, sample
 from circuitdyn.train.run_folder import previous_run, truncate_log, warn_if_diverging
 from circuitdyn.weights import TRAINING_FILE, current_sha256, record_training
 
@@ -97,7 +98,8 @@ class Trainer:
         self.py_random = random.Random(config.seed)
         torch.manual_seed(config.seed)  # modules the algorithm creates
         self.algorithm = ALGORITHMS[config.algorithm](config, model)
-        self.reference = self._frozen_copy() if self.algorithm.needs_reference else None  # before any adapter
+        untie_if_asked(self.bridge, config)
+        self.reference = frozen_copy(self.bridge) if self.algorithm.needs_reference else None  # before any adapter
         self.adapted = adapt(self.bridge, config)
         self.sampler, self.scorer, self.reference_scorer = scorers(self.bridge, self.reference, config)
         self.scaler = torch.amp.GradScaler(self.device.type) if config.fp16 else None
@@ -121,13 +123,6 @@ class Trainer:
             self._resume(Path(resume_from))
 
     # ---- what algorithms use (the TrainingRun protocol) -----------------------------------------------
-    def _frozen_copy(self) -> Any:
-        ref = clone_bridge(self.bridge)
-        ref.eval()
-        for p in ref.parameters():
-            p.requires_grad_(False)
-        return ref
-
     def prompts(self, n: int) -> list[TaskExample]:
         return self.task.examples(n, seed=self.py_random.randrange(2**31), split="train")
 
@@ -144,8 +139,7 @@ class Trainer:
         ids, mask = encode_prompts(self.tokenizer, prompts, self.device)
         call = self._rollout_calls.get(self.step, 0)
         self._rollout_calls = {self.step: call + 1}
-        seeds = [((self.config.seed * 1_000_003 + self.step) * 1_009 + call) * 1_000_033 + first_row + i
-                 for i in range(len(prompts))]
+        seeds = row_seeds(self.config.seed, self.step, call, first_row, len(prompts))
         try:
             return sample(policy or self.sampler, self.tokenizer, ids, mask, max_new_tokens=self.config.max_completion_length,
                           temperature=self.config.temperature, top_p=self.config.top_p, top_k=self.config.top_k,
@@ -193,7 +187,7 @@ class Trainer:
         t0 = time.perf_counter()
         stage = self.schedule.stage(self.step)
         with self.schedule.applied(stage, self.optimizer, self.backbone):
-            logs = self.algorithm.step(self)
+            logs = supervised_step(self) if self.schedule.supervised(stage) else self.algorithm.step(self)
             lr = self.optimizer.param_groups[0]["lr"]
         self.step += 1
         self.schedule.observe(stage, logs)

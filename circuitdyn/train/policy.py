@@ -15,7 +15,8 @@ from typing import Any
 import torch
 
 from circuitdyn.lora import apply_lora
-from circuitdyn.surface import classifier_parameters, sampling_twin
+from circuitdyn.models import clone_bridge
+from circuitdyn.surface import classifier_parameters, is_tied, sampling_twin, untie_classifier
 from circuitdyn.train.config import TrainConfig
 from circuitdyn.train.memory import available_bytes, checkpoint_layers, saved_bytes_per_row, step_bytes, with_precision
 
@@ -27,6 +28,29 @@ class FitError(RuntimeError):
 def adapt(bridge: Any, config: TrainConfig) -> list[str]:
     """Inject the config's LoRA adapters (none for full fine-tuning); returns the adapted module names."""
     return apply_lora(bridge, config.peft) if config.peft is not None else []
+
+
+def frozen_copy(bridge: Any) -> Any:
+    """The reference policy: a copy of the bridge, eval mode, nothing trainable."""
+    ref = clone_bridge(bridge)
+    ref.eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def untie_if_asked(bridge: Any, config: TrainConfig) -> None:
+    """Under a classifier-first schedule on a tied-embedding model: untie when the plan says so, else warn
+    that stage 1 moves the input embedding too (and the eNTK's classifier/backbone split is not exact)."""
+    plan = config.schedule
+    if plan is None or not is_tied(bridge):
+        return
+    if plan.untie:
+        untie_classifier(bridge)
+        return
+    warnings.warn("the unembedding is tied to the input embedding: the classifier-first stage also moves the "
+                  "embedding, and the classifier/backbone split of the eNTK is not exact. Set untie_classifier=True "
+                  "(CFRLConfig) or ClassifierFirst(untie=True) to give the classifier its own copy", stacklevel=3)
 
 
 def parameter_groups(bridge: Any, config: TrainConfig) -> tuple[list[torch.nn.Parameter], list[torch.nn.Parameter]]:

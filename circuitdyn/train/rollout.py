@@ -15,7 +15,23 @@ from torch import Tensor
 
 from circuitdyn.sampling import ROLLOUT_TENSORS, Rollout, encode_prompts, positions, sample
 
-__all__ = ["ROLLOUT_TENSORS", "Rollout", "encode_prompts", "sample", "token_logprobs"]
+__all__ = ["ROLLOUT_TENSORS", "Rollout", "completion_rollout", "encode_prompts", "row_seeds", "sample", "token_logprobs"]
+
+
+def row_seeds(seed: int, step: int, call: int, first_row: int, n: int) -> list[int]:
+    """One sampling seed per row: a function of the run's seed, the step, the step's rollout call and the
+    row's place in the global batch (never of the process that draws it)."""
+    return [((seed * 1_000_003 + step) * 1_009 + call) * 1_000_033 + first_row + i for i in range(n)]
+
+
+def completion_rollout(tokenizer: Any, prompts: list[str], completions: list[str], device: torch.device) -> Rollout:
+    """Given completions (each followed by the eos token) of given prompts, as a Rollout to score."""
+    ids, mask = encode_prompts(tokenizer, prompts, device)
+    rows = [list(tokenizer(c, add_special_tokens=False)["input_ids"]) + [tokenizer.eos_token_id] for c in completions]
+    width = max(map(len, rows))
+    cids = torch.tensor([r + [tokenizer.pad_token_id] * (width - len(r)) for r in rows], device=device)
+    cmask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows], dtype=torch.bool, device=device)
+    return Rollout(ids, mask, cids, cmask, tuple(completions))
 
 
 def token_logprobs(
