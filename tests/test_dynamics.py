@@ -1,3 +1,5 @@
+import statistics
+
 import pytest
 import torch
 
@@ -180,3 +182,33 @@ def test_snapshot_choices_are_checked_before_training():
                       (dict(method="magic"), "method"), (dict(metric="accuracy"), "metric")]:
         with pytest.raises(ValueError, match=name):
             CircuitSnapshot(probe, **bad)
+
+
+def test_projected_backbone_kernel_converges_to_the_exact_one():
+    """CountSketch estimates of the backbone part: unbiased, relative Frobenius error shrinking with k."""
+    from circuitdyn.dynamics.projection import relative_frobenius_error
+
+    m = zoo_model("llama")
+    data = tokenize_pairs(m.tokenizer, Addition().examples(8, seed=3))
+    exact = entk(m, data)
+    errors = {k: statistics.mean(relative_frobenius_error(entk(m, data, projection=k, seed=s).backbone, exact.backbone)
+                                 for s in range(3)) for k in (64, 1024, 16384)}
+    assert errors[64] > errors[1024] > errors[16384] and errors[16384] < 0.05, errors
+    again = entk(m, data, projection=1024, seed=1)
+    torch.testing.assert_close(again.backbone, entk(m, data, projection=1024, seed=1).backbone)  # one map per seed
+    torch.testing.assert_close(again.feature, exact.feature)  # the feature part stays exact
+
+
+def test_layer_subset_kernel_equals_brute_force_on_those_blocks():
+    m = zoo_model("llama")
+    data = tokenize_pairs(m.tokenizer, Addition().examples(4, seed=3))
+    k = entk(m, data, layers=[1])
+    params = list(m.bridge.blocks[1].parameters())
+    logits = m.bridge(data.clean, attention_mask=data.mask.long())
+    rows = torch.arange(4)
+    logp = torch.log_softmax(logits[rows, data.answer_pos], -1)[rows, data.answers[:, 0]]
+    per = torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(logp[i], params, retain_graph=True)])
+                       for i in range(4)])
+    torch.testing.assert_close(k.backbone, per @ per.T, rtol=1e-4, atol=1e-6)
+    with pytest.raises(NTKError, match="block indices"):
+        entk(m, data, layers=[7])

@@ -25,7 +25,7 @@ with advantage A), log pi(y'|x') changes by eta * A * K(x', x) to first order.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +33,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from circuitdyn.dynamics.projection import count_sketch
 from circuitdyn.models import as_bridge
 from circuitdyn.surface import SurfaceError, classifier_linear
 from circuitdyn.tasks.base import PairBatch
@@ -70,11 +71,6 @@ class NTKDecomposition:
                 "ntk_gradient_kernel_diag": float(torch.diagonal(self.gradient_kernel).mean())}
 
 
-def estimate_bytes(n_params: int, n_samples: int) -> int:
-    """Memory of the per-sample gradients the computation keeps (float32)."""
-    return 4 * n_params * n_samples
-
-
 @contextlib.contextmanager
 def _all_parameters_differentiable(bridge: Any) -> Iterator[None]:
     """The kernel differentiates every parameter, also those a training stage froze (CF-RL stage 1)."""
@@ -88,13 +84,31 @@ def _all_parameters_differentiable(bridge: Any) -> Iterator[None]:
             p.requires_grad_(False)
 
 
-def entk(model: Any, batch: PairBatch, *, brute_force: bool = False, memory_budget: int = 2 * 2**30) -> NTKDecomposition:
-    """eNTK of log pi(answer | clean prompt) over the probe batch (first answer token, at answer_pos)."""
+def entk(model: Any, batch: PairBatch, *, brute_force: bool = False, memory_budget: int = 2 * 2**30,
+         projection: int | None = None, layers: Sequence[int] | None = None, seed: int = 0) -> NTKDecomposition:
+    """eNTK of log pi(answer | clean prompt) over the probe batch (first answer token, at answer_pos).
+
+    `projection=k` estimates the backbone part from CountSketches of the per-sample gradients (k numbers
+    per sample, `projection.py`), for models whose N gradients do not fit; `layers` restricts the backbone
+    part to the parameters of those blocks (the feature part is exact either way)."""
     with _all_parameters_differentiable(as_bridge(model)):
-        return _entk(model, batch, brute_force=brute_force, memory_budget=memory_budget)
+        return _entk(model, batch, brute_force=brute_force, memory_budget=memory_budget, projection=projection,
+                     layers=layers, seed=seed)
 
 
-def _entk(model: Any, batch: PairBatch, *, brute_force: bool, memory_budget: int) -> NTKDecomposition:
+def backbone_parameters(bridge: Any, classifier: set[int], layers: Sequence[int] | None) -> list[torch.nn.Parameter]:
+    """Every parameter but the classifier's, or those of the given blocks."""
+    if layers is None:
+        return [p for p in bridge.parameters() if id(p) not in classifier]
+    n_layers = len(bridge.blocks)
+    bad = [layer for layer in layers if not (isinstance(layer, int) and 0 <= layer < n_layers)]
+    if bad or not layers:
+        raise NTKError(f"layers must be block indices in [0, {n_layers}), got {list(layers)!r}")
+    return [p for layer in sorted(set(layers)) for p in bridge.blocks[layer].parameters() if id(p) not in classifier]
+
+
+def _entk(model: Any, batch: PairBatch, *, brute_force: bool, memory_budget: int, projection: int | None,
+          layers: Sequence[int] | None, seed: int) -> NTKDecomposition:
     bridge = as_bridge(model)
     n = len(batch)
     if n < 2:
@@ -105,12 +119,14 @@ def _entk(model: Any, batch: PairBatch, *, brute_force: bool, memory_budget: int
         raise NTKError(str(err)) from None
     params = [p for p in bridge.parameters()]
     cls_ids = {id(weight)} | ({id(bias)} if bias is not None else set())
-    backbone = [p for p in params if id(p) not in cls_ids]
+    backbone = backbone_parameters(bridge, cls_ids, layers)
     n_back = sum(p.numel() for p in backbone)
-    need = estimate_bytes(n_back + (sum(p.numel() for p in params) if brute_force else 0), n)
+    kept = n_back * n if projection is None else n_back + projection * n  # one sample's gradient, N sketches
+    need = 4 * (kept + (sum(p.numel() for p in params) * n if brute_force else 0))
     if need > memory_budget:
         raise NTKError(f"the eNTK needs ~{need / 2**20:.0f} MiB of per-sample gradients ({n} samples x {n_back} backbone "
-                       f"parameters); raise memory_budget (now {memory_budget / 2**20:.0f} MiB) or use fewer probe samples")
+                       f"parameters); raise memory_budget (now {memory_budget / 2**20:.0f} MiB), use fewer probe samples, "
+                       "a random projection (projection=k) or a subset of layers (layers=[...])")
     tied = any(weight is p for p in bridge.embed.parameters())
     device = weight.device
     rows = torch.arange(n, device=device)
@@ -138,7 +154,8 @@ def _entk(model: Any, batch: PairBatch, *, brute_force: bool, memory_budget: int
     grads = []
     for i in range(n):
         g = torch.autograd.grad(h[i], backbone, grad_outputs=u[i].to(h.dtype), retain_graph=True, allow_unused=True)
-        grads.append(torch.cat([(x if x is not None else torch.zeros_like(p)).flatten().float() for x, p in zip(g, backbone)]))
+        grads.append(count_sketch(g, projection, seed=seed) if projection is not None else
+                     torch.cat([(x if x is not None else torch.zeros_like(p)).flatten().float() for x, p in zip(g, backbone)]))
     gb = torch.stack(grads)
     backbone_k = gb @ gb.T
     full = None
