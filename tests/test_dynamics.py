@@ -212,3 +212,27 @@ def test_layer_subset_kernel_equals_brute_force_on_those_blocks():
     torch.testing.assert_close(k.backbone, per @ per.T, rtol=1e-4, atol=1e-6)
     with pytest.raises(NTKError, match="block indices"):
         entk(m, data, layers=[7])
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_sequence_kernel_of_sampled_responses_equals_brute_force(family):
+    from circuitdyn.dynamics import sequence_entk
+    from circuitdyn.sampling import encode_prompts, sample
+
+    m = zoo_model(family)
+    prompts = [e.clean for e in Addition().examples(4, seed=3)]
+    ids, mask = encode_prompts(m.tokenizer, prompts, torch.device("cpu"))
+    roll = sample(m.bridge, m.tokenizer, ids, mask, max_new_tokens=3, generator=torch.Generator().manual_seed(0))
+    assert int(roll.completion_mask.sum(1).max()) > 1  # multi-token responses
+    k = sequence_entk(m, roll, brute_force=True)
+    if k.tied:  # GPT-2 ties its unembedding: the remainder sits in `cross`
+        torch.testing.assert_close(k.total + k.cross, k.full)
+        assert float(k.cross.abs().max()) > 1e-4
+    else:
+        assert float((k.full - k.total).abs().max()) <= 1e-4 * float(k.full.abs().max())
+    # log-probabilities of the responses, as the trainer scores them
+    from circuitdyn.train.rollout import token_logprobs
+
+    with torch.no_grad():
+        logp = token_logprobs(m.bridge, roll)[0]
+    torch.testing.assert_close(k.logprob, (logp * roll.completion_mask).sum(1), rtol=1e-5, atol=1e-5)
