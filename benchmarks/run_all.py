@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_attribution
 import bench_shapes
 import bench_train
+import bench_train_real
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -28,6 +29,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     attribution = bench_attribution.main(["--quick"] if args.quick else [])
     train = bench_train.main(["--steps", "10" if args.quick else "30", "--rounds", "1" if args.quick else "3"])
+    train_real = bench_train_real.main(["--steps", "3" if args.quick else "6", "--rounds", "1" if args.quick else "3"])
     shapes = bench_shapes.main(["--rounds", "2" if args.quick else "5"] +
                                (["--shapes", "gpt2-16x64", "--threads", "default"] if args.quick else []))
     summary = {
@@ -40,10 +42,13 @@ def main(argv: list[str] | None = None) -> dict:
             "peak_mib_ours_vs_tl": [attribution["vs_transformer_lens"]["ours_peak_mib"],
                                     attribution["vs_transformer_lens"]["tl_peak_mib"]],
             "grpo_steps_per_s_ours_over_trl": train.get("ratio_steps_per_s"),
+            "smollm2_grpo_lora_ours_over_trl": train_real["ours_lora/trl_lora"],
+            "smollm2_grpo_lora_over_full": train_real["ours_lora/ours_full"],
+            "smollm2_grpo_peak_rss_mib": train_real["peak_rss_mib"],
         },
         "smollm2_135m_eap": attribution.get("smollm2_135m"),
         "shapes": shapes,
-        "details": {"attribution": attribution, "train": train},
+        "details": {"attribution": attribution, "train": train, "train_real": train_real},
         "seconds": time.perf_counter() - t0,
     }
     out = Path(args.out)

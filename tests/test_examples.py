@@ -41,4 +41,24 @@ def test_zoo_circuits(tmp_path, script):
 
 def test_cfrl_study_quick(tmp_path):
     assert "total wall time" in run("cfrl_study.py", "--quick", "--out", str(tmp_path))
+    summary = (tmp_path / "summary.md").read_text()
+    assert "| GRPO | CF-RL | LP-FT |" in summary and "ntk_gradient_kernel_diag" in summary
+    assert (tmp_path / "curves_full_steps.png").stat().st_size > 5000
+
+
+@pytest.mark.slow
+def test_main_job_on_smollm2_at_a_tiny_budget(tmp_path):
+    """The real-model profile: LoRA PPO, GRPO and DPO on SmolLM2-135M-Instruct, then the study."""
+    stdout = run("compare_ppo_grpo_dpo.py", "--model", "smollm2-135m", "--quick", "--out", str(tmp_path))
+    report = (tmp_path / "report.md").read_text()
+    assert "LoRA r=16 on every linear layer" in report and "qa_addition" in report and "| smollm2-135m |" in report
+    assert "total wall time" in stdout
+
+
+@pytest.mark.slow
+def test_cfrl_study_on_smollm2_at_a_tiny_budget(tmp_path):
+    run("cfrl_study.py", "--model", "smollm2-135m", "--quick", "--out", str(tmp_path))
+    summary = (tmp_path / "summary.md").read_text()
+    assert "LoRA r=16 on every linear layer" in summary and "| GRPO | CF-RL | LP-FT |" in summary
+    assert "CF-RL optimised faster" in summary
     assert (tmp_path / "curves.png").stat().st_size > 10000 and (tmp_path / "time_series.json").exists()
