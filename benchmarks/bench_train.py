@@ -46,11 +46,24 @@ def ours(steps: int) -> dict[str, Any]:
     return {"steps_per_s": steps / dt, "tokens_per_s": tokens / dt, "seconds": dt}
 
 
+def clock_callback() -> Any:
+    """A transformers callback recording the time at the end of every trl step (in `.times`)."""
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        def __init__(self) -> None:
+            self.times: list[float] = []
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            self.times.append(time.perf_counter())
+    return Clock()
+
+
 def trl_grpo(steps: int) -> dict[str, Any]:
     try:
         import trl
         from datasets import Dataset
-        from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, TrainerCallback
+        from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
     except ImportError as err:
         return {"skipped": f"trl not installed ({err.name})"}
     from circuitdyn.zoo import zoo_path
@@ -66,14 +79,7 @@ def trl_grpo(steps: int) -> dict[str, Any]:
         return [float(c.strip().startswith(answers[p]) and c.strip()[len(answers[p]):][:1] in ("", " "))
                 for p, c in zip(prompts, completions)]
 
-    class Clock(TrainerCallback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self.times.append(time.perf_counter())
-
-    clock = Clock()
+    clock = clock_callback()
     args = trl.GRPOConfig(output_dir="/tmp/circuitdyn_trl_bench", per_device_train_batch_size=BATCH, num_generations=GROUP,
                           max_completion_length=MAX_NEW, max_steps=steps + 2, learning_rate=1e-5, beta=0.0,
                           logging_steps=1000, save_strategy="no", report_to=[], use_cpu=True, bf16=False,

@@ -58,8 +58,9 @@ def ours(steps: int, adapters: bool) -> dict[str, Any]:
 
 def trl_grpo(steps: int) -> dict[str, Any]:
     import trl
+    from bench_train import clock_callback
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from circuitdyn.real_models import converted_folder
     from circuitdyn.tasks import QAAddition
@@ -74,14 +75,7 @@ def trl_grpo(steps: int) -> dict[str, Any]:
     def reward(prompts: list[str], completions: list[str], **_: Any) -> list[float]:
         return [task.reward(by_prompt[p], c) for p, c in zip(prompts, completions)]
 
-    class Clock(TrainerCallback):
-        def __init__(self) -> None:
-            self.times: list[float] = []
-
-        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            self.times.append(time.perf_counter())
-
-    clock = Clock()
+    clock = clock_callback()
     args = trl.GRPOConfig(output_dir="/tmp/circuitdyn_trl_bench_real", per_device_train_batch_size=BATCH,
                           num_generations=GROUP, max_completion_length=MAX_NEW, max_steps=steps + WARMUP,
                           learning_rate=LR, beta=0.0, logging_steps=1000, save_strategy="no", report_to=[],

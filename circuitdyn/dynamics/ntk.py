@@ -43,16 +43,12 @@ class NTKError(ValueError):
     """A probe set or model the eNTK cannot be computed for; the message names the fix."""
 
 
-@dataclass(frozen=True)
-class NTKDecomposition:
-    feature: Float[Tensor, "N N"]
-    backbone: Float[Tensor, "N N"]
-    features: Float[Tensor, "N d"]  # h(x): final normalised residual at the predicting position
-    logprob: Float[Tensor, " N"]  # log pi(y|x)
-    tied: bool  # the unembedding shares its matrix with the embedding
-    feature_kernel: Float[Tensor, "N N"]  # H = h.h' (+ 1 with a bias): how alike the features are
-    gradient_kernel: Float[Tensor, "N N"]  # A = a.a', a = e_y - softmax(z): the classifier's gradient factor
-    full: Float[Tensor, "N N"] | None = None  # brute force from per-sample gradients, when asked
+class KernelParts:
+    """total = feature + backbone; cross = what a brute-force kernel holds beyond them (tied models)."""
+
+    feature: Tensor
+    backbone: Tensor
+    full: Tensor | None
 
     @property
     def total(self) -> Tensor:
@@ -61,6 +57,18 @@ class NTKDecomposition:
     @property
     def cross(self) -> Tensor | None:
         return None if self.full is None else self.full - self.total
+
+
+@dataclass(frozen=True)
+class NTKDecomposition(KernelParts):
+    feature: Float[Tensor, "N N"]
+    backbone: Float[Tensor, "N N"]
+    features: Float[Tensor, "N d"]  # h(x): final normalised residual at the predicting position
+    logprob: Float[Tensor, " N"]  # log pi(y|x)
+    tied: bool  # the unembedding shares its matrix with the embedding
+    feature_kernel: Float[Tensor, "N N"]  # H = h.h' (+ 1 with a bias): how alike the features are
+    gradient_kernel: Float[Tensor, "N N"]  # A = a.a', a = e_y - softmax(z): the classifier's gradient factor
+    full: Float[Tensor, "N N"] | None = None  # brute force from per-sample gradients, when asked
 
     def summary(self) -> dict[str, float]:
         """Scalars for time series: mean diagonal of each part and the feature share of the trace."""

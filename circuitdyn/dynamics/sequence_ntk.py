@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitdyn.dynamics.ntk import NTKError, _all_parameters_differentiable, backbone_parameters
+from circuitdyn.dynamics.ntk import KernelParts, NTKError, _all_parameters_differentiable, backbone_parameters
 from circuitdyn.dynamics.projection import count_sketch
 from circuitdyn.models import as_bridge
 from circuitdyn.sampling import Rollout
@@ -28,20 +28,12 @@ from circuitdyn.surface import SurfaceError, classifier_linear
 
 
 @dataclass(frozen=True)
-class SequenceNTK:
+class SequenceNTK(KernelParts):
     feature: Float[Tensor, "N N"]
     backbone: Float[Tensor, "N N"]
     logprob: Float[Tensor, " N"]  # sum of the response's token log-probabilities
     tied: bool
     full: Float[Tensor, "N N"] | None = None  # brute force from per-sample gradients, when asked
-
-    @property
-    def total(self) -> Tensor:
-        return self.feature + self.backbone
-
-    @property
-    def cross(self) -> Tensor | None:
-        return None if self.full is None else self.full - self.total
 
 
 def _rows(rollout: Rollout) -> list[tuple[Tensor, int]]:

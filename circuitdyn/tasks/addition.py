@@ -39,27 +39,33 @@ def leading_digits(text: str) -> str:
     return "".join(out)
 
 
+def sum_pairs(pool: tuple[tuple[int, int], ...], n: int, seed: int, template: str,
+              same_shape: bool = False) -> list[TaskExample]:
+    """`n` problems a + b from `pool` (seeded, with replacement), each with a corrupt problem from the pool
+    whose sum starts with another digit (and whose first operand has as many digits, when `same_shape`)."""
+    if not isinstance(n, int) or n < 1:
+        raise TaskError(f"n must be an integer >= 1, got {n!r}")
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        a, b = pool[rng.randrange(len(pool))]
+        answer = str(a + b)
+        while True:
+            c, d = pool[rng.randrange(len(pool))]
+            foil = str(c + d)
+            if foil[0] != answer[0] and (not same_shape or len(str(c)) == len(str(a))):
+                break
+        out.append(TaskExample(template.format(a=a, b=b), template.format(a=c, b=d), answer, foil, {"a": a, "b": b}))
+    return out
+
+
 @dataclass(frozen=True)
 class Addition:
     name: str = "addition"
     default_metric: str = "logit_diff"
 
     def examples(self, n: int, *, seed: int = 0, split: Split | str = Split.TEST) -> list[TaskExample]:
-        if n < 1:
-            raise TaskError(f"n must be >= 1, got {n}")
-        pool = _split(split)
-        rng = random.Random(seed)
-        out = []
-        for _ in range(n):
-            a, b = pool[rng.randrange(len(pool))]
-            answer = str(a + b)
-            while True:
-                c, d = pool[rng.randrange(len(pool))]
-                foil = str(c + d)
-                if foil[0] != answer[0]:
-                    break
-            out.append(TaskExample(f"{a}+{b}=", f"{c}+{d}=", answer, foil, {"a": a, "b": b}))
-        return out
+        return sum_pairs(_split(split), n, seed, "{a}+{b}=")
 
     def reward(self, example: TaskExample, completion: str) -> float:
         return float(leading_digits(completion) == example.answer)

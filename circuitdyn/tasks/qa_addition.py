@@ -15,8 +15,8 @@ import random
 from dataclasses import dataclass
 from functools import lru_cache
 
-from circuitdyn.tasks.addition import leading_digits
-from circuitdyn.tasks.base import Split, TaskError, TaskExample
+from circuitdyn.tasks.addition import leading_digits, sum_pairs
+from circuitdyn.tasks.base import Split, TaskExample
 
 TEMPLATE = "Question: What is {a} + {b}?\nAnswer: "
 _TEST_FRACTION = 0.3
@@ -36,21 +36,7 @@ class QAAddition:
     default_metric: str = "logit_diff"
 
     def examples(self, n: int, *, seed: int = 0, split: Split | str = Split.TEST) -> list[TaskExample]:
-        if not isinstance(n, int) or n < 1:
-            raise TaskError(f"n must be an integer >= 1, got {n!r}")
-        pool = _pairs(Split.parse(split))
-        rng = random.Random(seed)
-        out = []
-        for _ in range(n):
-            a, b = pool[rng.randrange(len(pool))]
-            answer = str(a + b)
-            while True:
-                c, d = pool[rng.randrange(len(pool))]
-                foil = str(c + d)
-                if foil[0] != answer[0] and len(str(c)) == len(str(a)):
-                    break
-            out.append(TaskExample(TEMPLATE.format(a=a, b=b), TEMPLATE.format(a=c, b=d), answer, foil, {"a": a, "b": b}))
-        return out
+        return sum_pairs(_pairs(Split.parse(split)), n, seed, TEMPLATE, same_shape=True)
 
     def reward(self, example: TaskExample, completion: str) -> float:
         return float(leading_digits(completion) == example.answer)
