@@ -59,6 +59,11 @@ def check_lora_config(config: Any) -> None:
             raise LoraError(f"{flag}=True is not supported: adapters must merge as W + (alpha/r) B A; set {flag}=False")
     if config.bias != "none":
         raise LoraError(f"bias={config.bias!r}: only bias='none' is supported (the base biases stay frozen)")
+    for field in ("modules_to_save", "trainable_token_indices"):
+        if getattr(config, field, None):
+            raise LoraError(f"{field} is not supported: its copies of whole modules would not be merged into the "
+                            "exported model; adapt those modules with target_modules (a classifier-first schedule "
+                            "trains the unembedding whole by itself)")
 
 
 def _linears(hf: torch.nn.Module) -> dict[str, torch.nn.Module]:

@@ -49,9 +49,9 @@ PANELS = [("eval_accuracy", "held-out accuracy"), ("reward_mean", "sampled rewar
 ARMS = ("grpo", "cfrl", "lpft")
 PROFILES: dict[str, dict[str, Any]] = {
     "zoo": dict(task="addition", steps=120, every=20, classifier_steps=30, classifier_lr=3e-4, probes=64, batch=64,
-                lora_r=0, learning_rate=None, ntk_layers=None),
+                lora_r=0, learning_rate=None, ntk_layers=None, eval_size=200),
     "real": dict(task="qa_addition", steps=24, every=6, classifier_steps=6, classifier_lr=1e-3, probes=16, batch=32,
-                 lora_r=16, learning_rate=5e-4, ntk_layers="last2"),
+                 lora_r=16, learning_rate=5e-4, ntk_layers="last2", eval_size=100),
 }
 
 
@@ -59,7 +59,8 @@ def config(algo: str, seed: int, args: argparse.Namespace) -> Any:
     peft = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear") if args.lora_r else None
     common: dict[str, Any] = dict(task=args.task, max_steps=args.steps, seed=seed, per_device_train_batch_size=args.batch,
                                   num_generations=8, eval_steps=args.every, max_completion_length=args.completion_length,
-                                  peft=peft, **({"learning_rate": args.learning_rate} if args.learning_rate else {}))
+                                  peft=peft, eval_size=args.eval_size,
+                                  **({"learning_rate": args.learning_rate} if args.learning_rate else {}))
     if algo == "cfrl":
         return CFRLConfig(classifier_steps=args.classifier_steps, classifier_learning_rate=args.classifier_lr,
                           untie_classifier=args.untie, **common)
@@ -82,6 +83,8 @@ def run(algo: str, seed: int, args: argparse.Namespace, base: Any) -> list[dict[
         warnings.simplefilter("ignore", UserWarning)
         trainer = Trainer(model, config(algo, seed, args), callbacks=[recorder])
     result = trainer.train()
+    print(f"  {algo.upper():5s} seed {seed}: held-out accuracy {result.base_accuracy:.3f} -> {result.final_accuracy:.3f} "
+          f"({result.seconds:.0f} s)", flush=True)
     by_step = {r["step"]: dict(r) for r in recorder.rows}
     by_step[0]["eval_accuracy"] = result.base_accuracy
     for h in result.history:
@@ -176,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default="zoo:llama")
     parser.add_argument("--seeds", type=int, default=3)
     for name, kind in (("task", str), ("steps", int), ("every", int), ("classifier-steps", int), ("classifier-lr", float),
-                       ("probes", int), ("batch", int), ("lora-r", int), ("learning-rate", float)):
+                       ("probes", int), ("batch", int), ("lora-r", int), ("learning-rate", float), ("eval-size", int)):
         parser.add_argument(f"--{name}", type=kind, help="default: by model kind (zoo or real), see the docstring")
     parser.add_argument("--completion-length", type=int, default=3)
     parser.add_argument("--untie", action="store_true", help="tied embeddings: untie the classifier for stage 1")

@@ -87,6 +87,7 @@ def run_family(spec: str, family: str, args: argparse.Namespace, out: Path) -> d
     fam_dir = safe_child(out, family)
     study = run_study(base, tuned, args.task, out=fam_dir, samples=args.probes, max_new_tokens=args.completion_length,
                       granularities=("layer", "head"), n_resamples=args.resamples, seed=args.seed, progress=False,
+                      chat_template=False,  # the models were trained on the task's own prompts, so probe with them
                       offline=("dpo", "dpo_rpo"))
     for algo in tuned:
         plot.delta_heatmap(study.attributions[("base", "head")], study.attributions[(f"{algo}#0", "head")],

@@ -106,6 +106,8 @@ def test_bad_adapter_configs_fail_clearly():
         GRPOConfig(peft=LoraConfig(lora_dropout=0.05))
     with pytest.raises(ConfigError, match="use_dora"):
         GRPOConfig(peft=LoraConfig(use_dora=True))
+    with pytest.raises(ConfigError, match="modules_to_save is not supported"):
+        GRPOConfig(peft=LoraConfig(modules_to_save=["lm_head"]))
     with pytest.raises(ConfigError, match="peft.LoraConfig"):
         GRPOConfig(peft={"r": 8})
     apply_lora(bridge, LoraConfig(target_modules=["q_proj"]))
