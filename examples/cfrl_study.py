@@ -20,6 +20,7 @@ completions, stage 1 of 6 steps, and the eNTK's backbone part on its last two bl
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import time
 import warnings
@@ -196,7 +197,11 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     base = load_model(args.model)
-    series = {algo: [run(algo, seed, args, base) for seed in range(args.seeds)] for algo in ARMS}
+    series: dict[str, list[list[dict[str, Any]]]] = {algo: [] for algo in ARMS}
+    for algo in ARMS:
+        for seed in range(args.seeds):
+            series[algo].append(run(algo, seed, args, base))
+            gc.collect()  # a finished run's model sits in reference cycles (hook closures): free it now
     seconds = time.perf_counter() - t0
     (out / "time_series.json").write_text(json.dumps(series, indent=1))
     curves(series, out / "curves.png", dict.fromkeys(ARMS, 0), "step (all steps)")
