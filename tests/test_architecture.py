@@ -13,7 +13,7 @@ MAX_LINES = 300
 # Lowest first. A module may import modules of lower layers and of its own group; groups that share a
 # layer are siblings and must not import each other.
 LAYERS: list[dict[str, tuple[str, ...]]] = [
-    {"foundation": ("atomic", "choices", "stats", "tasks", "model_files", "hub")},
+    {"foundation": ("atomic", "choices", "stats", "tasks", "model_files", "hub", "saved_tensors")},
     {"model sources": ("zoo", "real_models")},
     {"models": ("wrapper_names", "lora", "branches", "head_forks", "hf_export", "weights", "models", "surface",
                 "sampling")},

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from circuitdyn.graph import Graph
+from circuitdyn.saved_tensors import saved_tensor_storages
 from circuitdyn.tasks.base import PairBatch
 
 HookList = list[tuple[str, Callable[..., Any]]]
@@ -39,17 +40,8 @@ def saved_activation_bytes(bridge: Any, graph: Graph, ids: Tensor, mask: Tensor)
     """Bytes autograd keeps for the backward of one run forward of `ids` with the graph's hooks on (call it
     inside `graph.enable_hooks` and `frozen_parameters`): every saved tensor's storage, once, parameters
     excluded. Measured, so it holds for any architecture and hook flag."""
-    params = {p.untyped_storage().data_ptr() for p in bridge.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(t: Tensor) -> Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
     store: dict[str, Tensor] = {}
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_tensor_storages(bridge.parameters()) as storages:
         logits = forward(bridge, ids, mask, input_leaf_hook(graph, store))
         storages[-1] = logits.untyped_storage().nbytes()  # the logits the metric reads
     return int(sum(storages.values()))

@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.utils.checkpoint
 
+from circuitdyn.saved_tensors import saved_tensor_storages
+
 
 class Precision(str, Enum):
     NO = "no"  # float32 throughout
@@ -72,18 +74,9 @@ def checkpoint_layers(model: torch.nn.Module) -> int:
 def saved_bytes_per_row(scorer: torch.nn.Module, tokens: int, vocab: int) -> int:
     """Bytes autograd keeps for the backward of one row of `tokens` tokens through `scorer` (measured on
     one row, parameters excluded), plus the float32 log-softmax and entropy terms over `vocab`."""
-    params = {p.untyped_storage().data_ptr() for p in scorer.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        storage = t.untyped_storage()
-        if storage.data_ptr() not in params:
-            storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
     device = next(scorer.parameters()).device
     ids = torch.zeros(1, tokens, dtype=torch.long, device=device)
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with saved_tensor_storages(scorer.parameters()) as storages:
         scorer(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
     return int(sum(storages.values())) + 3 * tokens * vocab * 4
 
