@@ -73,8 +73,10 @@ def test_gradient_accumulation_invariance(loss_type):
     assert any(g.abs().max() > 1e-4 for g in grads[0].values())
 
 
-def test_resume_matches_uninterrupted_run(tmp_path):
-    cfg = GRPOConfig(num_generations=4, beta=0.05, **{**SMALL, "max_steps": 4, "save_steps": 2,
+@pytest.mark.parametrize("eval_steps", [0, 2], ids=["no-eval", "eval-at-the-checkpoint"])
+def test_resume_matches_uninterrupted_run(tmp_path, eval_steps):
+    """Also when an evaluation ran just before the checkpoint (its greedy rollouts draw no random stream)."""
+    cfg = GRPOConfig(num_generations=4, beta=0.05, **{**SMALL, "max_steps": 4, "save_steps": 2, "eval_steps": eval_steps,
                                                       "output_dir": str(tmp_path / "run")})
     full = fresh()
     train(full, cfg)

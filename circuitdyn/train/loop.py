@@ -137,9 +137,11 @@ class Trainer:
         parallel ranks sampling their share draw exactly what one process would."""
         prompts = [ex.clean for ex in examples for _ in range(repeats)]
         ids, mask = encode_prompts(self.tokenizer, prompts, self.device)
-        call = self._rollout_calls.get(self.step, 0)
-        self._rollout_calls = {self.step: call + 1}
-        seeds = row_seeds(self.config.seed, self.step, call, first_row, len(prompts))
+        seeds = None
+        if not greedy:  # greedy rollouts (evaluation) draw nothing, so they take no stream of the step
+            call = self._rollout_calls.get(self.step, 0)
+            self._rollout_calls = {self.step: call + 1}
+            seeds = row_seeds(self.config.seed, self.step, call, first_row, len(prompts))
         try:
             return sample(policy or self.sampler, self.tokenizer, ids, mask, max_new_tokens=self.config.max_completion_length,
                           temperature=self.config.temperature, top_p=self.config.top_p, top_k=self.config.top_k,
