@@ -85,3 +85,15 @@ def test_attribution_provenance_names_the_trained_weights_and_run(trained):
     assert loaded.provenance.training["base_weights_sha256"] == base["weights_sha256"]
     again = attribute(loaded, "layer", data, "answer_nll", ablation="zero").provenance["model"]
     assert again["weights_sha256"] == saved and again["training"]["algorithm"] == "grpo"
+
+
+def test_exported_folders_say_their_weights_are_plain(tmp_path):
+    """A model loaded from a de-quantized GGUF still says `quantization_config`; trainers (trl) refuse such a
+    folder, and its exported weights are plain floats."""
+    from circuitdyn.hf_export import save_hf_folder
+
+    model = clone_model(zoo_model("llama"))
+    model.bridge.original_model.config.quantization_config = {"quant_method": "gguf"}
+    save_hf_folder(model.bridge, model.tokenizer, tmp_path)
+    assert "quantization_config" not in json.loads((tmp_path / "config.json").read_text())
+    assert "quantization_config" in vars(model.bridge.original_model.config)  # the live model is left as it was
