@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from circuitdyn.lora import effective_tensor, is_lora_layer
-from circuitdyn.wrapper_names import strip_wrappers
+from circuitdyn.wrapper_names import joint_attentions, strip_wrappers
 
 
 class ExportError(RuntimeError):
@@ -28,12 +28,6 @@ class ExportError(RuntimeError):
 
 
 _strip = strip_wrappers
-
-
-def _joint_attentions(bridge: Any) -> list[Any]:
-    from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import JointQKVAttentionBridge
-
-    return [m for m in bridge.modules() if isinstance(m, JointQKVAttentionBridge)]
 
 
 _SOURCES: "weakref.WeakKeyDictionary[Any, dict[str, tuple[str, Tensor]]]" = weakref.WeakKeyDictionary()
@@ -92,7 +86,7 @@ def hf_state_dict(bridge: Any) -> dict[str, Tensor]:
                 if t is not None:
                     state[f"{_strip(name)}.{field}"] = t.detach()
     names = {id(m): _strip(n) for n, m in hf.named_modules()}
-    for attn in _joint_attentions(bridge):
+    for attn in joint_attentions(bridge):
         prefix = names.get(id(attn.original_component))
         if prefix is None:
             raise ExportError(f"cannot find {type(attn).__name__}'s module in the Hugging Face model")

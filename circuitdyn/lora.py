@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuitdyn.wrapper_names import strip_wrappers
+from circuitdyn.wrapper_names import joint_attentions, strip_wrappers
 
 
 class LoraError(ValueError):
@@ -88,13 +88,8 @@ def _called(bridge: Any, modules: list[torch.nn.Module]) -> set[int]:
 
 def _split_of_fused(bridge: Any) -> dict[int, list[torch.nn.Module]]:
     """For each fused q/k/v projection the bridge splits, the q, k and v linears it computes with instead."""
-    from transformer_lens.model_bridge.generalized_components.joint_qkv_attention import JointQKVAttentionBridge
-
-    out = {}
-    for attn in bridge.modules():
-        if isinstance(attn, JointQKVAttentionBridge) and hasattr(attn, "qkv"):
-            out[id(attn.qkv.original_component)] = [getattr(attn, k).original_component for k in ("q", "k", "v")]
-    return out
+    return {id(attn.qkv.original_component): [getattr(attn, k).original_component for k in ("q", "k", "v")]
+            for attn in joint_attentions(bridge) if hasattr(attn, "qkv")}
 
 
 def _requested(config: Any, hf: torch.nn.Module) -> Any:
@@ -203,14 +198,18 @@ def effective_tensor(module: Any, field: str) -> Tensor | None:
     return base + sum(deltas) if deltas else base
 
 
+def _lora_slots(bridge: Any) -> list[tuple[torch.nn.Module, str, Any]]:
+    """(parent, attribute, LoRA layer) for every place a LoRA layer hangs in the bridge (aliases included)."""
+    return [(module, attr, child) for module in bridge.modules() for attr, child in module._modules.items()
+            if child is not None and is_lora_layer(child)]
+
+
 @contextlib.contextmanager
 def adapters_merged(bridge: Any) -> Iterator[None]:
     """For the duration, each LoRA layer is replaced by its own base module holding the merged weight, so
     code that reads a projection's weight directly (the bridge's per-head q/k/v and output hooks) computes
     the adapted model; on exit the base weights are restored bit for bit and the adapters put back."""
-    slots: list[tuple[torch.nn.Module, str, Any]] = [
-        (module, attr, child) for module in bridge.modules() for attr, child in module._modules.items()
-        if child is not None and is_lora_layer(child)]
+    slots = _lora_slots(bridge)
     saved: dict[int, tuple[Any, Tensor]] = {}
     with torch.no_grad():
         for module, attr, layer in slots:
@@ -232,13 +231,10 @@ def adapters_merged(bridge: Any) -> Iterator[None]:
 
 def merge_lora(bridge: Any) -> None:
     """Fold every adapter into its base weight and put the plain module back, in place."""
-    for module in list(bridge.modules()):
-        for attr, child in list(module._modules.items()):
-            if child is not None and is_lora_layer(child):
-                if not getattr(child, "merged", False):
-                    child.merge()
-                base = child.get_base_layer()
-                module._modules[attr] = base
+    for module, attr, layer in _lora_slots(bridge):
+        if not getattr(layer, "merged", False):
+            layer.merge()
+        module._modules[attr] = layer.get_base_layer()
     hf = bridge.original_model
     for attr in (_CONFIG_ATTR, "peft_config", "_hf_peft_config_loaded"):
         if attr in vars(hf):

@@ -79,9 +79,9 @@ def scorers(bridge: Any, reference: Any, config: TrainConfig) -> tuple[Any, Any,
                           "hooks", stacklevel=3)
         else:
             checkpoint_layers(sampler)
-    reference_twin = sampling_twin(reference) if reference is not None else None
-    precise = lambda m: with_precision(m, config.precision) if m is not None else None
-    return precise(sampler), precise(sampler), precise(reference_twin)
+    policy = with_precision(sampler, config.precision)  # samples and scores: one module
+    reference_twin = with_precision(sampling_twin(reference), config.precision) if reference is not None else None
+    return policy, policy, reference_twin
 
 
 def check_fits(bridge: Any, scorer: Any, reference: Any, config: TrainConfig, prompt_tokens: int,
