@@ -2,6 +2,9 @@
 
 Memory estimates measure instead of modelling: run one small forward inside `saved_tensor_storages` and
 read the bytes of what the backward would need, the parameters excluded (they are there anyway).
+The probed graph keeps none of the tensors: a pack hook that returned them would close a reference cycle
+inside autograd (a node holding its own output), invisible to Python's collector, and every probe would
+leak its activations and, through the graph, the model's parameters. So the probed forward has no backward.
 """
 
 from __future__ import annotations
@@ -16,15 +19,18 @@ from torch import Tensor
 @contextlib.contextmanager
 def saved_tensor_storages(exclude: Iterable[Tensor]) -> Iterator[dict[int, int]]:
     """Yields {storage pointer: bytes} of every tensor autograd saves inside the block, with gradients on;
-    storages of `exclude` (the parameters) are left out. Sum the values after the block."""
+    storages of `exclude` (the parameters) are left out. Sum the values after the block. The block's
+    outputs have no backward (see the module docstring)."""
     skip = {t.untyped_storage().data_ptr() for t in exclude}
     storages: dict[int, int] = {}
 
-    def pack(t: Tensor) -> Tensor:
+    def pack(t: Tensor) -> None:
         storage = t.untyped_storage()
         if storage.data_ptr() not in skip:
             storages[storage.data_ptr()] = storage.nbytes()
-        return t
 
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    def unpack(_: None) -> Tensor:
+        raise RuntimeError("a forward probed by saved_tensor_storages keeps no tensors and has no backward")
+
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         yield storages

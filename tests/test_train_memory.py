@@ -72,3 +72,30 @@ def test_the_estimate_counts_what_the_knobs_change(monkeypatch):
     assert lora["optimizer"] < 0.2 * full["optimizer"] and lora["gradients"] < 0.2 * full["gradients"]
     assert micro["activations"] == pytest.approx(full["activations"] / 4, rel=1e-6)
     assert set(full) == {"weights", "gradients", "optimizer", "activations", "reference", "total"}
+
+
+def test_a_trained_model_is_freed_once_dropped():
+    """The memory probes kept their graphs alive through a cycle inside autograd (a node holding its own
+    output), which took the whole model with it: the CF-RL study grew by a model per arm."""
+    import gc
+    import weakref
+
+    from circuitdyn.attribution import attribute
+    from circuitdyn.graph import Graph
+    from circuitdyn.saved_tensors import saved_tensor_storages
+    from circuitdyn.tasks import get_task, tokenize_pairs
+
+    model = clone_model(zoo_model("llama"))
+    trainer = Trainer(model, GRPOConfig(**RUN))
+    trainer.train()
+    probe = tokenize_pairs(model.tokenizer, get_task("addition").examples(4, seed=0), answer_tokens=1)
+    attribute(model, Graph.from_model(model, "head"), probe, "answer_nll")
+    alive = weakref.ref(next(model.bridge.parameters()))
+    del model, trainer
+    gc.collect()
+    assert alive() is None
+    with saved_tensor_storages([]) as storages:
+        out = torch.ones(3, requires_grad=True).exp()
+    assert storages and out.grad_fn is not None
+    with pytest.raises(RuntimeError, match="no backward"):
+        out.sum().backward()
