@@ -4,6 +4,8 @@ Sampling runs on a plain Hugging Face causal LM (the bridge's `original_model`, 
 `surface.sampling_twin`): it accepts a KV cache and explicit position ids, which sampling from left-padded
 prompts needs. It draws from a torch.Generator the caller owns (a trainer checkpoints it, so a resumed run
 continues the same random stream). Top-k and top-p filtering are transformers' own logits warpers.
+Rows that repeat a prompt (a GRPO group, a diversity probe) share its prefill: each distinct prompt runs
+once and its KV cache is copied to its rows, which then decode apart.
 """
 
 from __future__ import annotations
@@ -69,6 +71,22 @@ def _draw(probs: Tensor, streams: list[torch.Generator]) -> Tensor:
     return torch.searchsorted(cdf, u[:, None])[:, 0].clamp(max=probs.shape[-1] - 1)
 
 
+def _prefill(hf: Any, prompt_ids: Tensor, mask: Tensor) -> tuple[Tensor, Any]:
+    """Last-position logits of every row and the KV cache, each distinct (ids, mask) row run once."""
+    key = torch.cat([prompt_ids, mask], 1)
+    distinct, inverse = torch.unique(key, dim=0, return_inverse=True)
+    width = prompt_ids.shape[1]
+    if distinct.shape[0] < key.shape[0]:
+        ids, m = distinct[:, :width], distinct[:, width:]
+        out = hf(input_ids=ids, attention_mask=m, position_ids=positions(m), use_cache=True)
+        cache = out.past_key_values
+        if hasattr(cache, "batch_select_indices"):  # a transformers Cache: copy each prompt's cache to its rows
+            cache.batch_select_indices(inverse)
+            return out.logits[inverse, -1], cache
+    out = hf(input_ids=prompt_ids, attention_mask=mask, position_ids=positions(mask), use_cache=True)
+    return out.logits[:, -1], out.past_key_values
+
+
 @torch.no_grad()
 def sample(
     bridge: Any, tokenizer: Any, prompt_ids: Tensor, prompt_mask: Tensor, *, max_new_tokens: int,
@@ -87,7 +105,7 @@ def sample(
     stops = torch.tensor([eos, *stop_token_ids], device=prompt_ids.device)
     n = prompt_ids.shape[0]
     mask = prompt_mask.long()
-    out = hf(input_ids=prompt_ids, attention_mask=mask, position_ids=positions(mask), use_cache=True)
+    last, cache = _prefill(hf, prompt_ids, mask)
     next_pos = mask.sum(-1, keepdim=True)
     done = torch.zeros(n, dtype=torch.bool, device=prompt_ids.device)
     warp = warpers(top_k, top_p)
@@ -98,7 +116,7 @@ def sample(
         streams = [torch.Generator(device=prompt_ids.device).manual_seed(int(s)) for s in row_seeds]
     tokens, alive = [], []
     for step in range(max_new_tokens):
-        logits = out.logits[:, -1].float()
+        logits = last.float()
         if not torch.isfinite(logits).all():
             raise FloatingPointError(f"the policy produced non-finite logits at generated token {step}")
         if greedy:
@@ -114,8 +132,9 @@ def sample(
         if bool(done.all()) or step == max_new_tokens - 1:
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
-        out = hf(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=out.past_key_values,
+        out = hf(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache,
                  use_cache=True)
+        last, cache = out.logits[:, -1], out.past_key_values
         next_pos = next_pos + 1
     ids = torch.stack(tokens, 1)
     cmask = torch.stack(alive, 1)

@@ -23,14 +23,19 @@ def saved_tensor_storages(exclude: Iterable[Tensor]) -> Iterator[dict[int, int]]
     outputs have no backward (see the module docstring)."""
     skip = {t.untyped_storage().data_ptr() for t in exclude}
     storages: dict[int, int] = {}
+    alive: list[torch.UntypedStorage] = []  # held for the block, so a freed pointer is not reused and missed
 
     def pack(t: Tensor) -> None:
         storage = t.untyped_storage()
         if storage.data_ptr() not in skip:
             storages[storage.data_ptr()] = storage.nbytes()
+            alive.append(storage)
 
     def unpack(_: None) -> Tensor:
         raise RuntimeError("a forward probed by saved_tensor_storages keeps no tensors and has no backward")
 
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, unpack):
-        yield storages
+    try:
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+            yield storages
+    finally:
+        alive.clear()

@@ -14,7 +14,8 @@ curves (mean and range over seeds), a time series JSON and a markdown summary wi
     python examples/cfrl_study.py --quick                               # smoke test
 
 A real model gets LoRA adapters (r=16 on every linear layer), the `qa_addition` task, 24 steps of 32
-completions, stage 1 of 6 steps, and the eNTK's backbone part on its last two blocks (exact there).
+completions, stage 1 of 6 steps, and the eNTK's backbone part over the adapters of its last two blocks
+(exact there): the parameters LoRA training moves, not the frozen base weights.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from peft import LoraConfig
 
 from circuitdyn.dynamics.snapshots import CircuitSnapshot, DynamicsRecorder
 from circuitdyn.models import clone_model, load_model
-from circuitdyn.tasks import get_task, tokenize_pairs
+from circuitdyn.tasks import distinct_examples, get_task, tokenize_pairs
 from circuitdyn.train import CFRLConfig, ClassifierFirst, GRPOConfig, Trainer
 
 PANELS = [("eval_accuracy", "held-out accuracy"), ("reward_mean", "sampled reward"),
@@ -74,12 +75,12 @@ def config(algo: str, seed: int, args: argparse.Namespace) -> Any:
 def run(algo: str, seed: int, args: argparse.Namespace, base: Any) -> list[dict[str, Any]]:
     model = clone_model(base)
     task = get_task(args.task)
-    examples = task.examples(args.probes, seed=999, split="test")
+    examples = distinct_examples(task, args.probes, seed=999)  # a repeated probe would count twice
     probe = tokenize_pairs(model.tokenizer, examples, answer_tokens=1)
     n_layers = len(model.bridge.blocks)
     layers = [n_layers - 2, n_layers - 1] if args.ntk_layers == "last2" else None
     recorder = DynamicsRecorder(probe, examples[:16], every=args.every, samples=8, ntk_layers=layers,
-                                circuits=CircuitSnapshot(probe, every=args.every))
+                                ntk_adapters_only=bool(args.lora_r), circuits=CircuitSnapshot(probe, every=args.every))
     with warnings.catch_warnings():  # a tied model without --untie: the warning is the study's to report
         warnings.simplefilter("ignore", UserWarning)
         trainer = Trainer(model, config(algo, seed, args), callbacks=[recorder])
@@ -159,7 +160,8 @@ def verdicts(series: dict[str, list[list[dict[str, Any]]]], args: argparse.Names
 
 def summary(series: dict[str, list[list[dict[str, Any]]]], args: argparse.Namespace, seconds: float) -> str:
     first, last, cs = args.every, args.steps, args.classifier_steps
-    lora = f"LoRA r={args.lora_r} on every linear layer" if args.lora_r else "every weight trained"
+    lora = (f"LoRA r={args.lora_r} on every linear layer (the eNTK's backbone part: over the adapters only"
+            + (", of the last two blocks)" if args.ntk_layers == "last2" else ")")) if args.lora_r else "every weight trained"
     lines = [f"# GRPO vs CF-RL vs LP-FT on {args.model} ({args.task}), {args.seeds} seeds, {args.steps} steps", "",
              f"CF-RL and LP-FT: {cs} classifier-only steps (lr {args.classifier_lr}; CF-RL under the GRPO objective, "
              f"LP-FT by cross-entropy on correct answers), then GRPO; {lora}; {args.batch} completions per step. "
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     for algo in ARMS:
         for seed in range(args.seeds):
             series[algo].append(run(algo, seed, args, base))
-            gc.collect()  # a finished run's model sits in reference cycles (hook closures): free it now
+            gc.collect()  # a finished run's model sits in reference cycles (hook closures): free it before the next
     seconds = time.perf_counter() - t0
     (out / "time_series.json").write_text(json.dumps(series, indent=1))
     curves(series, out / "curves.png", dict.fromkeys(ARMS, 0), "step (all steps)")

@@ -236,3 +236,37 @@ def test_sequence_kernel_of_sampled_responses_equals_brute_force(family):
     with torch.no_grad():
         logp = token_logprobs(m.bridge, roll)[0]
     torch.testing.assert_close(k.logprob, (logp * roll.completion_mask).sum(1), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layers", [None, [1]])
+def test_adapter_kernel_equals_brute_force_over_the_adapters(layers):
+    """With LoRA, training moves only the adapters: the backbone part over them is the Gram matrix of
+    per-sample gradients of log pi over the adapter parameters alone (here with B != 0, so both A and B
+    have gradients)."""
+    from peft import LoraConfig
+
+    from circuitdyn.lora import apply_lora, lora_layers
+
+    m = clone_model(zoo_model("llama"))
+    apply_lora(m.bridge, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    data = tokenize_pairs(m.tokenizer, Addition().examples(4, seed=3))
+    k = entk(m, data, layers=layers, adapters_only=True, brute_force=True)
+    scope = m.bridge if layers is None else m.bridge.blocks[1]
+    params = list({id(p): p for mod in scope.modules() if "lora_A" in mod._modules
+                   for p in [*mod.lora_A.parameters(), *mod.lora_B.parameters()]}.values())
+    assert lora_layers(m.bridge) and params
+    logits = m.bridge(data.clean, attention_mask=data.mask.long())
+    rows = torch.arange(4)
+    logp = torch.log_softmax(logits[rows, data.answer_pos], -1)[rows, data.answers[:, 0]]
+    per = torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(logp[i], params, retain_graph=True)])
+                       for i in range(4)])
+    torch.testing.assert_close(k.backbone, per @ per.T, rtol=1e-4, atol=1e-6)
+    assert float((k.full - k.total).abs().max()) <= 1e-4 * float(k.full.abs().max())  # untied: the split closes
+    everything = entk(m, data, layers=layers)
+    assert float(torch.diagonal(everything.backbone).sum()) > float(torch.diagonal(k.backbone).sum())
+
+
+def test_adapter_kernel_without_adapters_is_refused():
+    m = zoo_model("llama")
+    with pytest.raises(NTKError, match="no LoRA adapters.*TrainConfig.peft"):
+        entk(m, tokenize_pairs(m.tokenizer, Addition().examples(2, seed=3)), adapters_only=True)

@@ -293,3 +293,37 @@ def test_ppo_value_loss_leaves_the_policy_gradients_unchanged():
     assert any(g is not None for g in grads[0])
     for a, b in zip(*grads):
         assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_repeated_prompts_share_their_prefill_and_sample_as_if_alone(family):
+    """Rows repeating a prompt run its prefill once and copy the KV cache: every row draws the tokens it
+    draws when sampled alone with its own stream, greedy rows decode the same, and the cache copy is taken."""
+    from circuitdyn import sampling
+    from circuitdyn.surface import sampling_twin
+
+    m = zoo_model(family)
+    twin = sampling_twin(m.bridge)
+    prompts = [e.clean for e in Addition().examples(3, seed=2) for _ in range(4)]
+    ids, mask = sampling.encode_prompts(m.tokenizer, prompts, m.device)
+    seeds = list(range(100, 100 + len(prompts)))
+    calls = []
+    real = twin.forward
+
+    def counting(*a, **k):
+        calls.append(k["input_ids"].shape[0])
+        return real(*a, **k)
+
+    twin.forward = counting
+    try:
+        together = sampling.sample(twin, m.tokenizer, ids, mask, max_new_tokens=4, temperature=1.5, row_seeds=seeds)
+        greedy = sampling.sample(twin, m.tokenizer, ids, mask, max_new_tokens=4, greedy=True)
+    finally:
+        del twin.forward
+    assert calls[0] == 3  # the prefill ran the three distinct prompts
+    for i in range(len(prompts)):
+        alone = sampling.sample(twin, m.tokenizer, ids[i:i + 1], mask[i:i + 1], max_new_tokens=4, temperature=1.5,
+                                row_seeds=[seeds[i]])
+        assert alone.texts[0] == together.texts[i], i
+        one = sampling.sample(twin, m.tokenizer, ids[i:i + 1], mask[i:i + 1], max_new_tokens=4, greedy=True)
+        assert one.texts[0] == greedy.texts[i], i
+    assert len(set(together.texts)) > 3  # the rows of a prompt decoded apart

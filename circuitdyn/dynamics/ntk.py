@@ -34,6 +34,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from circuitdyn.dynamics.projection import count_sketch
+from circuitdyn.lora import is_lora_layer
 from circuitdyn.models import as_bridge
 from circuitdyn.surface import SurfaceError, classifier_linear
 from circuitdyn.tasks.base import PairBatch
@@ -93,30 +94,47 @@ def _all_parameters_differentiable(bridge: Any) -> Iterator[None]:
 
 
 def entk(model: Any, batch: PairBatch, *, brute_force: bool = False, memory_budget: int = 2 * 2**30,
-         projection: int | None = None, layers: Sequence[int] | None = None, seed: int = 0) -> NTKDecomposition:
+         projection: int | None = None, layers: Sequence[int] | None = None, adapters_only: bool = False,
+         seed: int = 0) -> NTKDecomposition:
     """eNTK of log pi(answer | clean prompt) over the probe batch (first answer token, at answer_pos).
 
     `projection=k` estimates the backbone part from CountSketches of the per-sample gradients (k numbers
     per sample, `projection.py`), for models whose N gradients do not fit; `layers` restricts the backbone
-    part to the parameters of those blocks (the feature part is exact either way)."""
+    part to the parameters of those blocks; `adapters_only` (a LoRA model) to its adapters, the parameters
+    LoRA training moves (the feature part is exact either way). With `brute_force`, `full` is the Gram
+    matrix of per-sample gradients over the classifier and the same backbone parameters."""
     with _all_parameters_differentiable(as_bridge(model)):
         return _entk(model, batch, brute_force=brute_force, memory_budget=memory_budget, projection=projection,
-                     layers=layers, seed=seed)
+                     layers=layers, adapters_only=adapters_only, seed=seed)
 
 
-def backbone_parameters(bridge: Any, classifier: set[int], layers: Sequence[int] | None) -> list[torch.nn.Parameter]:
-    """Every parameter but the classifier's, or those of the given blocks."""
+def backbone_parameters(bridge: Any, classifier: set[int], layers: Sequence[int] | None,
+                        adapters_only: bool = False) -> list[torch.nn.Parameter]:
+    """Every parameter but the classifier's, or those of the given blocks; with `adapters_only`, only
+    those of LoRA adapters (each once)."""
     if layers is None:
-        return [p for p in bridge.parameters() if id(p) not in classifier]
-    n_layers = len(bridge.blocks)
-    bad = [layer for layer in layers if not (isinstance(layer, int) and 0 <= layer < n_layers)]
-    if bad or not layers:
-        raise NTKError(f"layers must be block indices in [0, {n_layers}), got {list(layers)!r}")
-    return [p for layer in sorted(set(layers)) for p in bridge.blocks[layer].parameters() if id(p) not in classifier]
+        scopes = [bridge]
+    else:
+        n_layers = len(bridge.blocks)
+        bad = [layer for layer in layers if not (isinstance(layer, int) and 0 <= layer < n_layers)]
+        if bad or not layers:
+            raise NTKError(f"layers must be block indices in [0, {n_layers}), got {list(layers)!r}")
+        scopes = [bridge.blocks[layer] for layer in sorted(set(layers))]
+    if adapters_only:
+        adapters = [m for scope in scopes for m in scope.modules() if is_lora_layer(m)]
+        if not adapters:
+            where = "" if layers is None else f" in blocks {sorted(set(layers))}"
+            raise NTKError(f"adapters_only: the model has no LoRA adapters{where}; adapt it first (TrainConfig.peft "
+                           "or circuitdyn.lora.apply_lora), or leave adapters_only off")
+        found = [p for m in adapters for part in (m.lora_A, m.lora_B) for p in part.parameters()]
+    else:
+        found = [p for scope in scopes for p in scope.parameters()]
+    unique = {id(p): p for p in found if id(p) not in classifier}
+    return list(unique.values())
 
 
 def _entk(model: Any, batch: PairBatch, *, brute_force: bool, memory_budget: int, projection: int | None,
-          layers: Sequence[int] | None, seed: int) -> NTKDecomposition:
+          layers: Sequence[int] | None, adapters_only: bool, seed: int) -> NTKDecomposition:
     bridge = as_bridge(model)
     n = len(batch)
     if n < 2:
@@ -125,9 +143,9 @@ def _entk(model: Any, batch: PairBatch, *, brute_force: bool, memory_budget: int
         weight, bias = classifier_linear(bridge)
     except SurfaceError as err:
         raise NTKError(str(err)) from None
-    params = [p for p in bridge.parameters()]
     cls_ids = {id(weight)} | ({id(bias)} if bias is not None else set())
-    backbone = backbone_parameters(bridge, cls_ids, layers)
+    backbone = backbone_parameters(bridge, cls_ids, layers, adapters_only)
+    params = [weight, *([bias] if bias is not None else []), *backbone]
     n_back = sum(p.numel() for p in backbone)
     kept = n_back * n if projection is None else n_back + projection * n  # one sample's gradient, N sketches
     need = 4 * (kept + (sum(p.numel() for p in params) * n if brute_force else 0))

@@ -49,16 +49,16 @@ def _rows(rollout: Rollout) -> list[tuple[Tensor, int]]:
 
 
 def sequence_entk(model: Any, rollout: Rollout, *, brute_force: bool = False, projection: int | None = None,
-                  layers: Sequence[int] | None = None, seed: int = 0) -> SequenceNTK:
+                  layers: Sequence[int] | None = None, adapters_only: bool = False, seed: int = 0) -> SequenceNTK:
     """eNTK of sum_t log pi(y_t | x, y_<t) over the rollout's responses (see the module docstring);
-    `projection` and `layers` as in `entk`."""
+    `projection`, `layers`, `adapters_only` and `full` as in `entk`."""
     bridge = as_bridge(model)
     with _all_parameters_differentiable(bridge):
-        return _sequence_entk(bridge, rollout, brute_force, projection, layers, seed)
+        return _sequence_entk(bridge, rollout, brute_force, projection, layers, adapters_only, seed)
 
 
 def _sequence_entk(bridge: Any, rollout: Rollout, brute_force: bool, projection: int | None,
-                   layers: Sequence[int] | None, seed: int) -> SequenceNTK:
+                   layers: Sequence[int] | None, adapters_only: bool, seed: int) -> SequenceNTK:
     rows = _rows(rollout)
     if len(rows) < 2:
         raise NTKError(f"the rollout has {len(rows)} response; a kernel compares responses, give at least 2")
@@ -67,8 +67,8 @@ def _sequence_entk(bridge: Any, rollout: Rollout, brute_force: bool, projection:
     except SurfaceError as err:
         raise NTKError(str(err)) from None
     cls_ids = {id(weight)} | ({id(bias)} if bias is not None else set())
-    backbone = backbone_parameters(bridge, cls_ids, layers)
-    params = list(bridge.parameters())
+    backbone = backbone_parameters(bridge, cls_ids, layers, adapters_only)
+    params = [weight, *([bias] if bias is not None else []), *backbone]
     device = weight.device
     hs, as_, grads, full_grads, logps = [], [], [], [], []
     for ids, lp in rows:

@@ -95,9 +95,11 @@ class DynamicsRecorder(_EveryK):
     path: Path | None = None
     circuits: CircuitSnapshot | None = None
     seed: int = 12345
-    #: the eNTK's backbone part on these blocks only / from CountSketches of size k (real models: see entk)
+    #: the eNTK's backbone part on these blocks only / from CountSketches of size k / over the LoRA
+    #: adapters only (real models: see entk)
     ntk_layers: list[int] | None = None
     ntk_projection: int | None = None
+    ntk_adapters_only: bool = False
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def record(self, trainer: Any, step: int) -> dict[str, Any]:
@@ -109,7 +111,8 @@ class DynamicsRecorder(_EveryK):
                      temperature=trainer.config.temperature, generator=gen)
         groups = [list(out.texts[i * self.samples:(i + 1) * self.samples]) for i in range(len(self.examples))]
         row.update(diversity(groups, self.examples, trainer.task, tokenizer=trainer.tokenizer))
-        k = entk(trainer.model, self.probe, layers=self.ntk_layers, projection=self.ntk_projection)
+        k = entk(trainer.model, self.probe, layers=self.ntk_layers, projection=self.ntk_projection,
+                 adapters_only=self.ntk_adapters_only)
         row.update(k.summary())
         row.update(feature_variability(k.features))
         if self.circuits is not None:

@@ -3,7 +3,7 @@
 from collections.abc import Callable
 
 from circuitdyn.tasks.addition import Addition
-from circuitdyn.tasks.base import PairBatch, Split, Task, TaskError, TaskExample, tokenize_pairs
+from circuitdyn.tasks.base import PairBatch, Split, Task, TaskError, TaskExample, distinct_examples, tokenize_pairs
 from circuitdyn.tasks.greater_than import GreaterThan
 from circuitdyn.tasks.ioi import IOI
 from circuitdyn.tasks.math_files import MathFile, load_gsm8k, load_math
@@ -52,5 +52,5 @@ __all__ = [
     "Addition", "GreaterThan", "IOI", "MathFile", "PairBatch", "Problem", "ProblemSet", "QAAddition", "Split", "Task",
     "TaskError", "TaskExample", "TaskProblems", "TASKS", "UserTask", "WordProblems", "answers_match", "final_answer",
     "from_jsonl", "from_records", "get_problem_set", "get_task", "load_gsm8k", "load_math", "normalize_answer",
-    "problems_sha256", "tokenize_pairs",
+    "distinct_examples", "problems_sha256", "tokenize_pairs",
 ]

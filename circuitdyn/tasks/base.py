@@ -75,6 +75,15 @@ class Task(Protocol):
         ...
 
 
+def distinct_examples(task: Task, n: int, *, seed: int = 0, split: Split | str = Split.TEST) -> list[TaskExample]:
+    """`n` examples of `task` with distinct clean prompts (fewer when the split has fewer), in the order
+    the task draws them: tasks draw with replacement, and a repeated prompt would count twice."""
+    distinct: dict[str, TaskExample] = {}
+    for ex in task.examples(8 * n, seed=seed, split=split):
+        distinct.setdefault(ex.clean, ex)  # first occurrences, in order
+    return list(distinct.values())[:n]
+
+
 # no_type_check: __post_init__ checks the shapes itself and names the mismatch (static checkers still read them)
 @no_type_check
 @dataclass(frozen=True)

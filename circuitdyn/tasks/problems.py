@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Protocol, runtime_checkable
 
-from circuitdyn.tasks.base import Task, TaskError, TaskExample
+from circuitdyn.tasks.base import Task, TaskError, TaskExample, distinct_examples
 
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
 _FRAC = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
@@ -148,11 +148,7 @@ class TaskProblems:
     def problems(self, n: int, *, seed: int = 0) -> list[Problem]:
         """`n` distinct problems (fewer when the test split has fewer): a task's examples are drawn with
         replacement, and a repeated question would count twice in the study's statistics."""
-        examples: list[TaskExample] = self.task.examples(8 * n, seed=seed, split="test")
-        distinct: dict[str, TaskExample] = {}
-        for ex in examples:
-            distinct.setdefault(ex.clean, ex)  # first occurrences, in order
-        return [Problem(ex.clean, ex.answer, {"example": ex}) for ex in list(distinct.values())[:n]]
+        return [Problem(ex.clean, ex.answer, {"example": ex}) for ex in distinct_examples(self.task, n, seed=seed)]
 
     def verify(self, problem: Problem, response: str) -> bool:
         example = problem.meta.get("example") or TaskExample(problem.question, problem.question, problem.answer, problem.answer)
