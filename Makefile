@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE := 1
 export WANDB_MODE := disabled
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: env check demo test test-slow bench clean
+.PHONY: env check demo test test-slow bench bench-peers clean
 
 $(BIN)/.installed: pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -40,5 +40,10 @@ bench: env $(BIN)/.installed-real
 	$(BIN)/pip install -q -c constraints-cpu.txt trl
 	$(BIN)/python benchmarks/run_all.py
 
+# optional: auto-circuit on transformer-lens 2.x in its own environment (.venv-peers), at equal scores
+bench-peers: env
+	bash benchmarks/peers/setup.sh
+	$(BIN)/python benchmarks/bench_peers.py --json benchmarks/results/peers.json
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .venv-peers runs .pytest_cache

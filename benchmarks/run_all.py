@@ -16,9 +16,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_attribution
+import bench_peers
 import bench_shapes
 import bench_train
 import bench_train_real
+
+PEERS = Path(__file__).resolve().parents[1] / ".venv-peers" / "bin" / "python"
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -32,6 +35,8 @@ def main(argv: list[str] | None = None) -> dict:
     train_real = bench_train_real.main(["--steps", "3" if args.quick else "6", "--rounds", "1" if args.quick else "3"])
     shapes = bench_shapes.main(["--rounds", "2" if args.quick else "5"] +
                                (["--shapes", "gpt2-16x64", "--threads", "default"] if args.quick else []))
+    peers = bench_peers.main(["--rounds", "1" if args.quick else "3"]) if PEERS.exists() else \
+        {"skipped": f"no {PEERS}: `make bench-peers` builds it and runs the peer comparison"}
     summary = {
         "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": sys.version.split()[0]},
         "ratios": {
@@ -45,10 +50,12 @@ def main(argv: list[str] | None = None) -> dict:
             "smollm2_grpo_lora_ours_over_trl": train_real["ours_lora/trl_lora"],
             "smollm2_grpo_lora_over_full": train_real["ours_lora/ours_full"],
             "smollm2_grpo_peak_rss_mib": train_real["peak_rss_mib"],
+            "auto_circuit_over_ours": {k: v["auto_circuit_over_circuitdyn"] for k, v in peers.get("runs", {}).items()}
+            or peers.get("skipped"),
         },
         "smollm2_135m_eap": attribution.get("smollm2_135m"),
         "shapes": shapes,
-        "details": {"attribution": attribution, "train": train, "train_real": train_real},
+        "details": {"attribution": attribution, "train": train, "train_real": train_real, "peers": peers},
         "seconds": time.perf_counter() - t0,
     }
     out = Path(args.out)

@@ -149,10 +149,11 @@ def test_callbacks_record_without_changing_training(tmp_path):
     m = clone_model(zoo_model("llama"))
     examples = Addition().examples(6, seed=11)
     probe = tokenize_pairs(m.tokenizer, examples, answer_tokens=2)
-    circuits = CircuitSnapshot(probe, every=2)
+    circuits = CircuitSnapshot(probe, every=4)
     rec = DynamicsRecorder(probe, examples, every=2, samples=4, path=tmp_path / "dyn.jsonl", circuits=circuits)
     result = train(m, cfg, callbacks=[rec])
     assert [r["step"] for r in rec.rows] == [0, 2, 4]
+    assert [r["step"] for r in rec.rows if "circuit_intensity" in r] == [0, 4]  # the snapshot's own cadence
     assert (tmp_path / "dyn.jsonl").read_text().count("\n") == 3
     for key in ("confidence_max_prob", "pass@1", "distinct_1", "ntk_feature_diag", "ntk_backbone_diag",
                 "feature_effective_rank", "circuit_intensity", "circuit_normalized_entropy"):

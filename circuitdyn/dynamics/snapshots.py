@@ -93,6 +93,7 @@ class DynamicsRecorder(_EveryK):
     every: int = 10
     samples: int = 8
     path: Path | None = None
+    #: circuit metrics, at the recorder's steps that are multiples of `circuits.every`
     circuits: CircuitSnapshot | None = None
     seed: int = 12345
     #: the eNTK's backbone part on these blocks only / from CountSketches of size k / over the LoRA
@@ -115,7 +116,7 @@ class DynamicsRecorder(_EveryK):
                  adapters_only=self.ntk_adapters_only)
         row.update(k.summary())
         row.update(feature_variability(k.features))
-        if self.circuits is not None:
+        if self.circuits is not None and step % self.circuits.every == 0:  # at its own cadence
             row.update({k2: v for k2, v in self.circuits.record(trainer, step).items() if k2 != "step"})
         self.rows.append(row)
         _append(self.path, row)
