@@ -200,17 +200,22 @@ def test_projected_backbone_kernel_converges_to_the_exact_one():
     torch.testing.assert_close(again.feature, exact.feature)  # the feature part stays exact
 
 
+def gram_of_gradients(m, data, params):
+    """The brute-force kernel over `params`: Gram matrix of per-sample gradients of log pi(answer)."""
+    logits = m.bridge(data.clean, attention_mask=data.mask.long())
+    rows = torch.arange(len(data))
+    logp = torch.log_softmax(logits[rows, data.answer_pos], -1)[rows, data.answers[:, 0]]
+    per = torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(logp[i], params, retain_graph=True)])
+                       for i in range(len(data))])
+    return per @ per.T
+
+
 def test_layer_subset_kernel_equals_brute_force_on_those_blocks():
     m = zoo_model("llama")
     data = tokenize_pairs(m.tokenizer, Addition().examples(4, seed=3))
     k = entk(m, data, layers=[1])
-    params = list(m.bridge.blocks[1].parameters())
-    logits = m.bridge(data.clean, attention_mask=data.mask.long())
-    rows = torch.arange(4)
-    logp = torch.log_softmax(logits[rows, data.answer_pos], -1)[rows, data.answers[:, 0]]
-    per = torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(logp[i], params, retain_graph=True)])
-                       for i in range(4)])
-    torch.testing.assert_close(k.backbone, per @ per.T, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(k.backbone, gram_of_gradients(m, data, list(m.bridge.blocks[1].parameters())),
+                               rtol=1e-4, atol=1e-6)
     with pytest.raises(NTKError, match="block indices"):
         entk(m, data, layers=[7])
 
@@ -256,12 +261,7 @@ def test_adapter_kernel_equals_brute_force_over_the_adapters(layers):
     params = list({id(p): p for mod in scope.modules() if "lora_A" in mod._modules
                    for p in [*mod.lora_A.parameters(), *mod.lora_B.parameters()]}.values())
     assert lora_layers(m.bridge) and params
-    logits = m.bridge(data.clean, attention_mask=data.mask.long())
-    rows = torch.arange(4)
-    logp = torch.log_softmax(logits[rows, data.answer_pos], -1)[rows, data.answers[:, 0]]
-    per = torch.stack([torch.cat([g.flatten() for g in torch.autograd.grad(logp[i], params, retain_graph=True)])
-                       for i in range(4)])
-    torch.testing.assert_close(k.backbone, per @ per.T, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(k.backbone, gram_of_gradients(m, data, params), rtol=1e-4, atol=1e-6)
     assert float((k.full - k.total).abs().max()) <= 1e-4 * float(k.full.abs().max())  # untied: the split closes
     everything = entk(m, data, layers=layers)
     assert float(torch.diagonal(everything.backbone).sum()) > float(torch.diagonal(k.backbone).sum())
