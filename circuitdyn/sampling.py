@@ -83,6 +83,7 @@ def _prefill(hf: Any, prompt_ids: Tensor, mask: Tensor) -> tuple[Tensor, Any]:
         if hasattr(cache, "batch_select_indices"):  # a transformers Cache: copy each prompt's cache to its rows
             cache.batch_select_indices(inverse)
             return out.logits[inverse, -1], cache
+        # a legacy tuple cache (no model of transformers 5 returns one): run every row instead
     out = hf(input_ids=prompt_ids, attention_mask=mask, position_ids=positions(mask), use_cache=True)
     return out.logits[:, -1], out.past_key_values
 
