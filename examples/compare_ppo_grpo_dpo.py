@@ -34,7 +34,7 @@ from peft import LoraConfig
 from circuitdyn import plot
 from circuitdyn.io import safe_child
 from circuitdyn.models import LoadedModel, clone_model, load_model
-from circuitdyn.study import run_study
+from circuitdyn.study import StudyError, run_study
 from circuitdyn.study.report import pooled_table
 from circuitdyn.train import DPOConfig, GRPOConfig, PPOConfig, TrainConfig, train
 from circuitdyn.zoo import FAMILIES
@@ -85,16 +85,23 @@ def run_family(spec: str, family: str, args: argparse.Namespace, out: Path) -> d
             print(f"  [{family}] {algo.upper():7s} seed {args.seed + seed}: held-out accuracy {res.base_accuracy:.3f} -> "
                   f"{res.final_accuracy:.3f} ({res.seconds:.1f} s, {cfg.max_steps} steps)", flush=True)
     fam_dir = safe_child(out, family)
-    study = run_study(base, tuned, args.task, out=fam_dir, samples=args.probes, max_new_tokens=args.completion_length,
-                      granularities=("layer", "head"), n_resamples=args.resamples, seed=args.seed, progress=False,
-                      chat_template=False,  # the models were trained on the task's own prompts, so probe with them
-                      offline=("dpo", "dpo_rpo"))
-    for algo in tuned:
-        plot.delta_heatmap(study.attributions[("base", "head")], study.attributions[(f"{algo}#0", "head")],
-                           fam_dir / f"delta_heatmap_{algo}_head.png",
-                           title=f"{family}: {algo.upper()} (seed {args.seed}) - base, zero-ablation EAP, head graph")
+    fam_dir.mkdir(parents=True, exist_ok=True)
     training_curves(results, fam_dir / "training_curves.png", family)
-    return {"family": family, "study": study,
+    try:
+        study = run_study(base, tuned, args.task, out=fam_dir, samples=args.probes, max_new_tokens=args.completion_length,
+                          granularities=("layer", "head"), n_resamples=args.resamples, seed=args.seed, progress=False,
+                          chat_template=False,  # the models were trained on the task's own prompts, so probe with them
+                          offline=("dpo", "dpo_rpo"))
+    except StudyError as err:  # e.g. a collapsed arm leaves too few problems every model answers: report it, go on
+        print(f"  [{family}] study skipped: {err}", flush=True)
+        study, skipped = None, str(err)
+    else:
+        skipped = None
+        for algo in tuned:
+            plot.delta_heatmap(study.attributions[("base", "head")], study.attributions[(f"{algo}#0", "head")],
+                               fam_dir / f"delta_heatmap_{algo}_head.png",
+                               title=f"{family}: {algo.upper()} (seed {args.seed}) - base, zero-ablation EAP, head graph")
+    return {"family": family, "study": study, "skipped": skipped,
             "accuracy": {a: [(r.base_accuracy, r.final_accuracy) for r in rs] for a, rs in results.items()},
             "histories": {a: [r.history for r in rs] for a, rs in results.items()}}
 
@@ -153,6 +160,9 @@ def write_report(out: Path, runs: list[dict[str, Any]], args: argparse.Namespace
               "study (pooled and per layer). A direction is stated only when q < 0.05 and the CI excludes 0.", ""]
     for r in runs:
         study = r["study"]
+        if study is None:
+            lines += [f"## {r['family']}: study skipped", "", r["skipped"], ""]
+            continue
         lines += [f"## {r['family']} (kept {len(study.kept)} of {study.n_generated}; correct: "
                   + ", ".join(f"{k} {v}" for k, v in study.correct.items()) + ")", ""]
         lines += [f"- {c}" for c in study.claims if c.startswith("[head]") or c.startswith("[layer]")]

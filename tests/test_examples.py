@@ -29,6 +29,18 @@ def test_main_job_quick(tmp_path):
     assert "total wall time" in stdout
 
 
+def test_main_job_reports_a_family_whose_study_cannot_run_and_goes_on(tmp_path):
+    """Too few problems answered correctly by every model (4 probes here; a collapsed DPO arm in the default
+    run) skip that family's study with the reason, not the whole job: its training is kept and reported."""
+    stdout = run("compare_ppo_grpo_dpo.py", "--model", "zoo:llama", "--model", "zoo:neox", "--steps", "2", "--seeds", "1",
+                 "--probes", "4", "--resamples", "1000", "--out", str(tmp_path))
+    report = (tmp_path / "report.md").read_text()
+    for family in ("llama", "neox"):
+        assert f"## {family}: study skipped" in report and f"| {family} |" in report
+        assert (tmp_path / family / "training_curves.png").stat().st_size > 5000
+    assert "min_kept=8" in report and "total wall time" in stdout
+
+
 def test_compare_zoo_models(tmp_path):
     run("compare_zoo_models.py", "--out", str(tmp_path), "--examples", "16")
     assert (tmp_path / "summary.md").exists() and (tmp_path / "circuit.png").exists()
