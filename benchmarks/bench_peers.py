@@ -40,7 +40,6 @@ import torch
 
 from circuitdyn.attribution import attribute
 from circuitdyn.graph import Graph
-from circuitdyn.model_files import cache_root
 from circuitdyn.tasks import tokenize_pairs
 
 try:  # run as a script or as a module of the benchmarks package
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(f"no peer environment at {python}: build it with `bash benchmarks/peers/setup.sh` "
                          "(optional; circuitdyn's own benchmarks do not need it)")
     model = gpt2_shape(SHAPE["layers"], SHAPE["d_model"], SHAPE["heads"], SHAPE["tokens"])
-    folder = cache_root() / "bench" / f"gpt2-{SHAPE['layers']}l-{SHAPE['d_model']}d-{SHAPE['tokens']}"
+    folder = Path(model.provenance.spec)  # the folder gpt2_shape wrote and loaded
     data = tokenize_pairs(model.tokenizer, digit_pairs(SHAPE["examples"], SHAPE["tokens"]))
     if not bool(data.mask.all()) or not bool((data.answer_pos == data.clean.shape[1] - 1).all()):
         raise SystemExit("the peer run needs unpadded prompts answered at the last position")
@@ -109,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             torch.set_num_threads(threads or default_threads)
             a = ours()  # warm-up
             scores = dict(zip(graph.edge_names(), a.edge_scores().tolist()))
-            per_round, peer_seconds, our_seconds, check = [], [], [], {}
+            per_round, peer_seconds, our_seconds = [], [], []
             for _ in range(args.rounds):
                 peer = peer_call(python, folder, tokens, threads, Path(tmp) / "peer.json")
                 t0 = time.perf_counter()
@@ -118,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 peer_seconds.append(peer["seconds"][0])
                 our_seconds.append(mine)
                 per_round.append(peer["seconds"][0] / mine)
-                check = compare(scores, peer["scores"])
+            check = compare(scores, peer["scores"])  # the peer's scores are the same every round
             label = f"{threads or default_threads} threads"
             results["runs"][label] = {
                 "auto_circuit_over_circuitdyn": {"min": min(per_round), "median": statistics.median(per_round)},

@@ -251,14 +251,14 @@ def test_adapter_kernel_equals_brute_force_over_the_adapters(layers):
     have gradients)."""
     from peft import LoraConfig
 
-    from circuitdyn.lora import apply_lora, lora_layers
+    from circuitdyn.lora import apply_lora, is_lora_layer, lora_layers
 
     m = clone_model(zoo_model("llama"))
     apply_lora(m.bridge, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
     data = tokenize_pairs(m.tokenizer, Addition().examples(4, seed=3))
     k = entk(m, data, layers=layers, adapters_only=True, brute_force=True)
     scope = m.bridge if layers is None else m.bridge.blocks[1]
-    params = list({id(p): p for mod in scope.modules() if "lora_A" in mod._modules
+    params = list({id(p): p for mod in scope.modules() if is_lora_layer(mod)
                    for p in [*mod.lora_A.parameters(), *mod.lora_B.parameters()]}.values())
     assert lora_layers(m.bridge) and params
     torch.testing.assert_close(k.backbone, gram_of_gradients(m, data, params), rtol=1e-4, atol=1e-6)
