@@ -7,9 +7,8 @@ value destinations follow the model's kv heads and are named `a{l}.kv{g}<k>` / `
 At layer granularity (the RL-circuitry paper's graph) the sources are `input`, `a{l}` (the whole attention
 output: its heads plus the output bias b_O) and `m{l}`; each attention layer has three destinations,
 `a{l}<q>`, `a{l}<k>`, `a{l}<v>`, whose gradients are the per-head q/k/v input gradients summed over that
-layer's query heads (q) or kv heads (k, v). A sequential 12-layer model has 613 edges. `qkv="merged"` gives
-the older graph with one destination `a{l}` per layer reading the attention's pre-norm input (q, k and v
-gradients summed together; 325 edges at 12 layers), which is NOT the paper's graph.
+layer's query heads (q) or kv heads (k, v): 613 edges at 12 sequential layers. `qkv="merged"` gives one
+destination `a{l}` per layer reading the attention's input (325 edges), which is NOT the paper's graph.
 
 Sources are ordered input, then per layer (heads..., mlp), so every destination reads a *prefix* of the
 source list: that is what lets attribution contract all of a destination's incoming edges at once.
@@ -39,15 +38,14 @@ from circuitdyn.nodes import (
     GraphError,
     GraphSpec,
     PostNormHook,
+    ProjectionHook,
     Source,
     SourceHook,
     SourceKind,
 )
 
-__all__ = [
-    "QKV", "DestHook", "DestKind", "Destination", "Graph", "GraphError", "GraphSpec", "Granularity", "PostNormHook",
-    "Source", "SourceHook", "SourceKind", "spec_from_model",
-]
+__all__ = ["QKV", "DestHook", "DestKind", "Destination", "Graph", "GraphError", "GraphSpec", "Granularity",
+           "PostNormHook", "ProjectionHook", "Source", "SourceHook", "SourceKind", "spec_from_model"]
 
 
 def spec_from_model(
@@ -133,23 +131,30 @@ class Graph:
     # ---- construction -------------------------------------------------------------------------------
     @property
     def needs_split_qkv(self) -> bool:
-        """Graphs that read per-head q/k/v inputs, which the bridge only provides with split_qkv_input."""
+        """Graphs that read per-head q/k/v inputs (the bridge's split_qkv_input), or per-head outputs
+        (`needs_attn_result`: its attn_result)."""
         return any(h.per_head for h in self.dest_hooks)
 
-    @property
-    def needs_attn_result(self) -> bool:
-        """Head-level graphs read per-head outputs, which the bridge only provides with attn_result."""
-        return any(h.per_head for h in self.source_hooks)
+    needs_attn_result = property(lambda self: any(h.per_head for h in self.source_hooks))
 
-    def enable_hooks(self, model: Any) -> AbstractContextManager[Any]:
-        """`attribution_hooks` with exactly the per-head flags this graph reads (yields the bridge)."""
-        return attribution_hooks(model, split_qkv=self.needs_split_qkv, attn_result=self.needs_attn_result)
+    @property
+    def projection_hooks(self) -> tuple[ProjectionHook, ...]:
+        """The per-head q/k/v destinations, read at their projections' outputs and ln1's input instead."""
+        return tuple(ProjectionHook(dh, f"blocks.{dh.layer}.attn.{dh.kind}.hook_out", f"blocks.{dh.layer}.ln1.hook_in",
+                                    f"blocks.{dh.layer}.ln1") if self.spec.pre_attn_norm else
+                     ProjectionHook(dh, f"blocks.{dh.layer}.attn.{dh.kind}.hook_out", None, None)
+                     for dh in self.dest_hooks if dh.per_head and dh.kind in ("q", "k", "v"))
+
+    def enable_hooks(self, model: Any, *, split_qkv: bool = True) -> AbstractContextManager[Any]:
+        """`attribution_hooks` with the per-head flags this graph reads (yields the bridge); `split_qkv=False`
+        leaves out the per-head q/k/v copies (their gradients then come from `projection_hooks`)."""
+        return attribution_hooks(model, split_qkv=split_qkv and self.needs_split_qkv,
+                                 attn_result=self.needs_attn_result)
 
     def hook_probes(self) -> list[HookProbe]:
         """Every hook this graph reads or patches, with the nodes it carries (for the liveness probe)."""
         def role(kind: str, nodes: Sequence[Any]) -> str:
-            names = [n.name for n in nodes]
-            return f"{kind} {names[0]}" if len(names) == 1 else f"{kind}s {names[0]}..{names[-1]}"
+            return f"{kind} {nodes[0].name}" if len(nodes) == 1 else f"{kind}s {nodes[0].name}..{nodes[-1].name}"
         probes = [HookProbe(h.name, h.per_head, role("source", self.sources[h.start:h.stop])) for h in self.source_hooks]
         probes += [HookProbe(h.name, h.per_head and not h.sum_heads, role("destination", self.destinations[h.start:h.stop]))
                    for h in self.dest_hooks]
@@ -214,15 +219,13 @@ class Graph:
         return int(sum(self.n_upstream))
 
     def source_index(self, name: str) -> int:
-        for i, s in enumerate(self.sources):
-            if s.name == name:
-                return i
+        for i in (i for i, s in enumerate(self.sources) if s.name == name):
+            return i
         raise GraphError(f"no source {name!r} in this graph; sources look like {[s.name for s in self.sources[:4]]}")
 
     def dest_index(self, name: str) -> int:
-        for i, d in enumerate(self.destinations):
-            if d.name == name:
-                return i
+        for i in (i for i, d in enumerate(self.destinations) if d.name == name):
+            return i
         raise GraphError(f"no destination {name!r} in this graph; e.g. {[d.name for d in self.destinations[:4]]}")
 
     def edge_index(self, edge: str | tuple[str, str]) -> tuple[int, int]:

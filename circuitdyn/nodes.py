@@ -72,6 +72,18 @@ class DestHook:
 
 
 @dataclass(frozen=True)
+class ProjectionHook:
+    """Where a per-head q, k or v destination's gradient is read without per-head input copies: at the
+    projection's output `output`, carried back through the norm `norm` (module path) at its input
+    `norm_input`; both None when the attention reads the residual directly (see qkv_projections.py)."""
+
+    dest: DestHook
+    output: str
+    norm_input: str | None
+    norm: str | None
+
+
+@dataclass(frozen=True)
 class PostNormHook:
     """Post-norm models (Gemma3): the hook on layer `layer`'s pre-norm attention output, and the head
     sources [start, stop) whose residual contribution passes through that layer's output norm."""

@@ -16,7 +16,7 @@ LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"foundation": ("atomic", "choices", "stats", "tasks", "model_files", "hub", "saved_tensors")},
     {"model sources": ("zoo", "real_models")},
     {"models": ("wrapper_names", "lora", "branches", "head_forks", "hf_export", "weights", "models", "surface",
-                "sampling")},
+                "sampling", "qkv_projections")},
     {"graph": ("nodes", "liveness", "graph")},
     {"attribution": ("attribution",)},
     {"circuits": ("circuit", "patching", "distributed")},

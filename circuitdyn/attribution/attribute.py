@@ -23,6 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitdyn.attribution.config import Aggregation, AttributionConfig
+from circuitdyn.attribution.destinations import QKVGradients, destination_reader
 from circuitdyn.attribution.eap import EAP
 from circuitdyn.attribution.eap_ig import EAPIGActivations, EAPIGInputs
 from circuitdyn.attribution.engine import (
@@ -116,7 +117,9 @@ def attribute(
                        "use method='eap-ig-inputs' (or 'eap-ig-activations'), which integrate along the path")
     n = len(batch_all)
     t0 = time.perf_counter()
-    with graph.enable_hooks(bridge), frozen_parameters(bridge):
+    reader = destination_reader(bridge, graph, QKVGradients(config.qkv_gradients),
+                                patches_destinations=Method(config.method) in (Method.EXACT, Method.FIRST_ORDER))
+    with graph.enable_hooks(bridge, split_qkv=not reader.projected), frozen_parameters(bridge):
         seq = batch_all.clean.shape[1]
         activations = saved_activation_bytes(bridge, graph, batch_all.clean[:1], batch_all.mask[:1])
         chunk = min(n, config.batch_size, examples_per_chunk(graph, seq, config.memory_budget,
@@ -124,7 +127,7 @@ def attribute(
         batches = [batch_all[i:i + chunk] for i in range(0, len(batch_all), chunk)]
         max_rows = stackable_rows(graph, chunk, seq, method.buffer_copies(graph), activations, config.memory_budget)
         means = source_means(bridge, graph, batches) if intervention.needs_means else None
-        acc = ScoreAccumulator(graph, n if config.per_example else None, device)
+        acc = ScoreAccumulator(graph, n if config.per_example else None, device, reader)
         values_all, effects_all = [], []
         per_batch = len(graph.dest_hooks)  # the bar ticks as each destination block's gradient is contracted
         bar = tqdm(total=len(batches) * per_batch, desc=f"{Method(config.method).value} ({n} prompts)",
@@ -162,6 +165,7 @@ def attribute(
         "dtype": str(next(bridge.parameters()).dtype).replace("torch.", ""),
         "seconds": round(time.perf_counter() - t0, 3),
         "batch_chunk": chunk,
+        "qkv_gradients": "projected" if reader.projected else "split",
         "peak_bytes_estimate": peak_estimate(graph, chunk, seq, method.buffer_copies(graph), activations),
         "torch": torch.__version__,
     }

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+from circuitdyn.attribution.destinations import QKVGradients
 from circuitdyn.attribution.errors import AttributionError
 from circuitdyn.attribution.intervention import Ablation
 from circuitdyn.attribution.method import Method
@@ -28,12 +29,16 @@ class AttributionConfig:
     memory_budget: int = 2 * 2**30  # bytes one pass may hold: difference buffers, kept activations, gradients
     answer_tokens: int = 1  # k: answer tokens scored by NLL / log-prob metrics when tokenizing examples
     progress: bool = False
+    qkv_gradients: QKVGradients | str = QKVGradients.AUTO  # how q/k/v destination gradients are read
+
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", parse_choice(Method, self.method, "method", AttributionError))
         object.__setattr__(self, "ablation", parse_choice(Ablation, self.ablation, "ablation", AttributionError))
         object.__setattr__(self, "aggregation", parse_choice(Aggregation, self.aggregation, "aggregation",
                                                              AttributionError))
+        object.__setattr__(self, "qkv_gradients", parse_choice(QKVGradients, self.qkv_gradients, "qkv_gradients",
+                                                               AttributionError))
         if not isinstance(self.steps, int) or self.steps < 1:
             raise AttributionError(f"steps must be an integer >= 1, got {self.steps!r}")
         if self.batch_size < 1:

@@ -18,6 +18,7 @@ from circuitdyn.attribution.intervention import Deltas, post_norm, prepare_delta
 from circuitdyn.attribution.method import BatchJob, BatchResult, Method
 from circuitdyn.attribution.objectives import checked
 from circuitdyn.graph import Graph
+from circuitdyn.qkv_projections import norm_vjp
 
 #: EAP-IG over inputs stacks interpolation points along the batch while a pass holds at most this many
 #: tokens: stacking saves the fixed cost of a pass on short prompts, and costs (cache misses, larger
@@ -62,7 +63,7 @@ class EAPIGInputs:
             leaf = input_leaf_hook(graph, store, value=shifted)
 
             def add(dh: Any, g: Tensor, copies: int = len(chunk)) -> None:
-                grads.add(dh, g.reshape(copies, n, *g.shape[1:]).sum(0), 1.0 / steps)
+                grads.add(dh, g.reshape(g.shape[0], copies, n, *g.shape[2:]).sum(1), 1.0 / steps)
             with torch.enable_grad():
                 out = checked(job.metric(forward(bridge, rep.clean, rep.mask, leaf + job.accumulator.hooks(add)), rep), rep)
                 backward_to(out, store["leaf"])
@@ -90,14 +91,10 @@ def _interpolating_hooks(graph: Graph, deltas: Deltas, alpha: float, store: dict
     return hooks
 
 
-def _pull_back(norm: Any, out: Tensor, grad: Tensor, per_head: bool) -> Tensor:
-    """J_N(out)^T grad: a destination gradient carried back through a post-attention norm to its input,
-    at the norm input `out` ([B, T, d]); per-head gradients ([B, T, H, d]) share one `out`."""
-    x = (out[:, :, None].expand(*grad.shape) if per_head else out).detach().clone().requires_grad_(True)
-    with torch.enable_grad():
-        y = norm(x)
-        (gx,) = torch.autograd.grad(y, x, grad.to(y.dtype))
-    return gx.float()
+def _pull_back(norm: Any, out: Tensor, grad: Tensor) -> Tensor:
+    """J_N(out)^T grad: a destination gradient (head-major, [w, B, T, d]) carried back through a
+    post-attention norm to its input, at the norm input `out` ([B, T, d]), which all w share."""
+    return norm_vjp(norm, out.detach(), grad).float()
 
 
 class EAPIGActivations:
@@ -144,7 +141,7 @@ class EAPIGActivations:
                 grads.add(dh, g, 1.0 / steps)
                 for ph, norm in post:
                     if dh.n_upstream > ph.start:
-                        pulled = _pull_back(norm, outs[ph.layer], g, dh.per_head) / steps
+                        pulled = _pull_back(norm, outs[ph.layer], g) / steps
                         job.accumulator.contract(dh, pulled, raw, job.weights, rows=slice(ph.start, ph.stop))
         grads.flush(job.accumulator, deltas.residual, job.weights)
         return BatchResult(values)

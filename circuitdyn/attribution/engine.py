@@ -15,11 +15,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuitdyn.attribution.destinations import DestinationReader, HookList
 from circuitdyn.graph import Graph
 from circuitdyn.saved_tensors import saved_tensor_storages
 from circuitdyn.tasks.base import PairBatch
 
-HookList = list[tuple[str, Callable[..., Any]]]
+__all__ = ["HookList", "ScoreAccumulator"]
 
 
 class MemoryBudgetError(MemoryError):
@@ -31,9 +32,11 @@ def buffer_bytes(graph: Graph, batch: int, seq: int, copies: float = 1) -> int:
 
 
 def gradient_bytes(graph: Graph, batch: int, seq: int) -> int:
-    """The float32 destination gradients buffered for the largest fused contraction (see fused_groups)."""
-    widths = [sum(h.stop - h.start for h in group) for group in fused_groups(graph).values()] or [1]
-    return 2 * max(widths) * batch * seq * graph.spec.d_model * 4  # the arrived gradients and the GEMM operand
+    """The float32 destination gradients buffered for the largest fused contraction (see fused_groups),
+    plus one hook's gradient arriving into it."""
+    group = max(g[-1].stop - g[0].start for g in fused_groups(graph).values())
+    hook = max(h.stop - h.start for h in graph.dest_hooks)
+    return (group + hook) * batch * seq * graph.spec.d_model * 4
 
 
 def saved_activation_bytes(bridge: Any, graph: Graph, ids: Tensor, mask: Tensor) -> int:
@@ -107,8 +110,10 @@ class ScoreAccumulator:
     one GEMM (`fused_groups`). With per-example scores, one batched GEMM gives them and the total is their
     sum (no second pass over the slab)."""
 
-    def __init__(self, graph: Graph, n_examples: int | None, device: torch.device) -> None:
+    def __init__(self, graph: Graph, n_examples: int | None, device: torch.device,
+                 reader: DestinationReader | None = None) -> None:
         self.graph = graph
+        self.reader = reader or DestinationReader(graph, None, projected=False)
         self.total = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.float32, device=device)
         self.per_example: Tensor | None = None
         if n_examples is not None:
@@ -116,48 +121,27 @@ class ScoreAccumulator:
         self.offset = 0  # index of the first example of the current batch (per-example scores)
         self.on_contract: Callable[[], Any] | None = None  # called once per destination hook contracted (progress)
         self.groups = fused_groups(graph)
-        self._pending: dict[int, dict[Any, Tensor]] = {}
-
-    @staticmethod
-    def _gradients(hooks: list[Any], grads: list[Tensor], weights: Tensor, per_example: bool) -> Tensor:
-        """The hooks' gradients, token-weighted and summed over heads where a hook sums them, written side by
-        side into one float32 buffer laid out for the GEMM: [B, W, T*d] (per example) or [W, B*T*d]."""
-        parts = []
-        for dh, grad in zip(hooks, grads):
-            g = grad if dh.per_head else grad[:, :, None]
-            parts.append(g.sum(2, keepdim=True) if dh.sum_heads else g)  # [B, T, w, d]
-        B, T, _, d = parts[0].shape
-        W = sum(p.shape[2] for p in parts)
-        buf = torch.empty((B, W, T, d) if per_example else (W, B, T, d), dtype=torch.float32, device=parts[0].device)
-        w0 = 0
-        for part in parts:
-            w = part.shape[2]
-            if per_example:
-                buf[:, w0:w0 + w].copy_(part.permute(0, 2, 1, 3)).mul_(weights[:, None, :, None])
-            else:
-                buf[w0:w0 + w].copy_(part.permute(2, 0, 1, 3)).mul_(weights[None, :, :, None])
-            w0 += w
-        return buf.reshape(B, W, T * d) if per_example else buf.reshape(W, B * T * d)
+        self._pending: dict[int, tuple[Tensor, set[Any]]] = {}  # group start -> (weighted gradients, arrived)
 
     def contract(self, dh: Any, grad: Tensor, deltas: Tensor, weights: Tensor, rows: slice | None = None) -> None:
         """Add delta . grad for every incoming edge of the destinations of hook `dh` (or only for the
-        sources in `rows`, a sub-range of its upstream prefix)."""
-        self.contract_many([dh], [grad], deltas, weights, rows)
+        sources in `rows`, a sub-range of its upstream prefix); `grad` is head-major, [w, B, T, d]."""
+        buf = torch.empty(grad.shape, dtype=torch.float32, device=weights.device)
+        self._contract_block([dh], torch.mul(grad, weights[None, :, :, None], out=buf), deltas, rows)
 
-    def contract_many(self, hooks: list[Any], grads: list[Tensor], deltas: Tensor, weights: Tensor,
-                      rows: slice | None = None) -> None:
-        """`contract` for destination hooks with consecutive columns in one GEMM over the largest upstream
-        prefix among them; a hook with a shorter prefix gets nothing from the rows past its own."""
+    def _contract_block(self, hooks: list[Any], g: Tensor, deltas: Tensor, rows: slice | None = None) -> None:
+        """One GEMM of the weighted gradients `g` ([W, B, T, d], float32) of hooks with consecutive columns
+        over the largest upstream prefix among them; a hook with a shorter prefix gets nothing from the rows
+        past its own."""
         rows = slice(0, max(h.n_upstream for h in hooks)) if rows is None else rows
         cols = slice(hooks[0].start, hooks[-1].stop)
         up = deltas[rows]  # [S, B, T, d]
-        S, B = up.shape[0], up.shape[1]
+        (S, B), W = up.shape[:2], g.shape[0]
         if self.per_example is not None:
-            g = self._gradients(hooks, grads, weights, per_example=True)  # [B, W, T*d]
-            block = torch.bmm(up.reshape(S, B, -1).transpose(0, 1), g.transpose(1, 2))  # [B, S, W]
+            g_b = g.reshape(W, B, -1).permute(1, 2, 0)  # [B, T*d, W]
+            block = torch.bmm(up.reshape(S, B, -1).transpose(0, 1), g_b)  # [B, S, W]
         else:
-            g = self._gradients(hooks, grads, weights, per_example=False)  # [W, B*T*d]
-            block = (up.reshape(S, -1) @ g.T)[None]  # [1, S, W]; both operands contiguous along B*T*d
+            block = (up.reshape(S, -1) @ g.reshape(W, -1).T)[None]  # [1, S, W]; both contiguous along B*T*d
         for dh in hooks:  # rows past a hook's own prefix are not its edges
             if dh.n_upstream < rows.stop:
                 block[:, max(dh.n_upstream - rows.start, 0):, dh.start - cols.start:dh.stop - cols.start] = 0
@@ -169,68 +153,67 @@ class ScoreAccumulator:
                 self.on_contract()
 
     def receive(self, dh: Any, grad: Tensor, deltas: Tensor, weights: Tensor) -> None:
-        """A destination gradient arrives: contract it, or its fused group (`fused_groups`) once complete."""
-        group = self.groups.get(dh)
-        if group is None:
-            self.contract(dh, grad, deltas, weights)
-            return
-        pending = self._pending.setdefault(group[0].start, {})
-        pending[dh] = grad
-        if len(pending) == len(group):
-            del self._pending[group[0].start]
-            self.contract_many(list(group), [pending[h] for h in group], deltas, weights)
+        """A destination gradient arrives (head-major): weighted, it is written into its fused group's
+        buffer (`fused_groups`), which is contracted once every hook of the group has arrived."""
+        group = self.groups[dh]
+        key = group[0].start
+        if key not in self._pending:
+            _, B, T, d = grad.shape
+            self._pending[key] = (torch.empty((group[-1].stop - key, B, T, d), dtype=torch.float32,
+                                              device=weights.device), set())
+        buf, arrived = self._pending[key]
+        torch.mul(grad, weights[None, :, :, None], out=buf[dh.start - key:dh.stop - key])
+        arrived.add(dh)
+        if len(arrived) == len(group):
+            del self._pending[key]
+            self._contract_block(list(group), buf, deltas)
 
     def flush(self, deltas: Tensor, weights: Tensor) -> None:
-        """Contract what is left of incomplete groups (a destination whose gradient never arrived)."""
+        """Contract what is left of incomplete groups: a destination whose gradient never arrived has none."""
         for key in list(self._pending):
-            pending = self._pending.pop(key)
-            for dh, grad in pending.items():
-                self.contract(dh, grad, deltas, weights)
+            buf, arrived = self._pending.pop(key)
+            group = self.groups[next(iter(arrived))]
+            for dh in group:
+                if dh not in arrived:
+                    buf[dh.start - key:dh.stop - key] = 0
+            self._contract_block(list(group), buf, deltas)
 
     def hooks(self, on_grad: Callable[[Any, Tensor], None]) -> HookList:
-        """Forward hooks that call `on_grad(dest_hook, gradient)` when each destination's gradient arrives."""
-        hooks: HookList = []
-        for dh in self.graph.dest_hooks:
-            def fn(act: Tensor, hook: Any, dh: Any = dh) -> Tensor:
-                if not act.requires_grad:
-                    return act
-                # A fresh view: some hook points hand over the residual tensor itself (hook_mlp_in is a
-                # pre-hook on ln2), whose gradient would include the skip path. The view's gradient is
-                # only what flows through this destination's own branch.
-                out = act.view_as(act)
-                out.register_hook(lambda grad: on_grad(dh, grad.detach()))
-                return out
-            hooks.append((dh.name, fn))
-        return hooks
+        """Forward hooks that call `on_grad(dest_hook, gradient)` when each destination's gradient arrives
+        (head-major, [w, B, T, d]; see destinations.py)."""
+        return self.reader.hooks(on_grad)
 
     def contracting_hooks(self, deltas: Tensor, weights: Tensor) -> HookList:
         """Contract destination gradients as they arrive (one backward pass); call `flush` after it."""
         return self.hooks(lambda dh, g: self.receive(dh, g, deltas, weights))
 
 
+#: the widest fused contraction (destination columns): one read of the upstream slab serves them all. The
+#: GEMM reads the slab at memory speed, so wider is cheaper per column (on one core, 127 sources x 2^19:
+#: 8 columns 60 ms, 25: 114 ms, 50: 124 ms, 100: 205 ms), while the buffered gradients grow with it
+FUSED_WIDTH = 96
+
+
 def fused_groups(graph: Graph) -> dict[Any, tuple[Any, ...]]:
-    """Destination hooks contracted together (one read of the upstream slab for all of them): the q, k and
-    v hooks of attention layer l with the MLP of layer l - 1 (sequential blocks; its prefix is one source
-    shorter) or of layer l (parallel blocks; the same prefix), and the last MLP with the logits. Their
-    columns are consecutive. Hooks that stand alone are left out."""
-    hooks = list(graph.dest_hooks)
+    """Destination hooks contracted together, for every hook: the q, k and v hooks of attention layer l with
+    the MLP of layer l - 1 (sequential blocks; its prefix is one source shorter) or of layer l (parallel
+    blocks; the same prefix), and the last MLP with the logits; then neighbouring such groups merged while
+    they span at most FUSED_WIDTH columns. A group's columns are consecutive."""
     groups: list[list[Any]] = []
-    current: list[Any] = []
     parallel = graph.spec.parallel_attn_mlp
-    for dh in hooks:
+    for dh in graph.dest_hooks:
         starts_group = dh.kind == "q" or (dh.kind == "mlp" and not parallel) or (dh.kind == "logits" and parallel)
-        if starts_group and current and not (dh.kind == "q" and current[-1].kind == "mlp" and not parallel):
-            groups.append(current)
-            current = []
-        current.append(dh)
-    groups.append(current)
-    out: dict[Any, tuple[Any, ...]] = {}
+        joins_mlp = dh.kind == "q" and bool(groups) and groups[-1][-1].kind == "mlp" and not parallel
+        if not groups or (starts_group and not joins_mlp) or groups[-1][-1].stop != dh.start:
+            groups.append([])
+        groups[-1].append(dh)
+    merged: list[list[Any]] = []
     for group in groups:
-        consecutive = all(a.stop == b.start for a, b in zip(group, group[1:]))
-        if len(group) > 1 and consecutive:
-            for dh in group:
-                out[dh] = tuple(group)
-    return out
+        if merged and group[-1].stop - merged[-1][0].start <= FUSED_WIDTH and merged[-1][-1].stop == group[0].start:
+            merged[-1].extend(group)
+        else:
+            merged.append(list(group))
+    return {dh: tuple(group) for group in merged for dh in group}
 
 
 class GradientSum:

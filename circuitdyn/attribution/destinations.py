@@ -1,0 +1,115 @@
+"""Reading destination gradients in the backward pass, in the one layout the contraction uses: head-major
+`[w, B, T, d_model]` (w = the hook's destinations), in the residual space of the sources' deltas.
+
+Two ways to read the per-head q, k and v destinations, with the same gradients (to float rounding):
+
+  split      at the bridge's per-head copies of the residual (`use_split_qkv_input`): each head's copy is
+             normalised and projected on its own, in the forward and the backward of every pass
+  projected  at the projections' outputs, carried back by hand: head h's gradient is J_ln1(x)^T W_h^T g_h
+             (qkv_projections.py), so the pass itself is the model's plain forward and backward
+
+MLP and logits destinations are read at their hooks either way. `QKVGradients.AUTO` takes `projected`
+where the bridge allows it (qkv_projections.projection_refusal) and `split` elsewhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from torch import Tensor
+
+from circuitdyn.attribution.errors import AttributionError
+from circuitdyn.graph import DestHook, Graph, ProjectionHook
+from circuitdyn.qkv_projections import attention_norm, head_weights, norm_vjp, projection_refusal
+
+HookList = list[tuple[str, Callable[..., Any]]]
+OnGrad = Callable[[DestHook, Tensor], None]
+
+
+class QKVGradients(str, Enum):
+    AUTO = "auto"
+    PROJECTED = "projected"
+    SPLIT = "split"
+
+
+def head_major(dh: DestHook, grad: Tensor) -> Tensor:
+    """The gradient a destination hook receives ([B, T, d], or [B, T, heads, d] per head) as [w, B, T, d]."""
+    if not dh.per_head:
+        return grad[None]
+    return grad.sum(2)[None] if dh.sum_heads else grad.permute(2, 0, 1, 3)
+
+
+def _as_head_major(dh: DestHook, on_grad: OnGrad) -> Callable[[Tensor], None]:
+    return lambda grad: on_grad(dh, head_major(dh, grad))
+
+
+def _read_at(name: str, receive: Callable[[Tensor], None]) -> tuple[str, Callable[..., Any]]:
+    def fn(act: Tensor, hook: Any) -> Tensor:
+        if not act.requires_grad:
+            return act
+        # A fresh view: some hook points hand over the residual tensor itself (hook_mlp_in is a pre-hook on
+        # ln2), whose gradient would include the skip path; the view's is only this branch's.
+        out = act.view_as(act)
+        out.register_hook(lambda grad: receive(grad.detach()))
+        return out
+    return name, fn
+
+
+@dataclass(frozen=True)
+class DestinationReader:
+    """Builds the forward hooks that hand each destination's gradient to `on_grad` as it arrives."""
+
+    graph: Graph
+    bridge: Any  # read by the projected hooks (weights are read when a gradient arrives)
+    projected: bool
+
+    def hooks(self, on_grad: OnGrad) -> HookList:
+        via_projection = {p.dest: p for p in self.graph.projection_hooks} if self.projected else {}
+        hooks = [_read_at(dh.name, _as_head_major(dh, on_grad)) for dh in self.graph.dest_hooks if dh not in via_projection]
+        return hooks + (_projected_hooks(self.bridge, list(via_projection.values()), on_grad) if via_projection else [])
+
+
+def _projected_hooks(bridge: Any, projections: list[ProjectionHook], on_grad: OnGrad) -> HookList:
+    """Hooks at ln1's inputs (kept, detached: autograd keeps them anyway) and at the q/k/v outputs, whose
+    gradients are carried back per head through the projection and ln1 (one linearisation per layer)."""
+    cfg = bridge.cfg
+    heads = {"q": int(cfg.n_heads), "k": int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)}
+    heads["v"] = heads["k"]
+    inputs: dict[int, Tensor] = {}
+    hooks: HookList = []
+    for layer in sorted({p.dest.layer for p in projections if p.norm_input is not None}):
+        name = next(p.norm_input for p in projections if p.dest.layer == layer and p.norm_input)
+
+        def keep(act: Tensor, hook: Any, layer: int = layer) -> Tensor:
+            inputs[layer] = act.detach()
+            return act
+        hooks.append((name, keep))
+    for p in projections:
+        dh, n = p.dest, heads[p.dest.kind]
+
+        def receive(g: Tensor, p: ProjectionHook = p, dh: DestHook = dh, n: int = n) -> None:
+            w = head_weights(bridge, dh.layer, dh.kind, n)  # [n, d_head, d]
+            B, T = g.shape[0], g.shape[1]
+            if dh.sum_heads:  # one destination for all heads: W^T g over the whole projection
+                back = (g.reshape(B * T, -1) @ w.reshape(-1, w.shape[-1]))[None]
+            else:
+                back = g.reshape(B * T, n, -1).transpose(0, 1) @ w  # [n, B*T, d]
+            back = back.reshape(back.shape[0], B, T, -1)
+            if p.norm is not None:
+                back = norm_vjp(attention_norm(bridge, dh.layer), inputs[dh.layer], back)
+            on_grad(dh, back)
+        hooks.append(_read_at(p.output, receive))
+    return hooks
+
+
+def destination_reader(bridge: Any, graph: Graph, mode: QKVGradients, *, patches_destinations: bool) -> DestinationReader:
+    """The reader for `mode`; methods that patch the q/k/v copies themselves (exact patching) keep them."""
+    if not graph.projection_hooks or patches_destinations or mode is QKVGradients.SPLIT:
+        return DestinationReader(graph, bridge, projected=False)
+    refusal = projection_refusal(bridge, graph.spec.pre_attn_norm)
+    if refusal is not None and mode is QKVGradients.PROJECTED:
+        raise AttributionError(f"qkv_gradients='projected' is not possible here ({refusal}): use 'auto' or 'split'")
+    return DestinationReader(graph, bridge, projected=refusal is None)
