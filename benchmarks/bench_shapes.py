@@ -1,7 +1,7 @@
 """EAP against the physical limit at realistic shapes: time / (corrupt forward + clean forward + backward).
 
-For each shape the contenders (bare passes, EAP head-level, EAP layer-level, EAP-IG(5) over inputs and one
-bare fwd+bwd) run interleaved over several rounds in one process, at 1 thread and at the default thread
+For each shape the contenders (bare passes, EAP head-level, EAP layer-level, EAP-IG(5) over inputs, one
+bare fwd+bwd, and head-level EAP reading q/k/v at the bridge's per-head copies) run interleaved over several rounds in one process, at 1 thread and at the default thread
 count; min and median of each ratio are reported (this machine is noisy: compare ratios, never seconds).
 
 Shapes: a 16-layer GPT-2 shape (d_model 256, 8 heads) at 64 tokens, a 6-layer one at 256 tokens, and
@@ -97,6 +97,9 @@ def contenders(model: LoadedModel, data: Any) -> dict[str, Callable[[], Any]]:
         "eap_layer": lambda: attribute(model, layer, data, "logit_diff", batch_size=len(data), memory_budget=big),
         "eap_ig5_head": lambda: attribute(model, head, data, "logit_diff", method="eap-ig-inputs", steps=5,
                                           batch_size=len(data), memory_budget=big),
+        # the per-head residual copies the projected q/k/v gradients replace (destinations.py)
+        "eap_head_split": lambda: attribute(model, head, data, "logit_diff", batch_size=len(data), memory_budget=big,
+                                            qkv_gradients="split"),
     }
 
 
@@ -116,7 +119,8 @@ def measure(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[fl
 
 def ratios(times: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     out = {}
-    for name, base in (("eap_head", "bare"), ("eap_layer", "bare"), ("eap_ig5_head", "fwd_bwd")):
+    for name, base in (("eap_head", "bare"), ("eap_layer", "bare"), ("eap_ig5_head", "fwd_bwd"),
+                       ("eap_head_split", "bare")):
         per_round = [a / b for a, b in zip(times[name], times[base])]
         out[f"{name}_over_{base}"] = {"min": min(per_round), "median": statistics.median(per_round)}
     return out

@@ -218,3 +218,20 @@ def test_kl_with_plain_eap_warns_through_logging(caplog):
     with caplog.at_level("WARNING", logger="circuitdyn.attribution.attribute"):
         attribute(m, "layer", data, "kl_to_clean", method="eap-ig-inputs", steps=2)
     assert not caplog.records
+
+
+def test_projected_qkv_gradients_are_refused_where_the_bridge_cannot_and_auto_keeps_the_copies(monkeypatch):
+    """qkv_gradients='projected' needs q, k and v as plain per-head projections; where they are not (here a
+    gated q projection), it is refused with the reason and the way out, and 'auto' keeps the per-head copies."""
+    m = zoo_model("gpt2")
+    data = data_for(m, n=2)
+    reference = attribute(m, "head", data, "logit_diff")
+    assert reference.provenance["qkv_gradients"] == "projected"
+    monkeypatch.setattr(m.bridge.cfg, "gated_q_proj", True, raising=False)
+    with pytest.raises(AttributionError, match=r"gated q projections.*use 'auto' or 'split'"):
+        attribute(m, "head", data, "logit_diff", qkv_gradients="projected")
+    auto = attribute(m, "head", data, "logit_diff")
+    assert auto.provenance["qkv_gradients"] == "split"
+    torch.testing.assert_close(auto.scores, reference.scores, rtol=1e-4, atol=1e-7)
+    with pytest.raises(AttributionError, match="qkv_gradients"):
+        attribute(m, "head", data, "logit_diff", qkv_gradients="fast")

@@ -5,7 +5,8 @@ For each tiny random-weight family (tests/families.py) and each zoo family, and 
 - destination gradients are conserved across every block, by plain autograd independent of the engine:
   dM/d(resid_pre) = dM/d(resid_post) + the gradients of the block's own destinations. A dead destination
   hook (gradient 0) or one shared between branches (counted twice) breaks it;
-- EAP equals the brute-force first-order effect of each edge (which perturbs only that destination's input);
+- EAP equals the brute-force first-order effect of each edge (which perturbs only that destination's input:
+  the bridge's per-head copies), and so do the gradients EAP reads at the q/k/v projections instead;
 - EAP-IG over activations is complete: the edges into `logits` sum to M(corrupt) - M(clean) within 0.5%;
 - exact patching: the full circuit reproduces the run, the empty circuit the counterfactual run.
 Unsupported combinations are tested for their refusal message.
@@ -107,6 +108,19 @@ def test_eap_equals_the_first_order_effect_of_each_edge(name, kind, root):
     reference = attribute(m, graph, data, "logit_diff", method="first-order")
     assert eap.scores.abs().max() > 0
     torch.testing.assert_close(eap.scores, reference.scores, rtol=1e-3, atol=1e-5 * float(reference.scores.abs().max()))
+
+
+@pytest.mark.parametrize(("name", "kind"), [(f, g) for f, g in SUPPORTED if g != MERGED])
+def test_projected_qkv_gradients_equal_the_per_head_copies(name, kind, root):
+    """q/k/v gradients read at the projections (J_ln1^T W_h^T g_h) score as the bridge's per-head residual
+    copies do, in every family: EAP, and EAP-IG, whose steps move ln1's input."""
+    m = family_model(name, root)
+    graph, data = build_graph(m, kind), data_for(m)
+    for method in ("eap", "eap-ig-inputs"):
+        fast = attribute(m, graph, data, "logit_diff", method=method, steps=2)
+        split = attribute(m, graph, data, "logit_diff", method=method, steps=2, qkv_gradients="split")
+        assert (fast.provenance["qkv_gradients"], split.provenance["qkv_gradients"]) == ("projected", "split")
+        torch.testing.assert_close(fast.scores, split.scores, rtol=1e-4, atol=1e-6 * float(split.scores.abs().max()))
 
 
 @pytest.mark.parametrize(("name", "kind"), SUPPORTED)

@@ -2,11 +2,13 @@
 
 Layout: `intervention.py` (ablations decoded, counterfactuals, source recording) is used by every method;
 each method lives in its own file (`eap.py`, `eap_ig.py`, `exact.py`) behind the protocol in `method.py`;
-`attribute.py` drives them from its registry `METHODS`.
+`attribute.py` drives them from its registry `METHODS`. `engine.py` contracts destination gradients with
+the deltas; `destinations.py` reads those gradients (at the q/k/v projections where it can).
 """
 
 from circuitdyn.attribution.attribute import METHODS, attribute
 from circuitdyn.attribution.config import Aggregation, AttributionConfig
+from circuitdyn.attribution.destinations import QKVGradients
 from circuitdyn.attribution.engine import MemoryBudgetError
 from circuitdyn.attribution.errors import AttributionError
 from circuitdyn.attribution.intervention import Ablation, Counterfactual, Intervention
@@ -17,5 +19,6 @@ from circuitdyn.attribution.result import Attribution
 __all__ = [
     "Ablation", "Aggregation", "Attribution", "AttributionConfig", "AttributionError", "AttributionMethod",
     "Counterfactual", "Intervention", "METHODS", "METRICS", "MemoryBudgetError", "MetricError", "Method",
+    "QKVGradients",
     "answer_logprob", "answer_nll", "attribute", "logit_diff",
 ]

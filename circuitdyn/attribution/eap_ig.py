@@ -63,7 +63,8 @@ class EAPIGInputs:
             leaf = input_leaf_hook(graph, store, value=shifted)
 
             def add(dh: Any, g: Tensor, copies: int = len(chunk)) -> None:
-                grads.add(dh, g.reshape(g.shape[0], copies, n, *g.shape[2:]).sum(1), 1.0 / steps)
+                summed = g if copies == 1 else g.reshape(g.shape[0], copies, n, *g.shape[2:]).sum(1)
+                grads.add(dh, summed, 1.0 / steps)
             with torch.enable_grad():
                 out = checked(job.metric(forward(bridge, rep.clean, rep.mask, leaf + job.accumulator.hooks(add)), rep), rep)
                 backward_to(out, store["leaf"])

@@ -9,6 +9,7 @@ gradient in one matmul, inside a backward tensor hook: no Python loop over edges
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -122,6 +123,7 @@ class ScoreAccumulator:
         self.on_contract: Callable[[], Any] | None = None  # called once per destination hook contracted (progress)
         self.groups = fused_groups(graph)
         self._pending: dict[int, tuple[Tensor, set[Any]]] = {}  # group start -> (weighted gradients, arrived)
+        self._spare: Tensor | None = None  # a completed group's buffer (flat), for the next group
 
     def contract(self, dh: Any, grad: Tensor, deltas: Tensor, weights: Tensor, rows: slice | None = None) -> None:
         """Add delta . grad for every incoming edge of the destinations of hook `dh` (or only for the
@@ -158,15 +160,24 @@ class ScoreAccumulator:
         group = self.groups[dh]
         key = group[0].start
         if key not in self._pending:
-            _, B, T, d = grad.shape
-            self._pending[key] = (torch.empty((group[-1].stop - key, B, T, d), dtype=torch.float32,
-                                              device=weights.device), set())
+            self._pending[key] = (self._buffer((group[-1].stop - key, *grad.shape[1:]), weights.device), set())
         buf, arrived = self._pending[key]
         torch.mul(grad, weights[None, :, :, None], out=buf[dh.start - key:dh.stop - key])
         arrived.add(dh)
         if len(arrived) == len(group):
             del self._pending[key]
             self._contract_block(list(group), buf, deltas)
+            flat = buf._base if buf._base is not None else buf.view(-1)
+            if self._spare is None or self._spare.numel() < flat.numel():
+                self._spare = flat  # the next group reuses it: no fresh pages per group
+
+    def _buffer(self, shape: tuple[int, ...], device: torch.device) -> Tensor:
+        """A float32 group buffer, carved from the last completed group's when it is large enough."""
+        n = math.prod(shape)
+        spare, self._spare = self._spare, None
+        if spare is not None and spare.numel() >= n and spare.device == device:
+            return spare[:n].view(shape)
+        return torch.empty(shape, dtype=torch.float32, device=device)
 
     def flush(self, deltas: Tensor, weights: Tensor) -> None:
         """Contract what is left of incomplete groups: a destination whose gradient never arrived has none."""
@@ -224,11 +235,12 @@ class GradientSum:
         self.grads: dict[Any, Tensor] = {}
 
     def add(self, dh: Any, grad: Tensor, scale: float) -> None:
-        g = grad.float() * scale
+        """Add scale * grad in place: one float32 buffer per destination hook for all the steps."""
         if dh in self.grads:
-            self.grads[dh] += g
+            self.grads[dh].add_(grad, alpha=scale)
         else:
-            self.grads[dh] = g
+            self.grads[dh] = torch.mul(grad, scale, out=torch.empty(grad.shape, dtype=torch.float32,
+                                                                      device=grad.device))
 
     def flush(self, acc: ScoreAccumulator, deltas: Tensor, weights: Tensor) -> None:
         for dh, g in self.grads.items():
