@@ -235,3 +235,19 @@ def test_projected_qkv_gradients_are_refused_where_the_bridge_cannot_and_auto_ke
     torch.testing.assert_close(auto.scores, reference.scores, rtol=1e-4, atol=1e-7)
     with pytest.raises(AttributionError, match="qkv_gradients"):
         attribute(m, "head", data, "logit_diff", qkv_gradients="fast")
+
+
+def test_scores_do_not_depend_on_how_destinations_are_fused(monkeypatch):
+    """Fused groups of any width, their buffers reused from group to group, give the same scores."""
+    from circuitdyn.attribution import engine
+
+    m = zoo_model("gpt2")
+    data = data_for(m, n=3)
+    for method in ("eap", "eap-ig-inputs"):
+        wide = attribute(m, "head", data, "logit_diff", method=method, steps=2, per_example=True)
+        with monkeypatch.context() as patch:
+            patch.setattr(engine, "FUSED_WIDTH", 1)  # every layer's group on its own
+            narrow = attribute(m, "head", data, "logit_diff", method=method, steps=2, per_example=True)
+        assert len(set(engine.fused_groups(wide.graph).values())) < 2 * wide.graph.spec.n_layers
+        torch.testing.assert_close(narrow.scores, wide.scores, rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(narrow.per_example, wide.per_example, rtol=1e-5, atol=1e-7)

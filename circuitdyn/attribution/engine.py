@@ -167,7 +167,7 @@ class ScoreAccumulator:
         if len(arrived) == len(group):
             del self._pending[key]
             self._contract_block(list(group), buf, deltas)
-            flat = buf._base if buf._base is not None else buf.view(-1)
+            flat = (buf if buf._base is None else buf._base).view(-1)  # the whole allocation
             if self._spare is None or self._spare.numel() < flat.numel():
                 self._spare = flat  # the next group reuses it: no fresh pages per group
 
