@@ -1,8 +1,9 @@
 """EAP against the physical limit at realistic shapes: time / (corrupt forward + clean forward + backward).
 
 For each shape the contenders (bare passes, EAP head-level, EAP layer-level, EAP-IG(5) over inputs, one
-bare fwd+bwd, and head-level EAP reading q/k/v at the bridge's per-head copies) run interleaved over several rounds in one process, at 1 thread and at the default thread
-count; min and median of each ratio are reported (this machine is noisy: compare ratios, never seconds).
+bare fwd+bwd, and head-level EAP reading q/k/v at the bridge's per-head copies) run interleaved over several
+rounds in one process, at 1 thread and at the default thread count; min and median of each ratio are
+reported (this machine is noisy: compare ratios, never seconds).
 
 Shapes: a 16-layer GPT-2 shape (d_model 256, 8 heads) at 64 tokens, a 6-layer one at 256 tokens, and
 SmolLM2-135M (30 layers, GQA) on 32 IOI prompts when installed (`circuitdyn install-real`).
