@@ -31,11 +31,12 @@ PROJECTIONS = ("q", "k", "v", "o")
 FORKABLE_FLAGS = ("use_attn_result", "use_split_qkv_input")
 
 
-def _linear(bridge_module: Any) -> Any:
+def wrapped_module(bridge_module: Any) -> Any:
+    """The Hugging Face module a bridge component wraps (the module itself when it wraps none)."""
     return getattr(bridge_module, "original_component", bridge_module)
 
 
-def _weight_out_in(linear: Any) -> Tensor:
+def weight_out_in(linear: Any) -> Tensor:
     """The weight as [out, in]: nn.Linear stores it so, HF's Conv1D transposed."""
     return linear.weight.t() if type(linear).__name__ == "Conv1D" else linear.weight
 
@@ -50,7 +51,7 @@ def is_forkable(attn: Any) -> bool:
         return False
     if not all(hasattr(attn, h) for h in ("hook_q_input", "hook_k_input", "hook_v_input", "hook_result")):
         return False
-    return all(hasattr(_linear(children[p]), "weight") for p in PROJECTIONS)
+    return all(hasattr(wrapped_module(children[p]), "weight") for p in PROJECTIONS)
 
 
 def forkable(bridge: Any) -> bool:
@@ -80,7 +81,7 @@ def _projection_fork(cfg: Any, hook: Any, linear: Any, heads: int, norm: Any, ca
             return None
         x = hook(residual[:, :, None, :].expand(-1, -1, heads, -1).contiguous())  # [B, T, heads, d]
         normed = norm(x) if norm is not None else x
-        weight = _weight_out_in(linear)
+        weight = weight_out_in(linear)
         d_head = weight.shape[0] // heads
         out = torch.einsum("bthd,hed->bthe", normed.to(weight.dtype), weight.reshape(heads, d_head, -1))
         bias = getattr(linear, "bias", None)
@@ -95,7 +96,7 @@ def _result_fork(cfg: Any, hook: Any, linear: Any, heads: int) -> Any:
         if not args or not isinstance(args[0], Tensor) or not getattr(cfg, "use_attn_result", False):
             return None
         z = args[0]
-        weight = _weight_out_in(linear)  # [d_model, H * d_head]
+        weight = weight_out_in(linear)  # [d_model, H * d_head]
         d_head = weight.shape[1] // heads
         per_head = torch.einsum("bthe,mhe->bthm", z.reshape(*z.shape[:2], heads, d_head),
                                 weight.reshape(weight.shape[0], heads, d_head))
@@ -118,7 +119,7 @@ def head_forks(bridge: Any, active: bool) -> Iterator[list[int]]:
     try:
         for index in forked:
             block, attn = bridge.blocks[index], bridge.blocks[index].attn
-            out = _linear(attn.o)
+            out = wrapped_module(attn.o)
             handles.append(out.register_forward_hook(_result_fork(cfg, attn.hook_result, out, n_heads)))
             ln1 = dict(block.named_children()).get("ln1")
             captured: dict[str, Tensor] = {}
@@ -130,9 +131,9 @@ def head_forks(bridge: Any, active: bool) -> Iterator[list[int]]:
                     captured["residual"] = value
             # ln1's pre-hook sees the residual before any hook on `ln1.hook_in` patches it.
             handles.append((ln1 if ln1 is not None else attn).register_forward_pre_hook(capture, with_kwargs=True))
-            norm = _linear(ln1) if ln1 is not None else None
+            norm = wrapped_module(ln1) if ln1 is not None else None
             for kind, heads in (("q", n_heads), ("k", n_kv), ("v", n_kv)):
-                linear = _linear(getattr(attn, kind))
+                linear = wrapped_module(getattr(attn, kind))
                 fork = _projection_fork(cfg, getattr(attn, f"hook_{kind}_input"), linear, heads, norm, captured)
                 handles.append(linear.register_forward_hook(fork))
         yield forked

@@ -19,28 +19,27 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuitdyn.head_forks import weight_out_in, wrapped_module
+
 KINDS = ("q", "k", "v")
 
 
-def _linear(bridge_module: Any) -> Any:
-    return getattr(bridge_module, "original_component", bridge_module)
-
-
-def _weight(linear: Any) -> Tensor:
-    """The weight as [out, in] (nn.Linear stores it so, Hugging Face's Conv1D transposed)."""
-    return linear.weight.t() if type(linear).__name__ == "Conv1D" else linear.weight
+def head_counts(cfg: Any) -> dict[str, int]:
+    """Heads per projection: query heads for q, key/value heads (grouped-query attention) for k and v."""
+    kv = int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
+    return {"q": int(cfg.n_heads), "k": kv, "v": kv}
 
 
 def head_weights(bridge: Any, layer: int, kind: str, heads: int) -> Tensor:
     """Projection `kind` of `layer` as [heads, d_head, d_model] (row h * d_head + i is head h, dim i), read
     now: under `attribution_hooks` it carries merged LoRA adapters."""
-    weight = _weight(_linear(getattr(bridge.blocks[layer].attn, kind)))
+    weight = weight_out_in(wrapped_module(getattr(bridge.blocks[layer].attn, kind)))
     return weight.reshape(heads, weight.shape[0] // heads, weight.shape[1])
 
 
 def attention_norm(bridge: Any, layer: int) -> Any:
     """The module of ln1 (the norm in front of q, k and v), as the per-head copies apply it."""
-    return _linear(bridge.blocks[layer].ln1)
+    return wrapped_module(bridge.blocks[layer].ln1)
 
 
 def projection_refusal(bridge: Any, pre_attn_norm: bool) -> str | None:
@@ -48,8 +47,7 @@ def projection_refusal(bridge: Any, pre_attn_norm: bool) -> str | None:
     compute q, k and v itself from separate linear projections of [heads * d_head, d_model], from ln1's
     module when it has an ln1, which is what its per-head copies compute too."""
     cfg = bridge.cfg
-    counts = {"q": int(cfg.n_heads)}
-    counts["k"] = counts["v"] = int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)
+    counts = head_counts(cfg)
     if getattr(cfg, "gated_q_proj", False):
         return "gated q projections (2 x width)"
     for layer, block in enumerate(bridge.blocks):
@@ -58,11 +56,11 @@ def projection_refusal(bridge: Any, pre_attn_norm: bool) -> str | None:
             return f"block {layer}: its attention does not compute q, k and v itself"
         children = dict(attn.named_children())
         for kind in KINDS:
-            linear = _linear(children.get(kind))
+            linear = wrapped_module(children.get(kind))
             weight = getattr(linear, "weight", None)
             if not isinstance(weight, Tensor) or weight.dim() != 2 or weight.is_meta:
                 return f"block {layer}: no readable {kind} projection weight"
-            out, d_in = _weight(linear).shape
+            out, d_in = weight_out_in(linear).shape
             if d_in != int(cfg.d_model) or out % counts[kind]:
                 return f"block {layer}: the {kind} projection is {tuple(weight.shape)}, not [heads * d_head, d_model]"
         if pre_attn_norm and getattr(attn, "_ln1_module", None) is not attention_norm(bridge, layer):

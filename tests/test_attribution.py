@@ -235,6 +235,10 @@ def test_projected_qkv_gradients_are_refused_where_the_bridge_cannot_and_auto_ke
     torch.testing.assert_close(auto.scores, reference.scores, rtol=1e-4, atol=1e-7)
     with pytest.raises(AttributionError, match="qkv_gradients"):
         attribute(m, "head", data, "logit_diff", qkv_gradients="fast")
+    with pytest.raises(AttributionError, match="exact patching patches the per-head q/k/v copies"):
+        attribute(m, "head", data, "logit_diff", method="exact", qkv_gradients="projected")
+    merged = attribute(m, Graph.from_model(m, "layer", qkv="merged"), data, "logit_diff")
+    assert merged.provenance["qkv_gradients"] is None  # no per-head q/k/v destinations to read
 
 
 def test_scores_do_not_depend_on_how_destinations_are_fused(monkeypatch):

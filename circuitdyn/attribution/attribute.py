@@ -165,7 +165,7 @@ def attribute(
         "dtype": str(next(bridge.parameters()).dtype).replace("torch.", ""),
         "seconds": round(time.perf_counter() - t0, 3),
         "batch_chunk": chunk,
-        "qkv_gradients": "projected" if reader.projected else "split",
+        "qkv_gradients": ("projected" if reader.projected else "split") if graph.projection_hooks else None,
         "peak_bytes_estimate": peak_estimate(graph, chunk, seq, method.buffer_copies(graph), activations),
         "torch": torch.__version__,
     }

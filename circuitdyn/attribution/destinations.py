@@ -23,7 +23,7 @@ from torch import Tensor
 
 from circuitdyn.attribution.errors import AttributionError
 from circuitdyn.graph import DestHook, Graph, ProjectionHook
-from circuitdyn.qkv_projections import attention_norm, head_weights, norm_vjp, projection_refusal
+from circuitdyn.qkv_projections import attention_norm, head_counts, head_weights, norm_vjp, projection_refusal
 
 HookList = list[tuple[str, Callable[..., Any]]]
 OnGrad = Callable[[DestHook, Tensor], None]
@@ -75,9 +75,7 @@ class DestinationReader:
 def _projected_hooks(bridge: Any, projections: list[ProjectionHook], on_grad: OnGrad) -> HookList:
     """Hooks at ln1's inputs (kept, detached: autograd keeps them anyway) and at the q/k/v outputs, whose
     gradients are carried back per head through the projection and ln1 (one linearisation per layer)."""
-    cfg = bridge.cfg
-    heads = {"q": int(cfg.n_heads), "k": int(getattr(cfg, "n_key_value_heads", None) or cfg.n_heads)}
-    heads["v"] = heads["k"]
+    heads = head_counts(bridge.cfg)
     inputs: dict[int, Tensor] = {}
     hooks: HookList = []
     for layer in sorted({p.dest.layer for p in projections if p.norm_input is not None}):
@@ -107,6 +105,9 @@ def _projected_hooks(bridge: Any, projections: list[ProjectionHook], on_grad: On
 
 def destination_reader(bridge: Any, graph: Graph, mode: QKVGradients, *, patches_destinations: bool) -> DestinationReader:
     """The reader for `mode`; methods that patch the q/k/v copies themselves (exact patching) keep them."""
+    if patches_destinations and mode is QKVGradients.PROJECTED:
+        raise AttributionError("exact patching patches the per-head q/k/v copies themselves: qkv_gradients="
+                               "'projected' does not apply to it; use 'auto'")
     if not graph.projection_hooks or patches_destinations or mode is QKVGradients.SPLIT:
         return DestinationReader(graph, bridge, projected=False)
     refusal = projection_refusal(bridge, graph.spec.pre_attn_norm)

@@ -29,6 +29,7 @@ from circuitdyn.attribution.errors import AttributionError
 from circuitdyn.attribution.objectives import MetricFn, checked
 from circuitdyn.choices import parse_choice
 from circuitdyn.graph import Graph
+from circuitdyn.head_forks import wrapped_module
 from circuitdyn.models import LoadedModel, as_bridge, context_of, split_qkv_off
 from circuitdyn.tasks.base import PairBatch, TaskExample, check_context, tokenize_pairs
 
@@ -101,8 +102,7 @@ def as_batch(model: Any, data: PairBatch | Sequence[TaskExample], answer_tokens:
 
 # ---- source recording -------------------------------------------------------------------------------
 def post_norm(bridge: Any, path: str) -> Any:
-    module = bridge.get_submodule(path)
-    return getattr(module, "original_component", module)
+    return wrapped_module(bridge.get_submodule(path))
 
 
 @dataclass
