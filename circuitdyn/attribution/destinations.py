@@ -74,7 +74,8 @@ class DestinationReader:
 
 def _projected_hooks(bridge: Any, projections: list[ProjectionHook], on_grad: OnGrad) -> HookList:
     """Hooks at ln1's inputs (kept, detached: autograd keeps them anyway) and at the q/k/v outputs, whose
-    gradients are carried back per head through the projection and ln1 (one linearisation per layer)."""
+    gradients are carried back per head through the projection and ln1 (linearised at its input once per
+    hook, for all of the hook's heads)."""
     heads = head_counts(bridge.cfg)
     inputs: dict[int, Tensor] = {}
     hooks: HookList = []
