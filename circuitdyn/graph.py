@@ -74,6 +74,7 @@ class Graph:
     source_hooks: tuple[SourceHook, ...] = field(init=False)
     dest_hooks: tuple[DestHook, ...] = field(init=False)
     post_norm_hooks: tuple[PostNormHook, ...] = field(init=False)
+    projection_hooks: tuple[ProjectionHook, ...] = field(init=False)  # per-head q/k/v dests, at the projections
     n_upstream: tuple[int, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -127,23 +128,22 @@ class Graph:
             for h in src_hooks if h.per_head and s.post_attn_norm
         )
         object.__setattr__(self, "post_norm_hooks", post)
+        ln1 = s.pre_attn_norm  # the norm the gradient is carried back through, at its input
+        object.__setattr__(self, "projection_hooks", tuple(
+            ProjectionHook(h, f"blocks.{h.layer}.attn.{h.kind}.hook_out", f"blocks.{h.layer}.ln1.hook_in" if ln1 else None,
+                           f"blocks.{h.layer}.ln1" if ln1 else None)
+            for h in dst_hooks if h.per_head and h.kind in ("q", "k", "v")))
 
     # ---- construction -------------------------------------------------------------------------------
     @property
     def needs_split_qkv(self) -> bool:
-        """Graphs that read per-head q/k/v inputs (the bridge's split_qkv_input), or per-head outputs
-        (`needs_attn_result`: its attn_result)."""
+        """Graphs that read per-head q/k/v inputs, which the bridge only provides with split_qkv_input."""
         return any(h.per_head for h in self.dest_hooks)
 
-    needs_attn_result = property(lambda self: any(h.per_head for h in self.source_hooks))
-
     @property
-    def projection_hooks(self) -> tuple[ProjectionHook, ...]:
-        """The per-head q/k/v destinations, read at their projections' outputs and ln1's input instead."""
-        return tuple(ProjectionHook(dh, f"blocks.{dh.layer}.attn.{dh.kind}.hook_out", f"blocks.{dh.layer}.ln1.hook_in",
-                                    f"blocks.{dh.layer}.ln1") if self.spec.pre_attn_norm else
-                     ProjectionHook(dh, f"blocks.{dh.layer}.attn.{dh.kind}.hook_out", None, None)
-                     for dh in self.dest_hooks if dh.per_head and dh.kind in ("q", "k", "v"))
+    def needs_attn_result(self) -> bool:
+        """Head-level graphs read per-head outputs, which the bridge only provides with attn_result."""
+        return any(h.per_head for h in self.source_hooks)
 
     def enable_hooks(self, model: Any, *, split_qkv: bool = True) -> AbstractContextManager[Any]:
         """`attribution_hooks` with the per-head flags this graph reads (yields the bridge); `split_qkv=False`

@@ -31,7 +31,6 @@ class AttributionConfig:
     progress: bool = False
     qkv_gradients: QKVGradients | str = QKVGradients.AUTO  # how q/k/v destination gradients are read
 
-
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", parse_choice(Method, self.method, "method", AttributionError))
         object.__setattr__(self, "ablation", parse_choice(Ablation, self.ablation, "ablation", AttributionError))

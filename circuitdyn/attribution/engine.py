@@ -107,9 +107,9 @@ class ScoreAccumulator:
     A destination's incoming edges are the prefix of sources `deltas[:n_upstream]`, so each contraction is
     one GEMM `[n_upstream, B*T*d] x [B*T*d, width]` (both operands contiguous along the long inner axis).
     Reading that slab dominates the cost, and an MLP's single column would pay it alone: so the q, k and v
-    destinations of a layer and the neighbouring MLP are buffered until all have arrived and contracted in
-    one GEMM (`fused_groups`). With per-example scores, one batched GEMM gives them and the total is their
-    sum (no second pass over the slab)."""
+    destinations of a layer, the neighbouring MLP and neighbouring layers (up to FUSED_WIDTH columns) are
+    written into one buffer as they arrive and contracted in one GEMM (`fused_groups`). With per-example
+    scores, one batched GEMM gives them and the total is their sum (no second pass over the slab)."""
 
     def __init__(self, graph: Graph, n_examples: int | None, device: torch.device,
                  reader: DestinationReader | None = None) -> None:
