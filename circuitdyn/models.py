@@ -274,13 +274,19 @@ def clone_model(model: LoadedModel) -> LoadedModel:
 
 
 @contextlib.contextmanager
-def split_qkv_off(bridge: Any) -> Iterator[None]:
-    """Temporarily drop the per-head q/k/v copies (for passes that read no q/k/v destination)."""
-    was = bool(getattr(bridge.cfg, "use_split_qkv_input", False))
+def per_head_flag_off(bridge: Any, flag: str) -> Iterator[None]:
+    """Temporarily drop one of the per-head attention flags (`use_split_qkv_input`, `use_attn_result`) for
+    passes that read none of its hooks: the per-head copies cost a share of every forward and backward."""
+    was = bool(getattr(bridge.cfg, flag, False))
     if was:
-        set_flag(bridge, "use_split_qkv_input", False)
+        set_flag(bridge, flag, False)
     try:
         yield
     finally:
         if was:
-            set_flag(bridge, "use_split_qkv_input", True)
+            set_flag(bridge, flag, True)
+
+
+def split_qkv_off(bridge: Any) -> contextlib.AbstractContextManager[None]:
+    """Temporarily drop the per-head q/k/v copies (for passes that read no q/k/v destination)."""
+    return per_head_flag_off(bridge, "use_split_qkv_input")

@@ -14,9 +14,11 @@ and says when a bridge cannot be read this way (then attribution keeps the per-h
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from circuitdyn.head_forks import weight_out_in, wrapped_module
@@ -30,10 +32,15 @@ def head_counts(cfg: Any) -> dict[str, int]:
     return {"q": int(cfg.n_heads), "k": kv, "v": kv}
 
 
+def projection_module(bridge: Any, layer: int, kind: str) -> Any:
+    """The linear module of projection `kind` (q, k or v) of `layer`."""
+    return wrapped_module(getattr(bridge.blocks[layer].attn, kind))
+
+
 def head_weights(bridge: Any, layer: int, kind: str, heads: int) -> Tensor:
     """Projection `kind` of `layer` as [heads, d_head, d_model] (row h * d_head + i is head h, dim i), read
     now: under `attribution_hooks` it carries merged LoRA adapters."""
-    weight = weight_out_in(wrapped_module(getattr(bridge.blocks[layer].attn, kind)))
+    weight = weight_out_in(projection_module(bridge, layer, kind))
     return weight.reshape(heads, weight.shape[0] // heads, weight.shape[1])
 
 
@@ -74,3 +81,63 @@ def norm_vjp(norm: Any, x: Tensor, grads: Tensor) -> Tensor:
     pull = torch.func.vjp(norm, x)[1]
     (out,) = torch.vmap(pull)(grads.to(x.dtype))
     return out
+
+
+@dataclass(frozen=True)
+class AffineNorm:
+    """A norm of the form y = gamma * x_hat + beta, x_hat = (x - centre) / sigma, sigma = sqrt(mean((x -
+    centre)^2) + eps), with centre the mean of x (LayerNorm) or 0 (RMSNorm). Its Jacobian has a closed
+    form: J^T u = (u' - x_hat mean(x_hat u')) / sigma, u' = gamma u centred (LayerNorm) or not (RMSNorm)."""
+
+    gamma: Tensor  # [d], float32
+    beta: Tensor | None  # [d], float32
+    centred: bool
+    eps: float
+
+    def normalise(self, x: Float[Tensor, "*batch d"]) -> tuple[Float[Tensor, "*batch d"], Float[Tensor, " *batch"]]:
+        """x_hat and 1 / sigma, in float32."""
+        x = x.float()
+        if self.centred:
+            x = x - x.mean(-1, keepdim=True)
+        inv_sigma = torch.rsqrt(x.pow(2).mean(-1) + self.eps)
+        return x * inv_sigma[..., None], inv_sigma
+
+    def __call__(self, x: Tensor) -> Tensor:
+        y = self.normalise(x)[0] * self.gamma
+        return y + self.beta if self.beta is not None else y
+
+
+#: the eps a norm module without an eps attribute is tried with (e.g. OLMo's LayerNorm, 1e-5)
+_DEFAULT_EPS = (1e-5, 1e-6, 1e-12)
+
+
+def affine_norm(norm: Any, d: int) -> AffineNorm | None:
+    """`norm` (ln1's module) as an AffineNorm, or None when it is not one. The form is read from the module's
+    weight, bias and eps and then checked by evaluating both on probe inputs of several scales, with and
+    without an offset: LayerNorm or RMSNorm, gamma = weight or 1 + weight (Gemma), whatever the class."""
+    weight, bias = getattr(norm, "weight", None), getattr(norm, "bias", None)
+    if isinstance(weight, Tensor) and tuple(weight.shape) != (d,) or isinstance(bias, Tensor) and tuple(bias.shape) != (d,):
+        return None
+    probe_dtype = weight.dtype if isinstance(weight, Tensor) else torch.float32
+    device = weight.device if isinstance(weight, Tensor) else torch.device("cpu")
+    gen = torch.Generator().manual_seed(0)
+    probe = torch.cat([torch.randn(3, d, generator=gen) * s + o for s, o in ((1.0, 0.0), (0.01, 0.0), (1.0, 3.0))])
+    probe = probe.to(device=device, dtype=probe_dtype)
+    with torch.no_grad():
+        try:
+            want = norm(probe).float()
+        except Exception:  # not a per-token norm of [.., d]
+            return None
+        tol = 1e-4 if probe_dtype in (torch.float32, torch.float64) else 3e-2
+        eps_given = next((float(getattr(norm, n)) for n in ("eps", "variance_epsilon", "epsilon") if hasattr(norm, n)), None)
+        w = weight.detach().float() if isinstance(weight, Tensor) else torch.ones(d, device=device)
+        b = bias.detach().float() if isinstance(bias, Tensor) else None
+        for centred in (True, False):
+            for gamma in (w, 1 + w):
+                for eps in (eps_given,) if eps_given is not None else _DEFAULT_EPS:
+                    candidate = AffineNorm(gamma, b, centred, eps)
+                    err = (candidate(probe) - want).abs().max() / want.abs().max().clamp_min(1e-30)
+                    if bool(err < tol):
+                        return candidate
+    return None
+

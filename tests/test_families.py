@@ -24,6 +24,7 @@ from circuitdyn.circuit import Circuit
 from circuitdyn.graph import Graph, GraphError
 from circuitdyn.models import HookFlagsUnavailable, clone_model, load_model
 from circuitdyn.patching import patched_metric
+from circuitdyn.qkv_projections import affine_norm, attention_norm
 from circuitdyn.tasks import Addition, tokenize_pairs
 from tests.conftest import ALL_FAMILIES, zoo_model
 from tests.families import ALL_GRAPHS, HEAD, MERGED, SUPPORT, TINY_FAMILIES, tiny_folder
@@ -113,12 +114,16 @@ def test_eap_equals_the_first_order_effect_of_each_edge(name, kind, root):
 @pytest.mark.parametrize(("name", "kind"), [(f, g) for f, g in SUPPORTED if g != MERGED])
 def test_projected_qkv_gradients_equal_the_per_head_copies(name, kind, root):
     """q/k/v gradients read at the projections (J_ln1^T W_h^T g_h) score as the bridge's per-head residual
-    copies do, in every family: EAP, and EAP-IG, whose steps move ln1's input."""
+    copies do, in every family: EAP, and EAP-IG, whose steps move ln1's input (4 steps, stacked along the
+    batch). Every family's ln1 has the closed form, so these are the factored gradients (head_gradients.py)."""
     m = family_model(name, root)
     graph, data = build_graph(m, kind), data_for(m)
+    if graph.spec.pre_attn_norm:
+        assert all(affine_norm(attention_norm(m.bridge, layer), graph.spec.d_model) is not None
+                   for layer in range(graph.spec.n_layers))
     for method in ("eap", "eap-ig-inputs"):
-        fast = attribute(m, graph, data, "logit_diff", method=method, steps=2)
-        split = attribute(m, graph, data, "logit_diff", method=method, steps=2, qkv_gradients="split")
+        fast = attribute(m, graph, data, "logit_diff", method=method, steps=4)
+        split = attribute(m, graph, data, "logit_diff", method=method, steps=4, qkv_gradients="split")
         assert (fast.provenance["qkv_gradients"], split.provenance["qkv_gradients"]) == ("projected", "split")
         torch.testing.assert_close(fast.scores, split.scores, rtol=1e-4, atol=1e-6 * float(split.scores.abs().max()))
 

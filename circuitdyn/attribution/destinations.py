@@ -22,11 +22,21 @@ from typing import Any
 from torch import Tensor
 
 from circuitdyn.attribution.errors import AttributionError
+from circuitdyn.attribution.head_gradients import FactoredGradient
 from circuitdyn.graph import DestHook, Graph, ProjectionHook
-from circuitdyn.qkv_projections import attention_norm, head_counts, head_weights, norm_vjp, projection_refusal
+from circuitdyn.qkv_projections import (
+    AffineNorm,
+    affine_norm,
+    attention_norm,
+    head_counts,
+    head_weights,
+    norm_vjp,
+    projection_module,
+    projection_refusal,
+)
 
 HookList = list[tuple[str, Callable[..., Any]]]
-OnGrad = Callable[[DestHook, Tensor], None]
+OnGrad = Callable[[DestHook, "Tensor | FactoredGradient"], None]
 
 
 class QKVGradients(str, Enum):
@@ -74,9 +84,10 @@ class DestinationReader:
 
 def _projected_hooks(bridge: Any, projections: list[ProjectionHook], on_grad: OnGrad) -> HookList:
     """Hooks at ln1's inputs (kept, detached: autograd keeps them anyway) and at the q/k/v outputs, whose
-    gradients are carried back per head through the projection and ln1 (linearised at its input once per
-    hook, for all of the hook's heads)."""
-    heads = head_counts(bridge.cfg)
+    gradients are carried back per head through the projection and ln1: factored (head_gradients.py) where
+    ln1 is a LayerNorm or RMSNorm, else through ln1's own module, linearised once per hook for all its heads."""
+    heads, d = head_counts(bridge.cfg), int(bridge.cfg.d_model)
+    norms = {p.dest.layer: affine_norm(attention_norm(bridge, p.dest.layer), d) for p in projections if p.norm is not None}
     inputs: dict[int, Tensor] = {}
     hooks: HookList = []
     for layer in sorted({p.dest.layer for p in projections if p.norm_input is not None}):
@@ -86,8 +97,13 @@ def _projected_hooks(bridge: Any, projections: list[ProjectionHook], on_grad: On
             inputs[layer] = act.detach()
             return act
         hooks.append((name, keep))
+    normalised = _Normalised(inputs, norms, {p.dest.layer: sum(q.dest.layer == p.dest.layer for q in projections)
+                                             for p in projections})
     for p in projections:
         dh, n = p.dest, heads[p.dest.kind]
+        if p.norm is None or norms[dh.layer] is not None:
+            hooks.append(_factored_hook(bridge, p, n, normalised, on_grad))
+            continue
 
         def receive(g: Tensor, p: ProjectionHook = p, dh: DestHook = dh, n: int = n) -> None:
             w = head_weights(bridge, dh.layer, dh.kind, n)  # [n, d_head, d]
@@ -96,12 +112,79 @@ def _projected_hooks(bridge: Any, projections: list[ProjectionHook], on_grad: On
                 back = (g.reshape(B * T, -1) @ w.reshape(-1, w.shape[-1]))[None]
             else:
                 back = g.reshape(B * T, n, -1).transpose(0, 1) @ w  # [n, B*T, d]
-            back = back.reshape(back.shape[0], B, T, -1)
-            if p.norm is not None:
-                back = norm_vjp(attention_norm(bridge, dh.layer), inputs[dh.layer], back)
+            back = norm_vjp(attention_norm(bridge, dh.layer), inputs[dh.layer], back.reshape(back.shape[0], B, T, -1))
             on_grad(dh, back)
         hooks.append(_read_at(p.output, receive))
     return hooks
+
+
+@dataclass
+class _Normalised:
+    """ln1's x_hat and 1 / sigma per layer, computed from the kept input at the layer's first q/k/v gradient
+    and dropped (with the input) once all of the layer's hooks have read them."""
+
+    inputs: dict[int, Tensor]
+    norms: dict[int, AffineNorm | None]
+    readers: dict[int, int]
+
+    def __post_init__(self) -> None:
+        self.cache: dict[int, tuple[Tensor, Tensor]] = {}
+        self.read: dict[int, int] = {}
+
+    def __call__(self, layer: int) -> tuple[Tensor, Tensor]:
+        if layer not in self.cache:
+            norm = self.norms[layer]
+            assert norm is not None
+            self.cache[layer] = norm.normalise(self.inputs.pop(layer))
+        out = self.cache[layer]
+        self.read[layer] = self.read.get(layer, 0) + 1
+        if self.read[layer] == self.readers[layer]:
+            del self.cache[layer]
+        return out
+
+
+def _factored_hook(bridge: Any, p: ProjectionHook, n: int, normalised: _Normalised, on_grad: OnGrad) -> tuple[str, Any]:
+    """The hook at a q/k/v projection's output that hands on its gradient as a FactoredGradient: it keeps the
+    output's value (W ln1(x) + b, whence W diag(gamma) x_hat) until the gradient arrives."""
+    dh = p.dest
+    norm = normalised.norms.get(dh.layer)
+
+    def fn(act: Tensor, hook: Any) -> Tensor:
+        if not act.requires_grad:
+            return act
+        value = act.detach() if norm is not None else None
+        out = act.view_as(act)
+        out.register_hook(lambda grad: on_grad(dh, _factored(bridge, dh, n, norm, grad.detach(), value, normalised)))
+        return out
+    return p.output, fn
+
+
+def _factored(bridge: Any, dh: DestHook, n: int, norm: AffineNorm | None, g: Tensor, value: Tensor | None,
+              normalised: _Normalised) -> FactoredGradient:
+    B, T = g.shape[0], g.shape[1]
+    w = head_weights(bridge, dh.layer, dh.kind, n).float()  # [n, d_head, d]
+    g32 = g.float().reshape(B * T, n, -1)
+    if norm is None:  # the projection reads the residual itself
+        weight = w.reshape(1, -1, w.shape[-1]) if dh.sum_heads else w
+        return FactoredGradient(weight, _head_major(g32, dh.sum_heads), [], (B, T))
+    assert value is not None
+    x_hat, r = normalised(dh.layer)
+    bias = getattr(projection_module(bridge, dh.layer, dh.kind), "bias", None)
+    constant = (w @ norm.beta if norm.beta is not None else 0) + (bias.float().reshape(n, -1) if bias is not None else 0)
+    folded = value.float().reshape(B * T, n, -1) - constant  # W_h diag(gamma) x_hat
+    c = (g32 * folded).sum(-1) * (r.reshape(B * T, 1) / norm.gamma.shape[0])  # [BT, n]
+    weight = w * norm.gamma
+    if norm.centred:
+        weight = weight - weight.mean(-1, keepdim=True)
+    if dh.sum_heads:
+        weight, c = weight.reshape(1, -1, weight.shape[-1]), c.sum(1, keepdim=True)
+    rg = _head_major(g32 * r.reshape(B * T, 1, 1), dh.sum_heads)
+    return FactoredGradient(weight, rg, [(c.T[None], x_hat.reshape(1, B * T, -1))], (B, T))
+
+
+def _head_major(g: Tensor, sum_heads: bool) -> Tensor:
+    """[BT, n, d_head] as [n, BT, d_head] (or [1, BT, n * d_head] for one destination over all heads)."""
+    return g.reshape(1, g.shape[0], -1) if sum_heads else g.transpose(0, 1).contiguous()
 
 
 def destination_reader(bridge: Any, graph: Graph, mode: QKVGradients, *, patches_destinations: bool) -> DestinationReader:

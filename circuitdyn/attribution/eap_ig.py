@@ -13,11 +13,13 @@ import torch
 from torch import Tensor
 
 from circuitdyn.attribution.eap import backward_to
-from circuitdyn.attribution.engine import GradientSum, HookList, forward, input_leaf_hook
+from circuitdyn.attribution.engine import Gradient, GradientSum, HookList, forward, input_leaf_hook
+from circuitdyn.attribution.head_gradients import FactoredGradient, as_tensor
 from circuitdyn.attribution.intervention import Deltas, post_norm, prepare_deltas
 from circuitdyn.attribution.method import BatchJob, BatchResult, Method
 from circuitdyn.attribution.objectives import checked
 from circuitdyn.graph import Graph
+from circuitdyn.models import per_head_flag_off
 from circuitdyn.qkv_projections import norm_vjp
 
 #: EAP-IG over inputs stacks interpolation points along the batch while a pass holds at most this many
@@ -41,16 +43,22 @@ class EAPIGInputs:
         return 1 + graph.n_dst / graph.n_src  # deltas + summed destination gradients
 
     def run(self, job: BatchJob) -> BatchResult:
-        bridge, graph, batch, steps = job.bridge, job.graph, job.batch, job.steps
-        deltas, values = prepare_deltas(bridge, graph, batch, job.counterfactual, job.means, job.metric)
+        bridge, batch, n = job.bridge, job.batch, len(job.batch)
+        deltas, values = prepare_deltas(bridge, job.graph, batch, job.counterfactual, job.means, job.metric)
         assert values is not None
-        delta_input = deltas.residual[0]
-        n = len(batch)
         grads = GradientSum()
-        alphas = midpoints(steps)
         # Interpolation points are independent: stack several along the batch axis so each forward/backward
         # serves k points (the destination gradients of the k copies are summed before the one contraction).
-        k = max(1, min(steps, STACKED_TOKENS // (n * batch.clean.shape[1]), job.max_rows // n))
+        k = max(1, min(job.steps, STACKED_TOKENS // (n * batch.clean.shape[1]), job.max_rows // n))
+        # the steps read no source: per-head outputs would only enlarge every forward and backward
+        with per_head_flag_off(bridge, "use_attn_result"):
+            self._steps(job, deltas, grads, k)
+        grads.flush(job.accumulator, deltas.residual, job.weights)
+        return BatchResult(values)
+
+    def _steps(self, job: BatchJob, deltas: Deltas, grads: GradientSum, k: int) -> None:
+        bridge, graph, batch, steps = job.bridge, job.graph, job.batch, job.steps
+        delta_input, n, alphas = deltas.residual[0], len(batch), midpoints(steps)
         for start in range(0, steps, k):
             chunk = alphas[start:start + k]
             rep = batch.repeat(len(chunk))
@@ -62,14 +70,15 @@ class EAPIGInputs:
                 return x + (a * shift).to(x.dtype)
             leaf = input_leaf_hook(graph, store, value=shifted)
 
-            def add(dh: Any, g: Tensor, copies: int = len(chunk)) -> None:
-                summed = g if copies == 1 else g.reshape(g.shape[0], copies, n, *g.shape[2:]).sum(1)
+            def add(dh: Any, g: Gradient, copies: int = len(chunk)) -> None:
+                if isinstance(g, FactoredGradient):
+                    summed: Gradient = g.fold_copies(copies)
+                else:
+                    summed = g if copies == 1 else g.reshape(g.shape[0], copies, n, *g.shape[2:]).sum(1)
                 grads.add(dh, summed, 1.0 / steps)
             with torch.enable_grad():
                 out = checked(job.metric(forward(bridge, rep.clean, rep.mask, leaf + job.accumulator.hooks(add)), rep), rep)
                 backward_to(out, store["leaf"])
-        grads.flush(job.accumulator, deltas.residual, job.weights)
-        return BatchResult(values)
 
 
 def _interpolating_hooks(graph: Graph, deltas: Deltas, alpha: float, store: dict[str, Tensor]) -> HookList:
@@ -127,8 +136,8 @@ class EAPIGActivations:
             step: dict[Any, Tensor] = {}
             outs: dict[int, Tensor] = {}
 
-            def keep(dh: Any, g: Tensor, step: dict[Any, Tensor] = step) -> None:
-                step[dh] = step[dh] + g if dh in step else g
+            def keep(dh: Any, g: Gradient, step: dict[Any, Tensor] = step) -> None:
+                step[dh] = step[dh] + as_tensor(g) if dh in step else as_tensor(g)
 
             def record(out: Tensor, hook: Any, layer: int, outs: dict[int, Tensor] = outs) -> Tensor:
                 outs[layer] = out.detach()

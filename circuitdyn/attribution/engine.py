@@ -11,17 +11,20 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
 from circuitdyn.attribution.destinations import DestinationReader, HookList
+from circuitdyn.attribution.head_gradients import FactoredGradient
 from circuitdyn.graph import Graph
 from circuitdyn.saved_tensors import saved_tensor_storages
 from circuitdyn.tasks.base import PairBatch
 
 __all__ = ["HookList", "ScoreAccumulator"]
+
+Gradient = Tensor | FactoredGradient  # a destination hook's gradient, head-major or factored
 
 
 class MemoryBudgetError(MemoryError):
@@ -125,11 +128,11 @@ class ScoreAccumulator:
         self._pending: dict[int, tuple[Tensor, set[Any]]] = {}  # group start -> (weighted gradients, arrived)
         self._spare: Tensor | None = None  # a completed group's buffer (flat), for the next group
 
-    def contract(self, dh: Any, grad: Tensor, deltas: Tensor, weights: Tensor, rows: slice | None = None) -> None:
+    def contract(self, dh: Any, grad: Gradient, deltas: Tensor, weights: Tensor, rows: slice | None = None) -> None:
         """Add delta . grad for every incoming edge of the destinations of hook `dh` (or only for the
         sources in `rows`, a sub-range of its upstream prefix); `grad` is head-major, [w, B, T, d]."""
         buf = torch.empty(grad.shape, dtype=torch.float32, device=weights.device)
-        self._contract_block([dh], torch.mul(grad, weights[None, :, :, None], out=buf), deltas, rows)
+        self._contract_block([dh], weighted(grad, weights, buf), deltas, rows)
 
     def _contract_block(self, hooks: list[Any], g: Tensor, deltas: Tensor, rows: slice | None = None) -> None:
         """One GEMM of the weighted gradients `g` ([W, B, T, d], float32) of hooks with consecutive columns
@@ -154,7 +157,7 @@ class ScoreAccumulator:
             for _ in hooks:
                 self.on_contract()
 
-    def receive(self, dh: Any, grad: Tensor, deltas: Tensor, weights: Tensor) -> None:
+    def receive(self, dh: Any, grad: Gradient, deltas: Tensor, weights: Tensor) -> None:
         """A destination gradient arrives (head-major): weighted, it is written into its fused group's
         buffer (`fused_groups`), which is contracted once every hook of the group has arrived."""
         group = self.groups[dh]
@@ -162,7 +165,7 @@ class ScoreAccumulator:
         if key not in self._pending:
             self._pending[key] = (self._buffer((group[-1].stop - key, *grad.shape[1:]), weights.device), set())
         buf, arrived = self._pending[key]
-        torch.mul(grad, weights[None, :, :, None], out=buf[dh.start - key:dh.stop - key])
+        weighted(grad, weights, buf[dh.start - key:dh.stop - key])
         arrived.add(dh)
         if len(arrived) == len(group):
             del self._pending[key]
@@ -189,9 +192,9 @@ class ScoreAccumulator:
                     buf[dh.start - key:dh.stop - key] = 0
             self._contract_block(list(group), buf, deltas)
 
-    def hooks(self, on_grad: Callable[[Any, Tensor], None]) -> HookList:
+    def hooks(self, on_grad: Callable[[Any, Gradient], None]) -> HookList:
         """Forward hooks that call `on_grad(dest_hook, gradient)` when each destination's gradient arrives
-        (head-major, [w, B, T, d]; see destinations.py)."""
+        (head-major, [w, B, T, d], or factored; see destinations.py)."""
         return self.reader.hooks(on_grad)
 
     def contracting_hooks(self, deltas: Tensor, weights: Tensor) -> HookList:
@@ -227,17 +230,28 @@ def fused_groups(graph: Graph) -> dict[Any, tuple[Any, ...]]:
     return {dh: tuple(group) for group in merged for dh in group}
 
 
+def weighted(grad: Gradient, weights: Tensor, out: Tensor) -> Tensor:
+    """Write the gradient, each token's multiplied by its weight, into `out` (float32, [w, B, T, d])."""
+    if isinstance(grad, FactoredGradient):
+        return grad.materialise(weights, out=out)
+    return torch.mul(grad, weights[None, :, :, None], out=out)
+
+
 class GradientSum:
     """Sums destination gradients over several backward passes (EAP-IG steps), so that the contraction
-    with the deltas, which is linear in the gradient, runs once instead of once per step."""
+    with the deltas, which is linear in the gradient, runs once instead of once per step. Factored q/k/v
+    gradients are summed factored (head_gradients.py): nothing [heads, B, T, d]-sized per step."""
 
     def __init__(self) -> None:
-        self.grads: dict[Any, Tensor] = {}
+        self.grads: dict[Any, Gradient] = {}
 
-    def add(self, dh: Any, grad: Tensor, scale: float) -> None:
+    def add(self, dh: Any, grad: Gradient, scale: float) -> None:
         """Add scale * grad in place: one float32 buffer per destination hook for all the steps."""
-        if dh in self.grads:
-            self.grads[dh].add_(grad, alpha=scale)
+        held = self.grads.get(dh)
+        if isinstance(grad, FactoredGradient):
+            self.grads[dh] = grad.scaled(scale) if held is None else cast(FactoredGradient, held).add_(grad, scale)
+        elif isinstance(held, Tensor):
+            held.add_(grad, alpha=scale)
         else:
             self.grads[dh] = torch.mul(grad, scale, out=torch.empty(grad.shape, dtype=torch.float32,
                                                                       device=grad.device))
