@@ -22,6 +22,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+
 @dataclass
 class FactoredGradient:
     """sum_k (W^T G_k - C_k x_hat_k) for one q/k/v destination hook, over n heads (n = 1 for a layer-level
