@@ -121,11 +121,13 @@ def attribute(
                                 patches_destinations=Method(config.method) in (Method.EXACT, Method.FIRST_ORDER))
     with graph.enable_hooks(bridge, split_qkv=not reader.projected), frozen_parameters(bridge):
         seq = batch_all.clean.shape[1]
-        activations = saved_activation_bytes(bridge, graph, batch_all.clean[:1], batch_all.mask[:1])
+        activations = saved_activation_bytes(bridge, graph, batch_all.clean[:1], batch_all.mask[:1]) \
+            + reader.kept_bytes_per_token() * seq
+        copies = method.buffer_copies(graph, reader, config.steps)
         chunk = min(n, config.batch_size, examples_per_chunk(graph, seq, config.memory_budget,
-                                                          method.buffer_copies(graph), activations))
+                                                          copies, activations))
         batches = [batch_all[i:i + chunk] for i in range(0, len(batch_all), chunk)]
-        max_rows = stackable_rows(graph, chunk, seq, method.buffer_copies(graph), activations, config.memory_budget)
+        max_rows = stackable_rows(graph, chunk, seq, copies, activations, config.memory_budget)
         means = source_means(bridge, graph, batches) if intervention.needs_means else None
         acc = ScoreAccumulator(graph, n if config.per_example else None, device, reader)
         values_all, effects_all = [], []
@@ -166,7 +168,7 @@ def attribute(
         "seconds": round(time.perf_counter() - t0, 3),
         "batch_chunk": chunk,
         "qkv_gradients": ("projected" if reader.projected else "split") if graph.projection_hooks else None,
-        "peak_bytes_estimate": peak_estimate(graph, chunk, seq, method.buffer_copies(graph), activations),
+        "peak_bytes_estimate": peak_estimate(graph, chunk, seq, copies, activations),
         "torch": torch.__version__,
     }
     return Attribution(scores, graph, torch.cat(values_all), config, per_example, provenance)

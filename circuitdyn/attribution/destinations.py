@@ -15,7 +15,7 @@ where the bridge allows it (qkv_projections.projection_refusal) and `split` else
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -24,6 +24,7 @@ from torch import Tensor
 from circuitdyn.attribution.errors import AttributionError
 from circuitdyn.attribution.head_gradients import FactoredGradient
 from circuitdyn.graph import DestHook, Graph, ProjectionHook
+from circuitdyn.head_forks import weight_out_in
 from circuitdyn.qkv_projections import (
     AffineNorm,
     affine_norm,
@@ -75,19 +76,49 @@ class DestinationReader:
     graph: Graph
     bridge: Any  # read by the projected hooks (weights are read when a gradient arrives)
     projected: bool
+    norms: dict[int, AffineNorm | None] = field(init=False)  # ln1's closed form per layer (projected only)
+
+    def __post_init__(self) -> None:
+        layers = sorted({p.dest.layer for p in self.graph.projection_hooks if p.norm is not None}) if self.projected else []
+        d = self.graph.spec.d_model
+        object.__setattr__(self, "norms", {layer: affine_norm(attention_norm(self.bridge, layer), d) for layer in layers})
 
     def hooks(self, on_grad: OnGrad) -> HookList:
         via_projection = {p.dest: p for p in self.graph.projection_hooks} if self.projected else {}
         hooks = [_read_at(dh.name, _as_head_major(dh, on_grad)) for dh in self.graph.dest_hooks if dh not in via_projection]
-        return hooks + (_projected_hooks(self.bridge, list(via_projection.values()), on_grad) if via_projection else [])
+        if via_projection:
+            hooks += _projected_hooks(self.bridge, list(via_projection.values()), self.norms, on_grad)
+        return hooks
+
+    def _factored(self, p: ProjectionHook) -> bool:
+        return self.projected and (p.norm is None or self.norms.get(p.dest.layer) is not None)
+
+    def kept_bytes_per_token(self) -> int:
+        """What the factored hooks keep from the forward for the backward beyond autograd's own saved tensors:
+        the q/k/v projections' outputs (an upper bound: where autograd saves them too, they are shared)."""
+        return sum(_width(self.bridge, p) * next(iter(self.bridge.parameters())).element_size()
+                   for p in self.graph.projection_hooks if self._factored(p) and p.norm is not None)
+
+    def summed_floats_per_token(self, steps: int) -> int:
+        """Float32 numbers per token that a sum of destination gradients over `steps` passes holds (EAP-IG):
+        a factored hook holds its projection-wide gradient and, per pass, its layer's x_hat; others [w, d]."""
+        d, factored = self.graph.spec.d_model, {p.dest: p for p in self.graph.projection_hooks if self._factored(p)}
+        total = sum(_width(self.bridge, factored[dh]) if dh in factored else (dh.stop - dh.start) * d
+                    for dh in self.graph.dest_hooks)
+        return total + steps * d * len({p.dest.layer for p in factored.values() if p.norm is not None})
 
 
-def _projected_hooks(bridge: Any, projections: list[ProjectionHook], on_grad: OnGrad) -> HookList:
+def _width(bridge: Any, p: ProjectionHook) -> int:
+    """The output width of a q/k/v projection (heads * d_head)."""
+    return int(weight_out_in(projection_module(bridge, p.dest.layer, p.dest.kind)).shape[0])
+
+
+def _projected_hooks(bridge: Any, projections: list[ProjectionHook], norms: dict[int, AffineNorm | None],
+                     on_grad: OnGrad) -> HookList:
     """Hooks at ln1's inputs (kept, detached: autograd keeps them anyway) and at the q/k/v outputs, whose
     gradients are carried back per head through the projection and ln1: factored (head_gradients.py) where
     ln1 is a LayerNorm or RMSNorm, else through ln1's own module, linearised once per hook for all its heads."""
-    heads, d = head_counts(bridge.cfg), int(bridge.cfg.d_model)
-    norms = {p.dest.layer: affine_norm(attention_norm(bridge, p.dest.layer), d) for p in projections if p.norm is not None}
+    heads = head_counts(bridge.cfg)
     inputs: dict[int, Tensor] = {}
     hooks: HookList = []
     for layer in sorted({p.dest.layer for p in projections if p.norm_input is not None}):

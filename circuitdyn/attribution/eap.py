@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from circuitdyn.attribution.destinations import DestinationReader
 from circuitdyn.attribution.engine import forward, input_leaf_hook
 from circuitdyn.attribution.intervention import delta_hooks, fill_counterfactual, new_deltas
 from circuitdyn.attribution.method import BatchJob, BatchResult, Method
@@ -21,7 +22,7 @@ def backward_to(values: Tensor, leaf: Tensor) -> None:
 class EAP:
     method = Method.EAP
 
-    def buffer_copies(self, graph: Graph) -> float:
+    def buffer_copies(self, graph: Graph, reader: DestinationReader, steps: int) -> float:
         return 1.0
 
     def run(self, job: BatchJob) -> BatchResult:

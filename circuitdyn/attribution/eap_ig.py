@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuitdyn.attribution.destinations import DestinationReader
 from circuitdyn.attribution.eap import backward_to
 from circuitdyn.attribution.engine import Gradient, GradientSum, HookList, forward, input_leaf_hook
 from circuitdyn.attribution.head_gradients import FactoredGradient, as_tensor
@@ -39,8 +40,9 @@ class EAPIGInputs:
 
     method = Method.EAP_IG_INPUTS
 
-    def buffer_copies(self, graph: Graph) -> float:
-        return 1 + graph.n_dst / graph.n_src  # deltas + summed destination gradients
+    def buffer_copies(self, graph: Graph, reader: DestinationReader, steps: int) -> float:
+        # deltas + the destination gradients summed over the steps
+        return 1 + reader.summed_floats_per_token(steps) / (graph.n_src * graph.spec.d_model)
 
     def run(self, job: BatchJob) -> BatchResult:
         bridge, batch, n = job.bridge, job.batch, len(job.batch)
@@ -118,8 +120,8 @@ class EAPIGActivations:
 
     method = Method.EAP_IG_ACTIVATIONS
 
-    def buffer_copies(self, graph: Graph) -> float:
-        return 1 + graph.n_dst / graph.n_src + 2  # ... plus the raw and run activations
+    def buffer_copies(self, graph: Graph, reader: DestinationReader, steps: int) -> float:
+        return 1 + graph.n_dst / graph.n_src + 2  # deltas, summed gradients (materialised), raw and run activations
 
     def run(self, job: BatchJob) -> BatchResult:
         bridge, graph, batch, steps = job.bridge, job.graph, job.batch, job.steps

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuitdyn.attribution.destinations import DestinationReader
 from circuitdyn.attribution.engine import HookList, forward
 from circuitdyn.attribution.intervention import Counterfactual, prepare_deltas
 from circuitdyn.attribution.method import BatchJob, BatchResult, Method
@@ -84,7 +85,7 @@ class ExactPatching:
     method = Method.EXACT
     derivative = False
 
-    def buffer_copies(self, graph: Graph) -> float:
+    def buffer_copies(self, graph: Graph, reader: DestinationReader, steps: int) -> float:
         return 1.0
 
     def run(self, job: BatchJob) -> BatchResult:

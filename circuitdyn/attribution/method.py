@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 from jaxtyping import Float
 from torch import Tensor
 
+from circuitdyn.attribution.destinations import DestinationReader
 from circuitdyn.attribution.engine import ScoreAccumulator
 from circuitdyn.attribution.intervention import Counterfactual
 from circuitdyn.attribution.objectives import MetricFn
@@ -55,8 +56,9 @@ class BatchResult:
 class AttributionMethod(Protocol):
     method: Method
 
-    def buffer_copies(self, graph: Graph) -> float:
-        """Float32 buffers per example, in units of the [n_src, T, d] delta buffer (for memory budgets)."""
+    def buffer_copies(self, graph: Graph, reader: DestinationReader, steps: int) -> float:
+        """Float32 buffers per example, in units of the [n_src, T, d] delta buffer (for memory budgets), when
+        destination gradients are read by `reader` and EAP-IG takes `steps` steps."""
         ...
 
     def run(self, job: BatchJob) -> BatchResult: ...
