@@ -127,7 +127,11 @@ def ratios(times: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def memory_child(shape: str, granularity: str) -> None:
+#: the attributions whose memory is measured: EAP at head and layer level, EAP-IG(5) over inputs at head level
+MEMORY_KINDS = {"head": ("head", "eap"), "layer": ("layer", "eap"), "head-ig5": ("head", "eap-ig-inputs")}
+
+
+def memory_child(shape: str, kind: str) -> None:
     """In a fresh process: the peak resident memory of one attribution above the level before it, and the
     engine's estimate of it (provenance["peak_bytes_estimate"])."""
     try:
@@ -135,18 +139,19 @@ def memory_child(shape: str, granularity: str) -> None:
     except ImportError:
         from benchmarks.bench_attribution import peak_rss_increment
     model, data = shapes([shape])[shape]
+    granularity, method = MEMORY_KINDS[kind]
     graph = Graph.from_model(model, granularity)
     holder: dict[str, Any] = {}
-    mib = peak_rss_increment(lambda: holder.setdefault("a", attribute(model, graph, data, "logit_diff",
-                                                                      batch_size=len(data))))
+    mib = peak_rss_increment(lambda: holder.setdefault("a", attribute(model, graph, data, "logit_diff", method=method,
+                                                                      steps=5, batch_size=len(data))))
     print(json.dumps({"peak_mib": mib, "estimate_mib": holder["a"].provenance["peak_bytes_estimate"] / 2**20}))
 
 
-def memory(shape: str, granularity: str) -> dict[str, float]:
+def memory(shape: str, kind: str) -> dict[str, float]:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, __file__, "--memory-child", f"{shape}:{granularity}"],
+    out = subprocess.run([sys.executable, __file__, "--memory-child", f"{shape}:{kind}"],
                          capture_output=True, text=True, check=True)
     row = json.loads(out.stdout.strip().splitlines()[-1])
     row["peak_over_estimate"] = row["peak_mib"] / row["estimate_mib"]
@@ -179,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                    "bare_seconds_median": statistics.median(times["bare"])}
             print(name, n, json.dumps(row[f"threads_{n}"]["ratios"]), flush=True)
         torch.set_num_threads(default_threads)
-        row["memory"] = {g: memory(name, g) for g in ("head", "layer")}
+        row["memory"] = {kind: memory(name, kind) for kind in MEMORY_KINDS}
         print(name, "memory", json.dumps(row["memory"]), flush=True)
         results[name] = row
     if args.json:

@@ -15,6 +15,7 @@ post-attention norm where the model has one (Gemma3): `N(out + r_cf - r) - N(out
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -125,6 +126,27 @@ def write_source(buf: Tensor, start: int, stop: int, per_head: bool, act: Tensor
         buf[start:stop] = value
 
 
+class _SourcesRecorded(Exception):
+    """Raised by the last source hook of a recording forward: what follows (the final norm, the unembedding,
+    a fifth of a forward on a 49k-token vocabulary) would be computed for nothing."""
+
+
+#: the hook point every source has fired before (the unembedding's input, after the last block)
+UNEMBED_INPUT = "unembed.hook_in"
+
+
+def record_sources(bridge: Any, ids: Tensor, mask: Tensor, hooks: HookList) -> None:
+    """A no-grad forward that only records sources (`hooks`), stopped at the unembedding's input."""
+    if UNEMBED_INPUT not in bridge.hook_dict:
+        forward(bridge, ids, mask, hooks)
+        return
+
+    def stop(act: Tensor, hook: Any) -> Tensor:
+        raise _SourcesRecorded
+    with contextlib.suppress(_SourcesRecorded):
+        forward(bridge, ids, mask, hooks + [(UNEMBED_INPUT, stop)])
+
+
 def counterfactual_hooks(graph: Graph, buf: Tensor) -> HookList:
     """Hooks for the counterfactual forward: store each source's raw activation into buf."""
     hooks: HookList = []
@@ -176,7 +198,7 @@ def source_means(bridge: Any, graph: Graph, batches: list[PairBatch]) -> Float[T
         buf = torch.zeros(graph.n_src, *batch.clean.shape, graph.spec.d_model, device=device)
         mask = batch.mask.to(device)
         with split_qkv_off(bridge):
-            forward(bridge, batch.clean.to(device), mask, counterfactual_hooks(graph, buf))
+            record_sources(bridge, batch.clean.to(device), mask, counterfactual_hooks(graph, buf))
         total += (buf * mask[None, :, :, None]).sum((1, 2)).double()
         count += int(mask.sum())
     return (total / count).float()
@@ -193,7 +215,7 @@ def fill_counterfactual(
         buf.copy_(means[:, None, None, :].expand_as(buf))
     else:
         with torch.no_grad(), split_qkv_off(bridge):
-            forward(bridge, batch.corrupt, batch.mask, counterfactual_hooks(graph, buf))
+            record_sources(bridge, batch.corrupt, batch.mask, counterfactual_hooks(graph, buf))
 
 
 def new_deltas(graph: Graph, batch: PairBatch, device: torch.device, *, raw: bool = False, run: bool = False) -> Deltas:
