@@ -255,3 +255,27 @@ def test_scores_do_not_depend_on_how_destinations_are_fused(monkeypatch):
         assert len(set(engine.fused_groups(wide.graph).values())) < 2 * wide.graph.spec.n_layers
         torch.testing.assert_close(narrow.scores, wide.scores, rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(narrow.per_example, wide.per_example, rtol=1e-5, atol=1e-7)
+
+
+def test_recording_forwards_stop_before_the_unembedding_and_record_every_source():
+    """The counterfactual forward records every source as a full forward does, and never unembeds."""
+    from circuitdyn.attribution.intervention import Counterfactual, counterfactual_hooks, fill_counterfactual
+    from circuitdyn.models import split_qkv_off
+
+    for family in ("gpt2", "neox", "gemma3"):
+        m = zoo_model(family)
+        graph, data = Graph.from_model(m, "head"), data_for(m, n=3)
+        shape = (graph.n_src, *data.clean.shape, graph.spec.d_model)
+        stopped, full = torch.full(shape, float("nan")), torch.full(shape, float("nan"))
+        calls = []
+        handle = m.bridge.unembed.register_forward_hook(lambda *a: calls.append(1))
+        try:
+            with graph.enable_hooks(m), torch.no_grad():
+                fill_counterfactual(m.bridge, graph, data, Counterfactual.CORRUPT, stopped, None)
+                assert not calls
+                with split_qkv_off(m.bridge), m.bridge.hooks(fwd_hooks=counterfactual_hooks(graph, full)):
+                    m.bridge(data.corrupt, attention_mask=data.mask.long())
+                assert calls
+        finally:
+            handle.remove()
+        assert torch.equal(stopped, full)
