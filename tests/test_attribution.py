@@ -268,7 +268,7 @@ def test_recording_forwards_stop_before_the_unembedding_and_record_every_source(
         shape = (graph.n_src, *data.clean.shape, graph.spec.d_model)
         stopped, full = torch.full(shape, float("nan")), torch.full(shape, float("nan"))
         calls = []
-        handle = m.bridge.unembed.register_forward_hook(lambda *a: calls.append(1))
+        handle = m.bridge.unembed.register_forward_hook(lambda *a, calls=calls: calls.append(1))
         try:
             with graph.enable_hooks(m), torch.no_grad():
                 fill_counterfactual(m.bridge, graph, data, Counterfactual.CORRUPT, stopped, None)
