@@ -243,4 +243,5 @@ def test_ragged_scored_lengths_in_one_batch():
         one = attribute(m, "layer", scored_batch([g], 1.0, m.tokenizer.pad_token_id), "answer_nll", ablation="zero",
                         aggregation="sum")
         assert torch.allclose(a.per_example[row], one.scores, atol=1e-6)
-        assert abs(float(a.metric_values[row]) - float(one.metric_values[0])) < 1e-6
+        # batched and single float32 forwards may differ by a few ulps (2 ulps of 13.8 seen on one CPU)
+        assert abs(float(a.metric_values[row]) - float(one.metric_values[0])) < 1e-6 * max(1.0, abs(float(one.metric_values[0])))
