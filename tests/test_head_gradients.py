@@ -77,7 +77,7 @@ def test_factored_gradients_add_fold_and_weigh_as_their_materialised_sum():
     weight = torch.randn(n, d_head, D, generator=gen)
     a, b = one(B), one(B)
     want = a.materialise() + 0.5 * b.materialise()
-    total = a.scaled(1.0).add_(b, 0.5)
+    total = FactoredGradient(weight, a.g.clone(), list(a.corrections), a.batch).add_(b, 0.5)
     torch.testing.assert_close(total.materialise(), want)
     weights = torch.rand(B, T, generator=gen)
     torch.testing.assert_close(total.materialise(weights), want * weights[None, :, :, None])
@@ -97,3 +97,25 @@ def test_a_norm_without_closed_form_is_carried_back_through_its_own_module(famil
         generic = attribute(m, "head", data, "logit_diff", method=method, steps=3)
         monkeypatch.undo()
         torch.testing.assert_close(factored.scores, generic.scores, rtol=1e-4, atol=1e-6 * float(generic.scores.abs().max()))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("granularity", ["head", "layer"])
+def test_the_summed_gradients_fill_exactly_the_block_the_memory_estimate_counts(family, granularity, monkeypatch):
+    """EAP-IG keeps its summed gradients in one block of reader.summed_floats_per_token(steps) numbers per
+    token (what the memory estimate counts): every kept number lands in it, and nothing is left over."""
+    from circuitdyn.attribution import eap_ig
+    from circuitdyn.attribution.gradient_sum import GradientSum
+
+    sums = []
+
+    class Recorded(GradientSum):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            sums.append(self)
+    monkeypatch.setattr(eap_ig, "GradientSum", Recorded)
+    m = zoo_model(family)
+    data = tokenize_pairs(m.tokenizer, Addition().examples(4, seed=2), answer_tokens=1)
+    attribute(m, granularity, data, "logit_diff", method="eap-ig-inputs", steps=3)
+    (total,) = sums
+    assert total._arena is not None and total._used == total._arena.numel()

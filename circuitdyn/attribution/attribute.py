@@ -27,6 +27,7 @@ from circuitdyn.attribution.destinations import QKVGradients, destination_reader
 from circuitdyn.attribution.eap import EAP
 from circuitdyn.attribution.eap_ig import EAPIGActivations, EAPIGInputs
 from circuitdyn.attribution.engine import (
+    RETAINED_BETWEEN_PASSES,
     ScoreAccumulator,
     examples_per_chunk,
     frozen_parameters,
@@ -123,6 +124,8 @@ def attribute(
         seq = batch_all.clean.shape[1]
         activations = saved_activation_bytes(bridge, graph, batch_all.clean[:1], batch_all.mask[:1]) \
             + reader.kept_bytes_per_token() * seq
+        if Method(config.method) in (Method.EAP_IG_INPUTS, Method.EAP_IG_ACTIVATIONS) and config.steps > 1:
+            activations = int(activations * (1 + RETAINED_BETWEEN_PASSES))
         copies = method.buffer_copies(graph, reader, config.steps)
         chunk = min(n, config.batch_size, examples_per_chunk(graph, seq, config.memory_budget,
                                                           copies, activations))

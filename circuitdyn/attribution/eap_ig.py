@@ -14,7 +14,8 @@ from torch import Tensor
 
 from circuitdyn.attribution.destinations import DestinationReader
 from circuitdyn.attribution.eap import backward_to
-from circuitdyn.attribution.engine import Gradient, GradientSum, HookList, forward, input_leaf_hook
+from circuitdyn.attribution.engine import Gradient, HookList, forward, input_leaf_hook
+from circuitdyn.attribution.gradient_sum import GradientSum
 from circuitdyn.attribution.head_gradients import FactoredGradient, as_tensor
 from circuitdyn.attribution.intervention import Deltas, post_norm, prepare_deltas
 from circuitdyn.attribution.method import BatchJob, BatchResult, Method
@@ -48,7 +49,8 @@ class EAPIGInputs:
         bridge, batch, n = job.bridge, job.batch, len(job.batch)
         deltas, values = prepare_deltas(bridge, job.graph, batch, job.counterfactual, job.means, job.metric)
         assert values is not None
-        grads = GradientSum()
+        floats = job.accumulator.reader.summed_floats_per_token(job.steps) * batch.clean.numel()
+        grads = GradientSum(floats, batch.clean.device)
         # Interpolation points are independent: stack several along the batch axis so each forward/backward
         # serves k points (the destination gradients of the k copies are summed before the one contraction).
         k = max(1, min(job.steps, STACKED_TOKENS // (n * batch.clean.shape[1]), job.max_rows // n))
@@ -62,6 +64,7 @@ class EAPIGInputs:
         bridge, graph, batch, steps = job.bridge, job.graph, job.batch, job.steps
         delta_input, n, alphas = deltas.residual[0], len(batch), midpoints(steps)
         for start in range(0, steps, k):
+            grads.next_pass()
             chunk = alphas[start:start + k]
             rep = batch.repeat(len(chunk))
             a = torch.tensor(chunk, device=delta_input.device).repeat_interleave(n)[:, None, None]

@@ -38,9 +38,6 @@ class FactoredGradient:
         """The shape of the materialised gradient, head-major: [n, B, T, d]."""
         return (self.weight.shape[0], *self.batch, self.weight.shape[-1])
 
-    def scaled(self, scale: float) -> "FactoredGradient":
-        return FactoredGradient(self.weight, self.g * scale, [(c * scale, x) for c, x in self.corrections], self.batch)
-
     def add_(self, other: "FactoredGradient", scale: float = 1.0) -> "FactoredGradient":
         """Add `scale * other` (a later pass over the same batch) in place."""
         self.g.add_(other.g, alpha=scale)
