@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary["ratios"], indent=1))
     print("| shape | threads | EAP head / bare | EAP layer / bare | EAP-IG(5) head / fwd+bwd | EAP head, per-head "
-          "q/k/v copies / bare | peak / estimate (EAP head, EAP-IG(5) head) |")
+          "q/k/v copies / bare | peak / estimate, median of fresh processes (EAP head, layer, EAP-IG(5) head) |")
     print("|---|---|---|---|---|---|---|")
     for name, row in shapes.items():
         if not isinstance(row, dict) or "layers" not in row:
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
                 cells = [f"{r[k]['median']:.2f} (min {r[k]['min']:.2f})" for k in
                          ("eap_head_over_bare", "eap_layer_over_bare", "eap_ig5_head_over_fwd_bwd",
                           "eap_head_split_over_bare")]
-                mem = [row.get("memory", {}).get(kind, {}).get("peak_over_estimate") for kind in ("head", "head-ig5")]
+                mem = [row.get("memory", {}).get(kind, {}).get("peak_over_estimate") for kind in ("head", "layer", "head-ig5")]
                 print(f"| {name} | {key[8:]} | " + " | ".join(cells) + " | "
                       + ", ".join("-" if m is None else f"{m:.2f}" for m in mem) + " |")
     print(f"wrote {out}")
