@@ -91,12 +91,13 @@ class DestinationReader:
         return hooks
 
     def _factored(self, p: ProjectionHook) -> bool:
-        return self.projected and (p.norm is None or self.norms.get(p.dest.layer) is not None)
+        return self.projected and _reads_factored(p, self.norms)
 
     def kept_bytes_per_token(self) -> int:
         """What the factored hooks keep from the forward for the backward beyond autograd's own saved tensors:
         the q/k/v projections' outputs (an upper bound: where autograd saves them too, they are shared)."""
-        return sum(_width(self.bridge, p) * next(iter(self.bridge.parameters())).element_size()
+        element = next(iter(self.bridge.parameters())).element_size()
+        return sum(_width(self.bridge, p) * element
                    for p in self.graph.projection_hooks if self._factored(p) and p.norm is not None)
 
     def summed_floats_per_token(self, steps: int) -> int:
@@ -106,6 +107,12 @@ class DestinationReader:
         total = sum(_width(self.bridge, factored[dh]) if dh in factored else (dh.stop - dh.start) * d
                     for dh in self.graph.dest_hooks)
         return total + steps * d * len({p.dest.layer for p in factored.values() if p.norm is not None})
+
+
+def _reads_factored(p: ProjectionHook, norms: dict[int, AffineNorm | None]) -> bool:
+    """Whether projection hook `p`'s gradient is handed on factored: its projection reads the residual
+    itself, or through an ln1 whose closed form is known."""
+    return p.norm is None or norms.get(p.dest.layer) is not None
 
 
 def _width(bridge: Any, p: ProjectionHook) -> int:
@@ -132,7 +139,7 @@ def _projected_hooks(bridge: Any, projections: list[ProjectionHook], norms: dict
                                              for p in projections})
     for p in projections:
         dh, n = p.dest, heads[p.dest.kind]
-        if p.norm is None or norms[dh.layer] is not None:
+        if _reads_factored(p, norms):
             hooks.append(_factored_hook(bridge, p, n, normalised, on_grad))
             continue
 
