@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from circuitdyn.attribution import Ablation, Aggregation, Method
+from circuitdyn.attribution import Ablation, Aggregation, Method, Quadrature
 from circuitdyn.cli_inputs import (
     DTYPES,
     HelpFormatter,
@@ -62,7 +62,8 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     task = get_task(args.task)
     data = tokenize_pairs(model.tokenizer, task.examples(args.examples, seed=args.seed), answer_tokens=args.answer_tokens)
     result = attribute(model, args.granularity, data, args.metric or task.default_metric, method=args.method,
-                       ablation=args.ablation, steps=args.steps, aggregation=args.aggregation, per_example=True,
+                       ablation=args.ablation, steps=args.steps, quadrature=args.quadrature,
+                       aggregation=args.aggregation, per_example=True,
                        batch_size=args.batch_size, progress=True)
     if args.out:
         save_attribution(result, args.out, per_example=not args.no_per_example)
@@ -200,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--aggregation", choices=[g.value for g in Aggregation], default="per_token")
     a.add_argument("--metric", help="logit_diff, answer_nll, answer_logprob, kl_to_clean (default: the task's)")
     a.add_argument("--steps", type=count(1), default=5, help="EAP-IG interpolation steps")
+    a.add_argument("--quadrature", choices=[q.value for q in Quadrature], default="midpoint",
+                   help="where EAP-IG's steps fall on the path: midpoint, left (the run), right (the counterfactual, "
+                        "as hannamw/EAP-IG), trapezoid (both ends)")
     a.add_argument("--answer-tokens", type=count(1), default=1)
     a.add_argument("--batch-size", type=count(1), default=32, help="prompts per pass (memory_budget may lower it)")
     a.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")

@@ -14,11 +14,12 @@ from circuitdyn.attribution.errors import AttributionError
 from circuitdyn.attribution.intervention import Ablation, Counterfactual, Intervention
 from circuitdyn.attribution.method import AttributionMethod, Method
 from circuitdyn.attribution.objectives import METRICS, MetricError, answer_logprob, answer_nll, logit_diff
+from circuitdyn.attribution.quadrature import Quadrature
 from circuitdyn.attribution.result import Attribution
 
 __all__ = [
     "Ablation", "Aggregation", "Attribution", "AttributionConfig", "AttributionError", "AttributionMethod",
     "Counterfactual", "Intervention", "METHODS", "METRICS", "MemoryBudgetError", "MetricError", "Method",
-    "QKVGradients",
+    "QKVGradients", "Quadrature",
     "answer_logprob", "answer_nll", "attribute", "logit_diff",
 ]

@@ -41,6 +41,7 @@ from circuitdyn.attribution.exact import ExactPatching, FirstOrder
 from circuitdyn.attribution.intervention import Intervention, as_batch, source_means
 from circuitdyn.attribution.method import AttributionMethod, BatchJob, Method
 from circuitdyn.attribution.objectives import MetricError, MetricFn, kl_to_reference, resolve_objective
+from circuitdyn.attribution.quadrature import Quadrature
 from circuitdyn.attribution.result import Attribution
 from circuitdyn.graph import Granularity, Graph
 from circuitdyn.models import LoadedModel, as_bridge
@@ -142,7 +143,7 @@ def attribute(
             fn = _with_reference(bridge, batch) if needs_reference else metric_fn
             weights = token_weights(batch, config.aggregation is Aggregation.PER_TOKEN, device)
             result = method.run(BatchJob(bridge, graph, batch, fn, acc, intervention.counterfactual, means, weights,
-                                         config.steps, max_rows))
+                                         config.steps, max_rows, Quadrature(config.quadrature)))
             if result.effects is not None:
                 effects_all.append(result.effects)
             acc.offset += len(batch)

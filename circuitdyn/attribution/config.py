@@ -10,6 +10,7 @@ from circuitdyn.attribution.destinations import QKVGradients
 from circuitdyn.attribution.errors import AttributionError
 from circuitdyn.attribution.intervention import Ablation
 from circuitdyn.attribution.method import Method
+from circuitdyn.attribution.quadrature import Quadrature
 from circuitdyn.choices import parse_choice
 
 
@@ -23,6 +24,7 @@ class AttributionConfig:
     method: Method | str = Method.EAP  # strings are parsed into the Enum in __post_init__
     ablation: Ablation | str = Ablation.NOISING
     steps: int = 5  # EAP-IG interpolation steps
+    quadrature: Quadrature | str = Quadrature.MIDPOINT  # where along the path EAP-IG's steps fall (quadrature.py)
     aggregation: Aggregation | str = Aggregation.PER_TOKEN
     batch_size: int = 32
     per_example: bool = False
@@ -38,8 +40,14 @@ class AttributionConfig:
                                                              AttributionError))
         object.__setattr__(self, "qkv_gradients", parse_choice(QKVGradients, self.qkv_gradients, "qkv_gradients",
                                                                AttributionError))
+        object.__setattr__(self, "quadrature", parse_choice(Quadrature, self.quadrature, "quadrature",
+                                                            AttributionError))
         if not isinstance(self.steps, int) or self.steps < 1:
             raise AttributionError(f"steps must be an integer >= 1, got {self.steps!r}")
+        rule = Quadrature(self.quadrature)
+        if self.steps < rule.min_steps:
+            raise AttributionError(f"quadrature={rule.value!r} evaluates both ends of the path, so it needs steps >= "
+                                   f"{rule.min_steps}, got {self.steps}: raise steps or use 'midpoint'")
         if self.batch_size < 1:
             raise AttributionError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.memory_budget < 1:

@@ -1,8 +1,10 @@
 """EAP-IG: destination gradients averaged along a path from the run to the counterfactual.
 
-Over inputs: 2 forwards + m forward/backwards, the input embedding interpolated. Over activations: the
-same, every source output interpolated at once (straight-through, so gradients still flow through the
-module that produced it). Midpoint rule on [0, 1].
+Over inputs: the input embedding interpolated, one forward/backward per point of the quadrature rule
+(quadrature.py); the run's forward doubles as the point at the run (left, trapezoid), a corrupted prompt's
+forward as the point at the counterfactual (right, trapezoid), and any other end costs one no-grad forward.
+Over activations: every source output interpolated at once (straight-through, so gradients still flow
+through the module that produced it).
 """
 
 from __future__ import annotations
@@ -12,14 +14,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuitdyn.attribution.destinations import DestinationReader
+from circuitdyn.attribution.destinations import DestinationReader, HookList
 from circuitdyn.attribution.eap import backward_to
-from circuitdyn.attribution.engine import Gradient, HookList, forward, input_leaf_hook
+from circuitdyn.attribution.engine import Gradient, forward, input_leaf_hook
 from circuitdyn.attribution.gradient_sum import GradientSum
 from circuitdyn.attribution.head_gradients import FactoredGradient, as_tensor
-from circuitdyn.attribution.intervention import Deltas, post_norm, prepare_deltas
+from circuitdyn.attribution.intervention import (
+    Counterfactual,
+    Deltas,
+    counterfactual_hooks,
+    delta_hooks,
+    fill_counterfactual,
+    new_deltas,
+    post_norm,
+    prepare_deltas,
+    record_run,
+)
 from circuitdyn.attribution.method import BatchJob, BatchResult, Method
 from circuitdyn.attribution.objectives import checked
+from circuitdyn.attribution.quadrature import quadrature_points
 from circuitdyn.graph import Graph
 from circuitdyn.models import per_head_flag_off
 from circuitdyn.qkv_projections import norm_vjp
@@ -29,10 +42,7 @@ from circuitdyn.qkv_projections import norm_vjp
 #: buffers) on long ones, where each pass is already large
 STACKED_TOKENS = 2048
 
-
-def midpoints(steps: int) -> list[float]:
-    """Interpolation points of the midpoint rule on [0, 1] (exact for linear paths, O(1/m^2) otherwise)."""
-    return [(k + 0.5) / steps for k in range(steps)]
+Point = tuple[float, float]  # (alpha, weight) on the path from the run (0) to the counterfactual (1)
 
 
 class EAPIGInputs:
@@ -46,28 +56,42 @@ class EAPIGInputs:
         return 1 + reader.summed_floats_per_token(steps) / (graph.n_src * graph.spec.d_model)
 
     def run(self, job: BatchJob) -> BatchResult:
-        bridge, batch, n = job.bridge, job.batch, len(job.batch)
-        deltas, values = prepare_deltas(bridge, job.graph, batch, job.counterfactual, job.means, job.metric)
-        assert values is not None
-        floats = job.accumulator.reader.summed_floats_per_token(job.steps) * batch.clean.numel()
+        bridge, graph, batch, n = job.bridge, job.graph, job.batch, len(job.batch)
+        points = quadrature_points(job.quadrature, job.steps)
+        floats = job.accumulator.reader.summed_floats_per_token(len(points)) * batch.clean.numel()
         grads = GradientSum(floats, batch.clean.device)
+        deltas = new_deltas(graph, batch, batch.clean.device)
+        at_run = next((w for a, w in points if a == 0.0), None)
+        at_counterfactual = next((w for a, w in points if a == 1.0), None) \
+            if job.counterfactual is Counterfactual.CORRUPT else None
+        if at_counterfactual is None:
+            fill_counterfactual(bridge, graph, batch, job.counterfactual, deltas.residual, job.means)
+        else:  # the corrupted prompt's forward is the point alpha = 1: the same input embedding, the same mask
+            _gradient_pass(job, batch.corrupt, counterfactual_hooks(graph, deltas.residual), at_counterfactual, grads)
+        if at_run is None:
+            values = record_run(bridge, graph, batch, deltas, job.metric)
+        else:
+            values = _gradient_pass(job, batch.clean, delta_hooks(graph, bridge, deltas), at_run, grads)
+        assert values is not None
+        interior = [(a, w) for a, w in points if a != 0.0 and not (a == 1.0 and at_counterfactual is not None)]
         # Interpolation points are independent: stack several along the batch axis so each forward/backward
         # serves k points (the destination gradients of the k copies are summed before the one contraction).
-        k = max(1, min(job.steps, STACKED_TOKENS // (n * batch.clean.shape[1]), job.max_rows // n))
+        k = max(1, min(len(interior), STACKED_TOKENS // (n * batch.clean.shape[1]), job.max_rows // n))
         # the steps read no source: per-head outputs would only enlarge every forward and backward
         with per_head_flag_off(bridge, "use_attn_result"):
-            self._steps(job, deltas, grads, k)
+            self._steps(job, deltas, grads, interior, k)
         grads.flush(job.accumulator, deltas.residual, job.weights)
-        return BatchResult(values)
+        return BatchResult(values.detach())
 
-    def _steps(self, job: BatchJob, deltas: Deltas, grads: GradientSum, k: int) -> None:
-        bridge, graph, batch, steps = job.bridge, job.graph, job.batch, job.steps
-        delta_input, n, alphas = deltas.residual[0], len(batch), midpoints(steps)
-        for start in range(0, steps, k):
+    def _steps(self, job: BatchJob, deltas: Deltas, grads: GradientSum, points: list[Point], k: int) -> None:
+        bridge, graph, batch = job.bridge, job.graph, job.batch
+        delta_input, n = deltas.residual[0], len(batch)
+        for start in range(0, len(points), k):
             grads.next_pass()
-            chunk = alphas[start:start + k]
+            chunk = points[start:start + k]
             rep = batch.repeat(len(chunk))
-            a = torch.tensor(chunk, device=delta_input.device).repeat_interleave(n)[:, None, None]
+            a = torch.tensor([p[0] for p in chunk], device=delta_input.device).repeat_interleave(n)[:, None, None]
+            weight = torch.tensor([p[1] for p in chunk], device=delta_input.device).repeat_interleave(n)
             shift = delta_input.repeat(len(chunk), 1, 1)
             store: dict[str, Tensor] = {}
 
@@ -80,10 +104,22 @@ class EAPIGInputs:
                     summed: Gradient = g.fold_copies(copies)
                 else:
                     summed = g if copies == 1 else g.reshape(g.shape[0], copies, n, *g.shape[2:]).sum(1)
-                grads.add(dh, summed, 1.0 / steps)
+                grads.add(dh, summed, 1.0)
             with torch.enable_grad():
                 out = checked(job.metric(forward(bridge, rep.clean, rep.mask, leaf + job.accumulator.hooks(add)), rep), rep)
-                backward_to(out, store["leaf"])
+                backward_to(out * weight.to(out.dtype), store["leaf"])  # each copy's gradient weighed by its point's
+
+
+def _gradient_pass(job: BatchJob, ids: Tensor, sources: HookList, weight: float, grads: GradientSum) -> Tensor:
+    """A forward of `ids` that records sources (`sources`) and, through its backward, adds the destination
+    gradients weighed by `weight` to `grads`: a path end doubling as a quadrature point. Returns the metric."""
+    store: dict[str, Tensor] = {}
+    grads.next_pass()
+    hooks = sources + input_leaf_hook(job.graph, store) + job.accumulator.hooks(lambda dh, g: grads.add(dh, g, 1.0))
+    with torch.enable_grad():
+        values = checked(job.metric(forward(job.bridge, ids, job.batch.mask, hooks), job.batch), job.batch)
+        backward_to(values * weight, store["leaf"])
+    return values.detach()
 
 
 def _interpolating_hooks(graph: Graph, deltas: Deltas, alpha: float, store: dict[str, Tensor]) -> HookList:
@@ -136,7 +172,7 @@ class EAPIGActivations:
         for ph, _ in post:  # these rows are contracted step by step below, through the norm
             deltas.residual[ph.start:ph.stop] = 0
         grads = GradientSum()
-        for alpha in midpoints(steps):
+        for alpha, weight in quadrature_points(job.quadrature, steps):
             store: dict[str, Tensor] = {}
             step: dict[Any, Tensor] = {}
             outs: dict[int, Tensor] = {}
@@ -153,10 +189,10 @@ class EAPIGActivations:
                 out = checked(job.metric(forward(bridge, batch.clean, batch.mask, hooks), batch), batch)
                 backward_to(out, store["leaf"])
             for dh, g in step.items():
-                grads.add(dh, g, 1.0 / steps)
+                grads.add(dh, g, weight)
                 for ph, norm in post:
                     if dh.n_upstream > ph.start:
-                        pulled = _pull_back(norm, outs[ph.layer], g) / steps
+                        pulled = _pull_back(norm, outs[ph.layer], g) * weight
                         job.accumulator.contract(dh, pulled, raw, job.weights, rows=slice(ph.start, ph.stop))
         grads.flush(job.accumulator, deltas.residual, job.weights)
         return BatchResult(values)

@@ -236,7 +236,12 @@ def prepare_deltas(
     metric at the run when `metric` is given."""
     deltas = new_deltas(graph, batch, batch.clean.device, raw=raw, run=run)
     fill_counterfactual(bridge, graph, batch, cf, deltas.raw if deltas.raw is not None else deltas.residual, means)
+    return deltas, record_run(bridge, graph, batch, deltas, metric)
+
+
+def record_run(bridge: Any, graph: Graph, batch: PairBatch, deltas: Deltas, metric: MetricFn | None) -> Tensor | None:
+    """The run forward without gradients: subtracts the run's sources from the counterfactual ones in
+    `deltas` (see delta_hooks). Returns the metric at the run when `metric` is given."""
     with torch.no_grad(), split_qkv_off(bridge):
         logits = forward(bridge, batch.clean, batch.mask, delta_hooks(graph, bridge, deltas))
-    values = checked(metric(logits, batch), batch) if metric is not None else None
-    return deltas, values
+    return checked(metric(logits, batch), batch) if metric is not None else None

@@ -18,6 +18,7 @@ from circuitdyn.attribution.destinations import DestinationReader
 from circuitdyn.attribution.engine import ScoreAccumulator
 from circuitdyn.attribution.intervention import Counterfactual
 from circuitdyn.attribution.objectives import MetricFn
+from circuitdyn.attribution.quadrature import Quadrature
 from circuitdyn.graph import Graph
 from circuitdyn.tasks.base import PairBatch
 
@@ -44,6 +45,7 @@ class BatchJob:
     weights: Float[Tensor, "batch seq"]  # per-token weights of the scores (aggregation)
     steps: int  # EAP-IG interpolation steps
     max_rows: int = 1 << 30  # rows one forward/backward may hold within the memory budget (EAP-IG stacking)
+    quadrature: Quadrature = Quadrature.MIDPOINT  # EAP-IG's points along the path and their weights
 
 
 @dataclass(frozen=True)
