@@ -1,7 +1,8 @@
 """EAP against the physical limit at realistic shapes: time / (corrupt forward + clean forward + backward).
 
-For each shape the contenders (bare passes, EAP head-level, EAP layer-level, EAP-IG(5) over inputs, one
-bare fwd+bwd, and head-level EAP reading q/k/v at the bridge's per-head copies) run interleaved over several
+For each shape the contenders (bare passes, EAP head-level, EAP layer-level, EAP-IG(5) over inputs with the
+midpoint, right (hannamw/EAP-IG's points) and trapezoid rules, one bare fwd+bwd, and head-level EAP reading
+q/k/v at the bridge's per-head copies) run interleaved over several
 rounds in one process, at 1 thread and at the default thread count; min and median of each ratio are
 reported (this machine is noisy: compare ratios, never seconds).
 
@@ -98,6 +99,11 @@ def contenders(model: LoadedModel, data: Any) -> dict[str, Callable[[], Any]]:
         "eap_layer": lambda: attribute(model, layer, data, "logit_diff", batch_size=len(data), memory_budget=big),
         "eap_ig5_head": lambda: attribute(model, head, data, "logit_diff", method="eap-ig-inputs", steps=5,
                                           batch_size=len(data), memory_budget=big),
+        # the same 5 gradient evaluations, placed so that the path's ends reuse the recording forwards
+        "eap_ig5_head_right": lambda: attribute(model, head, data, "logit_diff", method="eap-ig-inputs", steps=5,
+                                                quadrature="right", batch_size=len(data), memory_budget=big),
+        "eap_ig5_head_trapezoid": lambda: attribute(model, head, data, "logit_diff", method="eap-ig-inputs", steps=5,
+                                                    quadrature="trapezoid", batch_size=len(data), memory_budget=big),
         # the per-head residual copies the projected q/k/v gradients replace (destinations.py)
         "eap_head_split": lambda: attribute(model, head, data, "logit_diff", batch_size=len(data), memory_budget=big,
                                             qkv_gradients="split"),
@@ -121,6 +127,7 @@ def measure(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[fl
 def ratios(times: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     out = {}
     for name, base in (("eap_head", "bare"), ("eap_layer", "bare"), ("eap_ig5_head", "fwd_bwd"),
+                       ("eap_ig5_head_right", "fwd_bwd"), ("eap_ig5_head_trapezoid", "fwd_bwd"),
                        ("eap_head_split", "bare")):
         per_round = [a / b for a, b in zip(times[name], times[base])]
         out[f"{name}_over_{base}"] = {"min": min(per_round), "median": statistics.median(per_round)}
@@ -169,7 +176,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--shapes", default="gpt2-16x64,gpt2-6x256,smollm2")
     parser.add_argument("--threads", default="1,default")
     parser.add_argument("--json", default=None)
-    parser.add_argument("--memory-repeats", type=int, default=3, help="fresh processes per memory measurement")
+    parser.add_argument("--memory-repeats", type=int, default=3, help="fresh processes per memory measurement (0: none)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
@@ -190,8 +197,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                    "bare_seconds_median": statistics.median(times["bare"])}
             print(name, n, json.dumps(row[f"threads_{n}"]["ratios"]), flush=True)
         torch.set_num_threads(default_threads)
-        row["memory"] = {kind: memory(name, kind, args.memory_repeats) for kind in MEMORY_KINDS}
-        print(name, "memory", json.dumps(row["memory"]), flush=True)
+        if args.memory_repeats:
+            row["memory"] = {kind: memory(name, kind, args.memory_repeats) for kind in MEMORY_KINDS}
+            print(name, "memory", json.dumps(row["memory"]), flush=True)
         results[name] = row
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1))

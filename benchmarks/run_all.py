@@ -62,17 +62,19 @@ def main(argv: list[str] | None = None) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary["ratios"], indent=1))
-    print("| shape | threads | EAP head / bare | EAP layer / bare | EAP-IG(5) head / fwd+bwd | EAP head, per-head "
-          "q/k/v copies / bare | peak / estimate, median of fresh processes (EAP head, layer, EAP-IG(5) head) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| shape | threads | EAP head / bare | EAP layer / bare | EAP-IG(5) head / fwd+bwd: midpoint | right | "
+          "trapezoid | EAP head, per-head q/k/v copies / bare | peak / estimate, median of fresh processes (EAP head, "
+          "layer, EAP-IG(5) head) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, row in shapes.items():
         if not isinstance(row, dict) or "layers" not in row:
             continue
         for key, value in row.items():
             if key.startswith("threads_"):
                 r = value["ratios"]
-                cells = [f"{r[k]['median']:.2f} (min {r[k]['min']:.2f})" for k in
+                cells = [f"{r[k]['median']:.2f} (min {r[k]['min']:.2f})" if k in r else "-" for k in
                          ("eap_head_over_bare", "eap_layer_over_bare", "eap_ig5_head_over_fwd_bwd",
+                          "eap_ig5_head_right_over_fwd_bwd", "eap_ig5_head_trapezoid_over_fwd_bwd",
                           "eap_head_split_over_bare")]
                 mem = [row.get("memory", {}).get(kind, {}).get("peak_over_estimate") for kind in ("head", "layer", "head-ig5")]
                 print(f"| {name} | {key[8:]} | " + " | ".join(cells) + " | "

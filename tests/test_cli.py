@@ -31,6 +31,9 @@ def test_errors_are_one_line(capsys, tmp_path):
     with pytest.raises(SystemExit):
         main(["attribute", "--model", "zoo:llama", "--method", "magic"])
     assert "eap-ig-inputs" in capsys.readouterr().err
+    assert main(["attribute", "--model", "zoo:llama", "--method", "eap-ig-inputs", "--quadrature", "trapezoid",
+                 "--steps", "1", "--examples", "2"]) == 2
+    assert "steps >= 2" in capsys.readouterr().err
 
 
 def test_study_command(tmp_path, capsys):
