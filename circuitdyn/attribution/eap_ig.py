@@ -2,9 +2,10 @@
 
 Over inputs: the input embedding interpolated, one forward/backward per point of the quadrature rule
 (quadrature.py); the run's forward doubles as the point at the run (left, trapezoid), a corrupted prompt's
-forward as the point at the counterfactual (right, trapezoid), and any other end costs one no-grad forward.
-Over activations: every source output interpolated at once (straight-through, so gradients still flow
-through the module that produced it).
+forward as the point at the counterfactual (right, trapezoid), and an end the rule does not evaluate
+still costs its no-grad recording forward. Over activations: every source output interpolated at once
+(straight-through, so gradients still flow through the module that produced it), every point a pass of
+its own.
 """
 
 from __future__ import annotations
