@@ -68,6 +68,7 @@ def _setting(attribution: Any) -> dict[str, Any]:
     setting = {k: config.get(k) for k in MATCHED_CONFIG}
     if setting["method"] in ("eap-ig-inputs", "eap-ig-activations"):
         setting["steps"] = config.get("steps")
+        setting["quadrature"] = config.get("quadrature", "midpoint")  # files from before the rules: midpoint
     setting["metric"] = attribution.provenance.get("metric")
     return setting
 
@@ -78,7 +79,7 @@ def _check_pair(base: Any, tuned: Any) -> None:
     if differ:
         raise ComparisonError(
             f"the two attributions were computed differently: (base, tuned) differ in {differ}; attribute both "
-            "models with the same metric, method, ablation and aggregation"
+            "models with the same metric, method, ablation and aggregation (and EAP-IG's steps and quadrature)"
         )
     hb, ht = base.provenance.get("dataset_sha256"), tuned.provenance.get("dataset_sha256")
     if hb is None or ht is None:

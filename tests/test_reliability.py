@@ -55,6 +55,15 @@ def test_compare_refuses_different_metric_ablation_or_prompts(llama_files):
     assert compare(a, same)["intensity"].n == len(a.metric_values)
 
 
+def test_compare_refuses_eap_ig_at_different_points(llama_files):
+    m, _, _ = llama_files
+    kw = dict(ablation="zero", per_example=True, method="eap-ig-inputs", steps=3)
+    midpoint = attribute(m, "layer", data(m), "answer_nll", **kw)
+    with pytest.raises(ComparisonError, match=r"quadrature.*'midpoint', 'trapezoid'"):
+        compare(midpoint, attribute(m, "layer", data(m), "answer_nll", quadrature="trapezoid", **kw))
+    assert compare(midpoint, attribute(zoo_model("qwen2"), "layer", data(m), "answer_nll", **kw))["intensity"].n > 0
+
+
 def test_compare_reports_examples_it_leaves_out(llama_files, caplog):
     _, a, _ = llama_files
     per_example = a.per_example.clone()
