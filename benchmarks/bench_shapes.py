@@ -135,7 +135,10 @@ def ratios(times: dict[str, list[float]]) -> dict[str, dict[str, float]]:
 
 
 #: the attributions whose memory is measured: EAP at head and layer level, EAP-IG(5) over inputs at head level
-MEMORY_KINDS = {"head": ("head", "eap"), "layer": ("layer", "eap"), "head-ig5": ("head", "eap-ig-inputs")}
+#: (midpoint and trapezoid rules)
+MEMORY_KINDS = {"head": ("head", "eap", "midpoint"), "layer": ("layer", "eap", "midpoint"),
+                "head-ig5": ("head", "eap-ig-inputs", "midpoint"),
+                "head-ig5-trapezoid": ("head", "eap-ig-inputs", "trapezoid")}  # the path's ends are gradient passes
 
 
 def memory_child(shape: str, kind: str) -> None:
@@ -146,11 +149,11 @@ def memory_child(shape: str, kind: str) -> None:
     except ImportError:
         from benchmarks.bench_attribution import peak_rss_increment
     model, data = shapes([shape])[shape]
-    granularity, method = MEMORY_KINDS[kind]
+    granularity, method, rule = MEMORY_KINDS[kind]
     graph = Graph.from_model(model, granularity)
     holder: dict[str, Any] = {}
     mib = peak_rss_increment(lambda: holder.setdefault("a", attribute(model, graph, data, "logit_diff", method=method,
-                                                                      steps=5, batch_size=len(data))))
+                                                                      steps=5, quadrature=rule, batch_size=len(data))))
     print(json.dumps({"peak_mib": mib, "estimate_mib": holder["a"].provenance["peak_bytes_estimate"] / 2**20}))
 
 

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps(summary["ratios"], indent=1))
     print("| shape | threads | EAP head / bare | EAP layer / bare | EAP-IG(5) head / fwd+bwd: midpoint | right | "
           "trapezoid | EAP head, per-head q/k/v copies / bare | peak / estimate, median of fresh processes (EAP head, "
-          "layer, EAP-IG(5) head) |")
+          "layer, EAP-IG(5) head: midpoint, trapezoid) |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name, row in shapes.items():
         if not isinstance(row, dict) or "layers" not in row:
@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> dict:
                          ("eap_head_over_bare", "eap_layer_over_bare", "eap_ig5_head_over_fwd_bwd",
                           "eap_ig5_head_right_over_fwd_bwd", "eap_ig5_head_trapezoid_over_fwd_bwd",
                           "eap_head_split_over_bare")]
-                mem = [row.get("memory", {}).get(kind, {}).get("peak_over_estimate") for kind in ("head", "layer", "head-ig5")]
+                mem = [row.get("memory", {}).get(kind, {}).get("peak_over_estimate")
+                       for kind in ("head", "layer", "head-ig5", "head-ig5-trapezoid")]
                 print(f"| {name} | {key[8:]} | " + " | ".join(cells) + " | "
                       + ", ".join("-" if m is None else f"{m:.2f}" for m in mem) + " |")
     print(f"wrote {out}")
