@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from circuitdyn.attribution.destinations import DestinationReader
+from circuitdyn.attribution.destinations import DestinationReader, HookList
 from circuitdyn.attribution.engine import forward, input_leaf_hook
 from circuitdyn.attribution.intervention import delta_hooks, fill_counterfactual, new_deltas
 from circuitdyn.attribution.method import BatchJob, BatchResult, Method
@@ -19,6 +19,17 @@ def backward_to(values: Tensor, leaf: Tensor) -> None:
     torch.autograd.grad(values.sum(), leaf)
 
 
+def gradient_pass(job: BatchJob, ids: Tensor, sources: HookList, destinations: HookList, weight: float = 1.0) -> Tensor:
+    """A forward of `ids` (with the batch's mask) that records sources (`sources`), and a backward of
+    `weight` x the metric whose destination gradients arrive in `destinations`. Returns the metric."""
+    store: dict[str, Tensor] = {}
+    hooks = sources + input_leaf_hook(job.graph, store) + destinations
+    with torch.enable_grad():
+        values = checked(job.metric(forward(job.bridge, ids, job.batch.mask, hooks), job.batch), job.batch)
+        backward_to(values * weight, store["leaf"])  # x 1.0 is exact
+    return values.detach()
+
+
 class EAP:
     method = Method.EAP
 
@@ -29,11 +40,7 @@ class EAP:
         graph, batch, bridge = job.graph, job.batch, job.bridge
         deltas = new_deltas(graph, batch, batch.clean.device)
         fill_counterfactual(bridge, graph, batch, job.counterfactual, deltas.residual, job.means)
-        store: dict[str, Tensor] = {}
-        hooks = delta_hooks(graph, bridge, deltas) + input_leaf_hook(graph, store) \
-            + job.accumulator.contracting_hooks(deltas.residual, job.weights)
-        with torch.enable_grad():
-            values = checked(job.metric(forward(bridge, batch.clean, batch.mask, hooks), batch), batch)
-            backward_to(values, store["leaf"])
+        values = gradient_pass(job, batch.clean, delta_hooks(graph, bridge, deltas),
+                               job.accumulator.contracting_hooks(deltas.residual, job.weights))
         job.accumulator.flush(deltas.residual, job.weights)
-        return BatchResult(values.detach())
+        return BatchResult(values)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from circuitdyn.attribution.destinations import DestinationReader, HookList
-from circuitdyn.attribution.eap import backward_to
+from circuitdyn.attribution.eap import backward_to, gradient_pass
 from circuitdyn.attribution.engine import Gradient, forward, input_leaf_hook
 from circuitdyn.attribution.gradient_sum import GradientSum
 from circuitdyn.attribution.head_gradients import FactoredGradient, as_tensor
@@ -112,15 +112,10 @@ class EAPIGInputs:
 
 
 def _gradient_pass(job: BatchJob, ids: Tensor, sources: HookList, weight: float, grads: GradientSum) -> Tensor:
-    """A forward of `ids` that records sources (`sources`) and, through its backward, adds the destination
-    gradients weighed by `weight` to `grads`: a path end doubling as a quadrature point. Returns the metric."""
-    store: dict[str, Tensor] = {}
+    """EAP's pass (`gradient_pass`) at a path end doubling as a quadrature point: its destination gradients,
+    weighed by `weight`, are added to `grads`. Returns the metric."""
     grads.next_pass()
-    hooks = sources + input_leaf_hook(job.graph, store) + job.accumulator.hooks(lambda dh, g: grads.add(dh, g, 1.0))
-    with torch.enable_grad():
-        values = checked(job.metric(forward(job.bridge, ids, job.batch.mask, hooks), job.batch), job.batch)
-        backward_to(values * weight, store["leaf"])
-    return values.detach()
+    return gradient_pass(job, ids, sources, job.accumulator.hooks(lambda dh, g: grads.add(dh, g, 1.0)), weight)
 
 
 def _interpolating_hooks(graph: Graph, deltas: Deltas, alpha: float, store: dict[str, Tensor]) -> HookList:
