@@ -33,10 +33,10 @@ import torch
 from circuitdyn.attribution import attribute
 from circuitdyn.attribution.engine import frozen_parameters
 from circuitdyn.graph import Graph
-from circuitdyn.model_files import cache_root, save_model_folder
 from circuitdyn.models import LoadedModel, load_model
+from circuitdyn.models.files import cache_root, save_model_folder
+from circuitdyn.models.zoo import char_tokenizer
 from circuitdyn.tasks import IOI, Addition, tokenize_pairs
-from circuitdyn.zoo import char_tokenizer
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> float:

@@ -30,10 +30,10 @@ import torch
 
 from circuitdyn.attribution import attribute
 from circuitdyn.graph import Graph
-from circuitdyn.model_files import cache_root, save_model_folder
 from circuitdyn.models import LoadedModel, load_model
+from circuitdyn.models.files import cache_root, save_model_folder
+from circuitdyn.models.zoo import char_tokenizer
 from circuitdyn.tasks import IOI, TaskExample, tokenize_pairs
-from circuitdyn.zoo import char_tokenizer
 
 try:  # run as a script or as a module of the benchmarks package
     from bench_attribution import bare_passes

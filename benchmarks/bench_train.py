@@ -66,7 +66,7 @@ def trl_grpo(steps: int) -> dict[str, Any]:
         from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
     except ImportError as err:
         return {"skipped": f"trl not installed ({err.name})"}
-    from circuitdyn.zoo import zoo_path
+    from circuitdyn.models.zoo import zoo_path
 
     folder = zoo_path("llama")
     tok = PreTrainedTokenizerFast.from_pretrained(str(folder))

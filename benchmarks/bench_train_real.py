@@ -62,7 +62,7 @@ def trl_grpo(steps: int) -> dict[str, Any]:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from circuitdyn.real_models import converted_folder
+    from circuitdyn.models.real import converted_folder
     from circuitdyn.tasks import QAAddition
 
     folder = converted_folder("smollm2-135m")

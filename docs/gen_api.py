@@ -5,11 +5,20 @@ from __future__ import annotations
 import importlib
 import inspect
 
-MODULES = ["circuitdyn", "circuitdyn.models", "circuitdyn.model_files", "circuitdyn.surface", "circuitdyn.sampling",
-           "circuitdyn.graph", "circuitdyn.attribution", "circuitdyn.circuit",
-           "circuitdyn.patching", "circuitdyn.metrics", "circuitdyn.stats", "circuitdyn.compare", "circuitdyn.study", "circuitdyn.report", "circuitdyn.plot",
-           "circuitdyn.io", "circuitdyn.tasks", "circuitdyn.zoo", "circuitdyn.train", "circuitdyn.dynamics",
-           "circuitdyn.dynamics.snapshots"]
+# the curated face, then the layers from the bottom up (README "Layout"), each package's face and the modules
+# whose own names a user imports
+MODULES = ["circuitdyn",
+           "circuitdyn.core.outputs",
+           "circuitdyn.tasks",
+           "circuitdyn.models", "circuitdyn.models.files", "circuitdyn.models.zoo", "circuitdyn.models.surface",
+           "circuitdyn.models.sampling",
+           "circuitdyn.graph",
+           "circuitdyn.attribution",
+           "circuitdyn.circuits",
+           "circuitdyn.analysis", "circuitdyn.analysis.metrics", "circuitdyn.analysis.stats",
+           "circuitdyn.analysis.comparison", "circuitdyn.analysis.report", "circuitdyn.analysis.plot",
+           "circuitdyn.train", "circuitdyn.dynamics", "circuitdyn.dynamics.snapshots",
+           "circuitdyn.study"]
 
 
 def public_names(module_name: str) -> list[str]:

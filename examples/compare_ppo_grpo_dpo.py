@@ -31,13 +31,13 @@ from typing import Any
 
 from peft import LoraConfig
 
-from circuitdyn import plot
-from circuitdyn.io import safe_child
+from circuitdyn.analysis import plot
+from circuitdyn.core.outputs import safe_child
 from circuitdyn.models import LoadedModel, clone_model, load_model
+from circuitdyn.models.zoo import FAMILIES
 from circuitdyn.study import StudyError, run_study
 from circuitdyn.study.report import pooled_table
 from circuitdyn.train import DPOConfig, GRPOConfig, PPOConfig, TrainConfig, train
-from circuitdyn.zoo import FAMILIES
 
 HEADLINE = ("intensity", "normalized_entropy", "gini", "kurtosis")
 

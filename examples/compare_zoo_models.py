@@ -12,14 +12,14 @@ from pathlib import Path
 
 import torch
 
-from circuitdyn import plot
+from circuitdyn.analysis import plot
+from circuitdyn.analysis.comparison import compare, correct_mask, edge_diff
+from circuitdyn.analysis.report import comparison_records, direction_sentence, markdown_table, save_records, to_csv
 from circuitdyn.attribution import attribute
-from circuitdyn.circuit import prune, top_n
-from circuitdyn.compare import compare, correct_mask, edge_diff
+from circuitdyn.attribution.files import save_attribution
+from circuitdyn.circuits.circuit import prune, top_n
 from circuitdyn.graph import Graph
-from circuitdyn.io import save_attribution, save_records
 from circuitdyn.models import LoadedModel, load_model
-from circuitdyn.report import comparison_records, direction_sentence, markdown_table, to_csv
 from circuitdyn.tasks import Addition, tokenize_pairs
 
 

@@ -15,8 +15,8 @@ import torch
 from circuitdyn.attribution import attribute
 from circuitdyn.graph import Graph
 from circuitdyn.models import load_model
+from circuitdyn.models.zoo import FAMILIES
 from circuitdyn.tasks import Addition, tokenize_pairs
-from circuitdyn.zoo import FAMILIES
 
 
 def main(argv: list[str] | None = None) -> None:

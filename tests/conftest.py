@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from circuitdyn.models import load_model
-from circuitdyn.zoo import FAMILIES
+from circuitdyn.models.zoo import FAMILIES
 
 ALL_FAMILIES = sorted(FAMILIES)
 _CACHE: dict[str, object] = {}

@@ -57,8 +57,8 @@ _FOLDERS: dict[str, Path] = {}
 def tiny_folder(name: str, root: Path) -> Path:
     """A saved tiny random-weight model of family `name` (built once per test session)."""
     if name not in _FOLDERS:
-        from circuitdyn.model_files import save_model_folder
-        from circuitdyn.zoo import char_tokenizer
+        from circuitdyn.models.files import save_model_folder
+        from circuitdyn.models.zoo import char_tokenizer
 
         tok = char_tokenizer()
         cfg = _configs(len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)[name]

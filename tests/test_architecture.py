@@ -1,31 +1,35 @@
-"""The package's structure, kept by tests: no import cycles, imports only downward through the layers,
-train and dynamics as siblings, and no module over 300 lines. Every import counts, including the ones
-inside functions (a cycle hidden in a function is still a cycle)."""
+"""The package's structure, kept by tests: one package per layer, named after it; no import cycles; imports only
+downward through the layers; train and dynamics (and study and integrations) as siblings; at most six modules
+directly under circuitdyn/; no module over 300 lines; the README's Layout names the same layers in the same
+order. Every import counts, including the ones inside functions (a cycle hidden in a function is still a cycle)."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1] / "circuitdyn"
+README = ROOT.parent / "README.md"
 MAX_LINES = 300
+MAX_TOP_MODULES = 6  # modules directly under circuitdyn/ besides __init__.py
 
-# Lowest first. A module may import modules of lower layers and of its own group; groups that share a
-# layer are siblings and must not import each other.
-LAYERS: list[dict[str, tuple[str, ...]]] = [
-    {"foundation": ("atomic", "choices", "stats", "tasks", "model_files", "hub", "saved_tensors")},
-    {"model sources": ("zoo", "real_models")},
-    {"models": ("wrapper_names", "lora", "branches", "head_forks", "hf_export", "weights", "models", "surface",
-                "sampling", "qkv_projections")},
-    {"graph": ("nodes", "liveness", "graph")},
-    {"attribution": ("attribution",)},
-    {"circuits": ("circuit", "patching", "distributed")},
-    {"metrics": ("metrics", "io")},
-    {"comparison": ("compare", "report", "plot")},
-    {"train": ("train",), "dynamics": ("dynamics",)},
-    {"study": ("study",), "integrations": ("integrations",)},
-    {"face": ("cli_inputs", "cli", "__init__")},
+# The layers, lowest first: one package each, named after it. A module may import modules of lower layers and
+# of its own package; packages that share a layer are siblings and must not import each other. The face
+# (circuitdyn/__init__.py, the curated names) stands above everything.
+LAYERS: list[tuple[str, ...]] = [
+    ("core",),
+    ("tasks",),
+    ("models",),
+    ("graph",),
+    ("attribution",),
+    ("circuits",),
+    ("analysis",),
+    ("train", "dynamics"),
+    ("study", "integrations"),
+    ("cli",),
 ]
+FACE = "__init__"
 
 
 def module_name(path: Path) -> str:
@@ -72,12 +76,49 @@ GRAPH = {m: imports(m) for m in MODULES}
 
 
 def group_of(module: str) -> tuple[int, str]:
-    top = module.split(".")[1] if "." in module else "__init__"
+    """(layer rank, package) of a module: the package directly under circuitdyn/ that holds it."""
+    top = module.split(".")[1] if "." in module else FACE
+    if top == FACE:
+        return len(LAYERS), FACE
     for rank, layer in enumerate(LAYERS):
-        for group, members in layer.items():
-            if top in members:
-                return rank, group
-    raise AssertionError(f"{module} is in no layer: add it to LAYERS in {__file__}")
+        if top in layer:
+            return rank, top
+    raise AssertionError(f"{module} is in no layer: put it in a package named in LAYERS ({__file__})")
+
+
+def packages_on_disk() -> set[str]:
+    return {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+
+
+def test_every_package_is_a_layer_and_every_layer_a_package():
+    named = {package for layer in LAYERS for package in layer}
+    assert packages_on_disk() == named, (sorted(packages_on_disk() - named), sorted(named - packages_on_disk()))
+
+
+def test_few_modules_stand_directly_under_the_package():
+    top = sorted(p.name for p in ROOT.glob("*.py") if p.name != "__init__.py")
+    assert len(top) <= MAX_TOP_MODULES, f"{len(top)} modules directly under circuitdyn/: {top}; put them in their layer"
+    for name in top:
+        group_of(f"circuitdyn.{name[:-3]}")  # each still belongs to a layer
+
+
+def readme_layers() -> list[tuple[str, ...]]:
+    """The layers as the README's Layout block lists them (highest first there): each line that starts with
+    package folders (`study/ integrations/`) opens a layer."""
+    text = README.read_text()
+    block = text[text.index("## Layout"):]
+    block = block[block.index("```") + 3:]
+    block = block[:block.index("```")]
+    layers = []
+    for line in block.splitlines():
+        found = re.match(r"^((?:[a-z_]+/ ?)+)", line)
+        if found:
+            layers.append(tuple(re.findall(r"([a-z_]+)/", found.group(1))))
+    return layers[::-1]
+
+
+def test_the_readme_layout_names_the_layers_in_order():
+    assert readme_layers() == LAYERS
 
 
 def test_every_module_has_a_layer():
@@ -127,6 +168,17 @@ def test_submodules_do_not_import_their_own_package_face():
     assert not bad, bad
 
 
+def test_no_private_name_is_imported_across_modules():
+    """A name with a leading underscore is its module's own: another module that needs it needs a public name."""
+    bad = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("circuitdyn")):
+                bad += [f"{module} imports {a.name} from {node.module}" for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not bad, bad
+
+
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_module_is_small(module):
     n = len(MODULES[module].read_text().splitlines())
@@ -136,7 +188,7 @@ def test_module_is_small(module):
 def test_the_checks_see_real_imports():
     """Guards the guard: the scanner finds known edges, including one inside a function."""
     assert "circuitdyn.graph" in GRAPH["circuitdyn.attribution.attribute"]
-    assert "circuitdyn.models" in GRAPH["circuitdyn.cli"]  # imported inside a function
+    assert "circuitdyn.models" in GRAPH["circuitdyn.cli.main"]  # imported inside a function
     assert group_of("circuitdyn.train.loop") != group_of("circuitdyn.dynamics.ntk")
 
 
@@ -170,7 +222,7 @@ def test_runtime_type_checks_are_on_in_the_tests():
     import torch
     from jaxtyping import TypeCheckError
 
-    from circuitdyn.metrics import intensity
+    from circuitdyn.analysis.metrics import intensity
 
     with pytest.raises(TypeCheckError, match="intensity"):
         intensity(torch.zeros(3, dtype=torch.long))

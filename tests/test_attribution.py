@@ -4,12 +4,11 @@ import torch
 from circuitdyn.attribution import (
     AttributionError,
     MemoryBudgetError,
-    MetricError,
+    ObjectiveError,
     attribute,
     logit_diff,
 )
-from circuitdyn.graph import Graph
-from circuitdyn.models import attribution_hooks
+from circuitdyn.graph import Graph, attribution_hooks
 from circuitdyn.tasks import Addition, TaskError, TaskExample, tokenize_pairs
 from tests.conftest import ALL_FAMILIES, zoo_model
 
@@ -158,11 +157,11 @@ def test_bad_inputs_fail_clearly():
         attribute(m, "head", data, method="eap-ig-inputs", steps=0)
     with pytest.raises(AttributionError, match="eap-ig-inputs"):
         attribute(m, "head", data, method="magic")
-    with pytest.raises(MetricError, match="one value per example"):
+    with pytest.raises(ObjectiveError, match="one value per example"):
         attribute(m, "head", data, lambda logits, b: logits.sum())
-    with pytest.raises(MetricError, match="not finite"):
+    with pytest.raises(ObjectiveError, match="not finite"):
         attribute(m, "head", data, lambda logits, b: logits[:, 0, 0] * float("nan"))
-    with pytest.raises(MetricError, match="unknown metric"):
+    with pytest.raises(ObjectiveError, match="unknown metric"):
         attribute(m, "head", data, "accuracy")
     with pytest.raises(AttributionError, match="empty"):
         attribute(m, "head", [], "logit_diff")
@@ -260,7 +259,7 @@ def test_scores_do_not_depend_on_how_destinations_are_fused(monkeypatch):
 def test_recording_forwards_stop_before_the_unembedding_and_record_every_source():
     """The counterfactual forward records every source as a full forward does, and never unembeds."""
     from circuitdyn.attribution.intervention import Counterfactual, counterfactual_hooks, fill_counterfactual
-    from circuitdyn.models import split_qkv_off
+    from circuitdyn.graph import split_qkv_off
 
     for family in ("gpt2", "neox", "gemma3"):
         m = zoo_model(family)

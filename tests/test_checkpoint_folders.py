@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from circuitdyn.attribution import attribute
-from circuitdyn.hf_export import hf_state_dict
 from circuitdyn.models import clone_model, load_model
+from circuitdyn.models.export import hf_state_dict
+from circuitdyn.models.wrapper_names import WRAPPER
 from circuitdyn.tasks import Addition, tokenize_pairs
 from circuitdyn.train import GRPOConfig, train
-from circuitdyn.wrapper_names import WRAPPER
 from tests.conftest import ALL_FAMILIES, zoo_model
 
 
@@ -90,7 +90,7 @@ def test_attribution_provenance_names_the_trained_weights_and_run(trained):
 def test_exported_folders_say_their_weights_are_plain(tmp_path):
     """A model loaded from a de-quantized GGUF still says `quantization_config`; trainers (trl) refuse such a
     folder, and its exported weights are plain floats."""
-    from circuitdyn.hf_export import save_hf_folder
+    from circuitdyn.models.export import save_hf_folder
 
     model = clone_model(zoo_model("llama"))
     model.bridge.original_model.config.quantization_config = {"quant_method": "gguf"}

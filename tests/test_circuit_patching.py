@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from circuitdyn.attribution import attribute, logit_diff
-from circuitdyn.circuit import Circuit, greedy, prune, threshold, top_n
+from circuitdyn.circuits.circuit import Circuit, greedy, prune, threshold, top_n
+from circuitdyn.circuits.patching import evaluate_circuit, faithfulness_curve, patched_metric
 from circuitdyn.graph import Granularity, Graph, GraphError, GraphSpec
-from circuitdyn.patching import evaluate_circuit, faithfulness_curve, patched_metric
 from circuitdyn.tasks import Addition, tokenize_pairs
 from tests.conftest import zoo_model
 

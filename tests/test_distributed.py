@@ -6,14 +6,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from circuitdyn.distributed import attribute_sharded, shard_bounds
+from circuitdyn.attribution.sharded import attribute_sharded, shard_bounds
 
 
 def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        from circuitdyn.io import save_attribution
+        from circuitdyn.attribution.files import save_attribution
         from circuitdyn.models import load_model
         from circuitdyn.tasks import Addition, tokenize_pairs
 
@@ -28,7 +28,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 
 def test_two_gloo_processes_match_one(tmp_path):
     from circuitdyn.attribution import attribute
-    from circuitdyn.io import load_attribution
+    from circuitdyn.attribution.files import load_attribution
     from circuitdyn.models import load_model
     from circuitdyn.tasks import Addition, tokenize_pairs
 

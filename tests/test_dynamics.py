@@ -33,7 +33,7 @@ def test_feature_plus_backbone_equals_brute_force(family):
 def test_feature_and_gradient_kernels_are_the_factors_of_the_classifier_part(family):
     """H from the unembedding's input, A from the softmax, both by hand; their product is the Gram matrix
     of the per-sample gradients of the unembedding (weight and bias) by plain autograd."""
-    from circuitdyn.surface import classifier_linear
+    from circuitdyn.models.surface import classifier_linear
 
     m = zoo_model(family)
     data = tokenize_pairs(m.tokenizer, Addition().examples(4, seed=3))
@@ -223,7 +223,7 @@ def test_layer_subset_kernel_equals_brute_force_on_those_blocks():
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_sequence_kernel_of_sampled_responses_equals_brute_force(family):
     from circuitdyn.dynamics import sequence_entk
-    from circuitdyn.sampling import encode_prompts, sample
+    from circuitdyn.models.sampling import encode_prompts, sample
 
     m = zoo_model(family)
     prompts = [e.clean for e in Addition().examples(4, seed=3)]
@@ -251,7 +251,7 @@ def test_adapter_kernel_equals_brute_force_over_the_adapters(layers):
     have gradients)."""
     from peft import LoraConfig
 
-    from circuitdyn.lora import apply_lora, is_lora_layer, lora_layers
+    from circuitdyn.models.lora import apply_lora, is_lora_layer, lora_layers
 
     m = clone_model(zoo_model("llama"))
     apply_lora(m.bridge, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))

@@ -1,10 +1,14 @@
-"""The examples run as a user runs them (quick settings)."""
+"""The examples run as a user runs them (quick settings), and write what they say they write."""
 
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from circuitdyn.attribution.files import load_attribution
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,12 +47,28 @@ def test_main_job_reports_a_family_whose_study_cannot_run_and_goes_on(tmp_path):
 
 def test_compare_zoo_models(tmp_path):
     run("compare_zoo_models.py", "--out", str(tmp_path), "--examples", "16")
-    assert (tmp_path / "summary.md").exists() and (tmp_path / "circuit.png").exists()
+    summary = (tmp_path / "summary.md").read_text()
+    assert summary.startswith("# zoo:") and "| comparison | n | intensity |" in summary
+    assert re.search(r"^\| x[\d.]+ attn-out \| \d+ \| [+-]", summary, re.M), summary
+    assert "Top-20 edges: Jaccard" in summary
+    records = json.loads((tmp_path / "comparison.json").read_text())
+    assert {r["metric"] for r in records} >= {"intensity", "entropy", "kurtosis"}
+    assert all(r["n"] >= 1 and r["ci_low"] <= r["delta"] <= r["ci_high"] for r in records if r["n"] > 2)
+    assert all(r["delta"] == pytest.approx(r["tuned_mean"] - r["base_mean"], abs=1e-9) for r in records if r["n"])
+    base = load_attribution(tmp_path / "base.safetensors")
+    assert base.per_example is not None and base.per_example.shape[0] == 16
+    assert (tmp_path / "circuit.png").stat().st_size > 5000
 
 
-@pytest.mark.parametrize("script", ["zoo_circuits.py"])
-def test_zoo_circuits(tmp_path, script):
-    assert "total wall time" in run(script, "--quick", "--out", str(tmp_path))
+def test_zoo_circuits(tmp_path):
+    assert "total wall time" in run("zoo_circuits.py", "--quick", "--out", str(tmp_path))
+    report = json.loads((tmp_path / "zoo_circuits.json").read_text())
+    assert sorted(report) == ["gpt2", "llama"]
+    for family, rows in report.items():
+        assert rows["head"]["edges"] > rows["layer"]["edges"] > 0, family
+        for row in rows.values():
+            assert len(row["zero_ablation_top"]) == len(row["ig_top"]) == 5
+            assert -1 <= row["corr_eap_vs_ig"] <= 1 and row["seconds"]["eap"] > 0
 
 
 def test_cfrl_study_quick(tmp_path):

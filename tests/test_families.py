@@ -17,14 +17,14 @@ import contextlib
 import pytest
 import torch
 
-from circuitdyn import models as models_module
 from circuitdyn.attribution import attribute
-from circuitdyn.attribution.objectives import resolve_metric
-from circuitdyn.circuit import Circuit
-from circuitdyn.graph import Graph, GraphError
-from circuitdyn.models import HookFlagsUnavailable, clone_model, load_model
-from circuitdyn.patching import patched_metric
-from circuitdyn.qkv_projections import affine_norm, attention_norm
+from circuitdyn.attribution.objectives import objective_function
+from circuitdyn.attribution.qkv_projections import affine_norm, attention_norm
+from circuitdyn.circuits.circuit import Circuit
+from circuitdyn.circuits.patching import patched_metric
+from circuitdyn.graph import Graph, GraphError, HookFlagsUnavailable
+from circuitdyn.graph import hook_flags as hook_flags_module
+from circuitdyn.models import clone_model, load_model
 from circuitdyn.tasks import Addition, tokenize_pairs
 from tests.conftest import ALL_FAMILIES, zoo_model
 from tests.families import ALL_GRAPHS, HEAD, MERGED, SUPPORT, TINY_FAMILIES, tiny_folder
@@ -132,7 +132,7 @@ def test_projected_qkv_gradients_equal_the_per_head_copies(name, kind, root):
 def test_eap_ig_activations_is_complete_at_32_steps(name, kind, root):
     m = family_model(name, root)
     graph, data = build_graph(m, kind), data_for(m)
-    metric = resolve_metric("logit_diff")
+    metric = objective_function("logit_diff")
     with torch.no_grad():
         gap = (metric(m.bridge(data.corrupt, attention_mask=data.mask.long()), data)
                - metric(m.bridge(data.clean, attention_mask=data.mask.long()), data)).mean()
@@ -146,7 +146,7 @@ def test_eap_ig_activations_is_complete_at_32_steps(name, kind, root):
 def test_exact_patching_full_circuit_is_the_run_and_empty_the_counterfactual(name, kind, ablation, root):
     m = family_model(name, root)
     graph, data = build_graph(m, kind), data_for(m)
-    metric = resolve_metric("logit_diff")
+    metric = objective_function("logit_diff")
     run, other = (data.clean, data.corrupt) if ablation == "noising" else (data.corrupt, data.clean)
     with torch.no_grad():
         at_run = metric(m.bridge(run, attention_mask=data.mask.long()), data)
@@ -172,7 +172,7 @@ def test_unsupported_graphs_are_refused_with_the_reason_and_the_way_out(name, ki
 def test_the_probe_refuses_falcon_without_its_mlp_branch_input(root, monkeypatch):
     """Before branches.py, Falcon's hook_mlp_in existed but never fired: every edge into an MLP scored 0."""
     m = family_model("falcon", root)
-    monkeypatch.setattr(models_module, "shared_norm_branches", lambda bridge: contextlib.nullcontext([]))
+    monkeypatch.setattr(hook_flags_module, "shared_norm_branches", lambda bridge: contextlib.nullcontext([]))
     with pytest.raises(GraphError, match=r"blocks\.0\.hook_mlp_in \(destination m0\)"):
         Graph.from_model(m, "head")
 
@@ -191,7 +191,7 @@ def test_a_clone_of_a_model_that_has_run_scores_like_the_original():
 def test_gptj_without_separate_projections_is_refused_with_the_merged_layer_graph_named(root, monkeypatch):
     """GPT-J's bridge delegates attention to Hugging Face; head_forks provides its per-head hooks from its
     separate q, k, v, o projections. An attention without them (fused qkv) is refused, naming the way out."""
-    from circuitdyn import head_forks
+    from circuitdyn.graph import head_forks
 
     m = family_model("gptj", root)
     monkeypatch.setattr(head_forks, "forkable", lambda bridge: False)

@@ -7,7 +7,7 @@ import torch
 from circuitdyn.attribution import attribute
 from circuitdyn.attribution import destinations as destinations_module
 from circuitdyn.attribution.head_gradients import FactoredGradient
-from circuitdyn.qkv_projections import affine_norm
+from circuitdyn.attribution.qkv_projections import affine_norm
 from circuitdyn.tasks import Addition, tokenize_pairs
 from tests.conftest import zoo_model
 

@@ -5,12 +5,12 @@ import pytest
 import torch
 import trl  # a dev requirement: installed by `make test`
 
+from circuitdyn.analysis.metrics import circuit_metrics
 from circuitdyn.attribution import attribute
 from circuitdyn.dynamics.snapshots import CircuitSnapshot
 from circuitdyn.integrations.trl import CircuitSnapshotCallback, bridge_copy
-from circuitdyn.metrics import circuit_metrics
+from circuitdyn.models.zoo import zoo_path
 from circuitdyn.tasks import Addition, tokenize_pairs
-from circuitdyn.zoo import zoo_path
 
 
 # trl 1.16 calls transformers' deprecated gradient_checkpointing names itself

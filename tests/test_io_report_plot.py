@@ -1,15 +1,18 @@
 import json
 
+import numpy as np
 import pytest
 import torch
+from matplotlib import image as plt_image
 
-from circuitdyn import plot
+from circuitdyn.analysis import plot
+from circuitdyn.analysis.comparison import compare
+from circuitdyn.analysis.report import comparison_records, direction_sentence, markdown_table, to_csv
 from circuitdyn.attribution import attribute
-from circuitdyn.circuit import top_n
-from circuitdyn.compare import compare
+from circuitdyn.attribution.files import load_attribution, save_attribution
+from circuitdyn.circuits.circuit import top_n
+from circuitdyn.core.outputs import ArtifactError, safe_child
 from circuitdyn.graph import Graph
-from circuitdyn.io import ArtifactError, load_attribution, safe_child, save_attribution
-from circuitdyn.report import comparison_records, direction_sentence, markdown_table, to_csv
 from circuitdyn.tasks import Addition, tokenize_pairs
 from tests.conftest import zoo_model
 
@@ -81,9 +84,23 @@ def test_report_and_plots(tmp_path, pair):
         plot.per_layer_lines({"a": a, "b": b}, "intensity", tmp_path / "l.png"),
         plot.draw_circuit(top_n(a, 10), a.scores, tmp_path / "c.png"),
     ]
-    assert all(f.axes for f in figs)
+    heat, delta, bars, dist, lines, circuit = figs
+    # what each figure draws, read back from the figure itself
+    assert heat.axes[0].images[0].get_array().shape == tuple(a.scores.shape)
+    d = delta.axes[0].images[0].get_array()
+    assert np.allclose(np.nan_to_num(np.ma.getdata(d)), ((b.scores - a.scores) * a.graph.edge_mask).numpy(), atol=1e-6)
+    assert [ax.get_title() for ax in bars.axes] == ["delta intensity", "delta gini"]
+    assert [[bar.get_height() for bar in ax.patches] for ax in bars.axes] == \
+        [[pytest.approx(c["intensity"].delta)], [pytest.approx(c["gini"].delta)]]
+    assert sorted(t.get_text() for t in dist.axes[0].get_legend().get_texts()) == ["a", "b"]
+    assert len(lines.axes[0].lines) == 2 and len(lines.axes[0].lines[0].get_xdata()) == a.graph.spec.n_layers + 1
+    assert circuit.axes[0].get_title().endswith("(10 edges)")
+    # and every file is a picture, not a blank canvas: many non-background pixels, several colours
     for name in "hdmslc":
-        assert (tmp_path / f"{name}.png").stat().st_size > 5000
+        pixels = plt_image.imread(tmp_path / f"{name}.png")[..., :3]
+        ink = (np.abs(pixels - 1.0).sum(-1) > 0.1).mean()
+        colours = len(np.unique((pixels * 255).astype(np.uint8).reshape(-1, 3), axis=0))
+        assert ink > 0.02 and colours > 8, (name, ink, colours)
 
 
 def test_plotting_leaves_global_style_alone(tmp_path, pair):

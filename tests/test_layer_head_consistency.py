@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from circuitdyn.attribution import answer_nll, attribute
-from circuitdyn.graph import Graph
-from circuitdyn.models import attribution_hooks, clone_model
+from circuitdyn.graph import Graph, attribution_hooks
+from circuitdyn.models import clone_model
 from circuitdyn.tasks import Addition, tokenize_pairs
 from tests.conftest import ALL_FAMILIES, zoo_model
 

@@ -11,10 +11,10 @@ from peft import LoraConfig
 
 from circuitdyn.attribution import attribute
 from circuitdyn.graph import Graph
-from circuitdyn.hf_export import hf_model
-from circuitdyn.lora import LoraError, apply_lora, lora_layers, lora_targets, merge_lora
 from circuitdyn.models import clone_model, load_model
-from circuitdyn.surface import sampling_twin
+from circuitdyn.models.export import hf_model
+from circuitdyn.models.lora import LoraError, apply_lora, lora_layers, lora_targets, merge_lora
+from circuitdyn.models.surface import sampling_twin
 from circuitdyn.tasks import Addition, tokenize_pairs
 from circuitdyn.train import CFRLConfig, ConfigError, GRPOConfig, Trainer, config_from_dict, train
 from tests.conftest import ALL_FAMILIES, zoo_model

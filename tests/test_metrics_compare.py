@@ -7,9 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from circuitdyn import metrics as M
+from circuitdyn.analysis import metrics as M
+from circuitdyn.analysis.comparison import ComparisonError, compare, correct_mask, cross_family_table, edge_diff, paired_delta
+from circuitdyn.analysis.stats import N_PERMUTATIONS, paired_stat
 from circuitdyn.attribution import attribute
-from circuitdyn.compare import ComparisonError, compare, correct_mask, cross_family_table, edge_diff, paired_delta
 from circuitdyn.tasks import Addition, tokenize_pairs
 from tests.conftest import zoo_model
 
@@ -86,7 +87,10 @@ def test_paired_delta_statistics():
     base = rng.normal(size=40)
     tuned = base + 0.5 + 0.1 * rng.normal(size=40)
     d = paired_delta("x", base, tuned)
-    assert d.ci_low < 0.5 < d.ci_high and d.p_value < 1e-6 and d.effect_size > 2
+    # one home for the paired test: the study's (BCa CI, sign-flip permutation p, whose floor is 1 / permutations)
+    study = paired_stat(tuned - base)
+    assert (d.delta, d.ci_low, d.ci_high, d.p_value) == (study.mean, study.ci_low, study.ci_high, study.p_value)
+    assert d.ci_low < 0.5 < d.ci_high and d.p_value <= 2 / N_PERMUTATIONS and d.effect_size > 2
     same = paired_delta("x", base, base.copy())
     assert same.delta == 0 and same.p_value == 1.0
     assert paired_delta("x", base, tuned, seed=3).ci_low == paired_delta("x", base, tuned, seed=3).ci_low

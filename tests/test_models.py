@@ -4,14 +4,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from circuitdyn.model_files import save_model_folder
-from circuitdyn.models import (
-    HookFlagsUnavailable,
-    ModelSpecError,
-    attribution_hooks,
-    load_model,
-)
-from circuitdyn.zoo import char_tokenizer
+from circuitdyn.graph import HookFlagsUnavailable, attribution_hooks
+from circuitdyn.models import ModelSpecError, load_model
+from circuitdyn.models.files import save_model_folder
+from circuitdyn.models.zoo import char_tokenizer
 from tests.conftest import zoo_model
 
 

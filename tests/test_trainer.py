@@ -168,7 +168,7 @@ def test_non_finite_loss_stops_with_the_step():
 
 
 def test_sampling_twin_shares_the_policy_weights(family):
-    from circuitdyn.surface import sampling_twin
+    from circuitdyn.models.surface import sampling_twin
 
     m = fresh(family)
     twin = sampling_twin(m.bridge)
@@ -254,8 +254,8 @@ def test_sampling_generator_lives_on_the_model_device():
 
 def test_top_k_one_samples_the_greedy_completion():
     """Top-k / top-p filtering are transformers' warpers: top_k=1 leaves only the argmax token."""
-    from circuitdyn.sampling import encode_prompts, sample
-    from circuitdyn.surface import sampling_twin
+    from circuitdyn.models.sampling import encode_prompts, sample
+    from circuitdyn.models.surface import sampling_twin
 
     m = zoo_model("llama")
     ids, mask = encode_prompts(m.tokenizer, [e.clean for e in Addition().examples(6, seed=1)], m.device)
@@ -298,8 +298,8 @@ def test_ppo_value_loss_leaves_the_policy_gradients_unchanged():
 def test_repeated_prompts_share_their_prefill_and_sample_as_if_alone(family):
     """Rows repeating a prompt run its prefill once and copy the KV cache: every row draws the tokens it
     draws when sampled alone with its own stream, greedy rows decode the same, and the cache copy is taken."""
-    from circuitdyn import sampling
-    from circuitdyn.surface import sampling_twin
+    from circuitdyn.models import sampling
+    from circuitdyn.models.surface import sampling_twin
 
     m = zoo_model(family)
     twin = sampling_twin(m.bridge)

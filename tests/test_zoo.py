@@ -4,13 +4,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from circuitdyn.models.zoo import FAMILIES, SHIPPED_DIR, ZooSpec, greedy_accuracy, pretrain, zoo_path, zoo_spec
 from circuitdyn.tasks import Addition
-from circuitdyn.zoo import FAMILIES, SHIPPED_DIR, ZooSpec, greedy_accuracy, pretrain, zoo_path, zoo_spec
 from tests.conftest import zoo_model
 
 
 def test_shipped_weights_match_the_current_recipe(family):
-    assert zoo_path(family) == SHIPPED_DIR / family, "shipped zoo weights are stale: run python -m circuitdyn.zoo --ship"
+    assert zoo_path(family) == SHIPPED_DIR / family, "shipped zoo weights are stale: run python -m circuitdyn.models.zoo --ship"
 
 
 def test_accuracy_band(family):

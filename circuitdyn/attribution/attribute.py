@@ -40,13 +40,13 @@ from circuitdyn.attribution.errors import AttributionError
 from circuitdyn.attribution.exact import ExactPatching, FirstOrder
 from circuitdyn.attribution.intervention import Intervention, as_batch, source_means
 from circuitdyn.attribution.method import AttributionMethod, BatchJob, Method
-from circuitdyn.attribution.objectives import MetricError, MetricFn, kl_to_reference, resolve_objective
+from circuitdyn.attribution.objectives import ObjectiveError, ObjectiveFn, kl_to_reference, resolve_objective
 from circuitdyn.attribution.quadrature import Quadrature
 from circuitdyn.attribution.result import Attribution
 from circuitdyn.graph import Granularity, Graph
 from circuitdyn.models import LoadedModel, as_bridge
+from circuitdyn.models.weights import current_sha256, training_of
 from circuitdyn.tasks.base import PairBatch, TaskExample
-from circuitdyn.weights import current_sha256, training_of
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ METHODS: dict[Method, AttributionMethod] = {
 }
 
 
-def _with_reference(bridge: Any, batch: PairBatch) -> MetricFn:
+def _with_reference(bridge: Any, batch: PairBatch) -> ObjectiveFn:
     """KL to the clean run: the reference logits are this batch's clean run."""
     with torch.no_grad():
         reference = bridge(batch.clean, attention_mask=batch.mask.long())
@@ -114,18 +114,18 @@ def attribute(
             logger.warning("logit_diff is 0 by construction for pairs %s (of %d): their answer and foil start with the "
                            "same token, so those prompts score every edge 0; use answer_nll, or foils whose first "
                            "token differs", tied[:8], len(given))
-    if needs_reference and Method(config.method) is Method.EAP:
+    if needs_reference and not method.integrates_path and not method.patches_destinations:
         logger.warning("kl_to_clean has a zero gradient at the clean run, so plain EAP scores it as ~0 everywhere; "
                        "use method='eap-ig-inputs' (or 'eap-ig-activations'), which integrate along the path")
     n = len(batch_all)
     t0 = time.perf_counter()
     reader = destination_reader(bridge, graph, QKVGradients(config.qkv_gradients),
-                                patches_destinations=Method(config.method) in (Method.EXACT, Method.FIRST_ORDER))
+                                patches_destinations=method.patches_destinations)
     with graph.enable_hooks(bridge, split_qkv=not reader.projected), frozen_parameters(bridge):
         seq = batch_all.clean.shape[1]
         activations = saved_activation_bytes(bridge, graph, batch_all.clean[:1], batch_all.mask[:1]) \
             + reader.kept_bytes_per_token() * seq
-        if Method(config.method) in (Method.EAP_IG_INPUTS, Method.EAP_IG_ACTIVATIONS) and config.steps > 1:
+        if method.integrates_path and config.steps > 1:
             activations = int(activations * (1 + RETAINED_BETWEEN_PASSES))
         copies = method.buffer_copies(graph, reader, config.steps)
         chunk = min(n, config.batch_size, examples_per_chunk(graph, seq, config.memory_budget,
@@ -159,7 +159,7 @@ def attribute(
         scores = (acc.total / n).cpu()
         per_example = acc.per_example.cpu() if acc.per_example is not None else None
     if not torch.isfinite(scores).all():
-        raise MetricError("attribution produced non-finite scores: check the metric and the model dtype")
+        raise ObjectiveError("attribution produced non-finite scores: check the metric and the model dtype")
     scores = scores * graph.edge_mask
     provenance = {
         "model": _model_provenance(model, bridge),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
 
@@ -11,7 +11,8 @@ from circuitdyn.attribution.errors import AttributionError
 from circuitdyn.attribution.intervention import Ablation
 from circuitdyn.attribution.method import Method
 from circuitdyn.attribution.quadrature import Quadrature
-from circuitdyn.choices import parse_choice
+from circuitdyn.core.choices import parse_choice
+from circuitdyn.core.fields import check_numbers, check_positive
 
 
 class Aggregation(str, Enum):
@@ -21,17 +22,24 @@ class Aggregation(str, Enum):
 
 @dataclass(frozen=True)
 class AttributionConfig:
-    method: Method | str = Method.EAP  # strings are parsed into the Enum in __post_init__
-    ablation: Ablation | str = Ablation.NOISING
-    steps: int = 5  # EAP-IG interpolation steps
-    quadrature: Quadrature | str = Quadrature.MIDPOINT  # where along the path EAP-IG's steps fall (quadrature.py)
-    aggregation: Aggregation | str = Aggregation.PER_TOKEN
-    batch_size: int = 32
-    per_example: bool = False
-    memory_budget: int = 2 * 2**30  # bytes one pass may hold: difference buffers, kept activations, gradients
-    answer_tokens: int = 1  # k: answer tokens scored by NLL / log-prob metrics when tokenizing examples
-    progress: bool = False
-    qkv_gradients: QKVGradients | str = QKVGradients.AUTO  # how q/k/v destination gradients are read
+    method: Method | str = field(default=Method.EAP, metadata={"help": "how edges are scored"})
+    ablation: Ablation | str = field(default=Ablation.NOISING, metadata={
+        "help": "the counterfactual: noising (corrupt at the clean run), denoising, zero or mean ablation"})
+    steps: int = field(default=5, metadata={"help": "EAP-IG interpolation steps"})
+    quadrature: Quadrature | str = field(default=Quadrature.MIDPOINT, metadata={
+        "help": "where EAP-IG's steps fall on the path: midpoint, left (the run), right (the counterfactual, as "
+                "hannamw/EAP-IG), trapezoid (both ends)"})
+    aggregation: Aggregation | str = field(default=Aggregation.PER_TOKEN, metadata={
+        "help": "per_token: a prompt's sum over positions / its tokens; sum: the raw sum"})
+    batch_size: int = field(default=32, metadata={"help": "prompts per pass (memory_budget may lower it)"})
+    per_example: bool = field(default=False, metadata={"cli": False})
+    memory_budget: int = field(default=2 * 2**30, metadata={
+        "help": "bytes one pass may hold: difference buffers, kept activations, gradients"})
+    answer_tokens: int = field(default=1, metadata={
+        "help": "answer tokens scored by NLL / log-prob metrics when tokenizing examples"})
+    progress: bool = field(default=False, metadata={"cli": False})
+    qkv_gradients: QKVGradients | str = field(default=QKVGradients.AUTO, metadata={
+        "help": "how q/k/v destination gradients are read: auto, projected (at the projections) or split"})
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "method", parse_choice(Method, self.method, "method", AttributionError))
@@ -42,18 +50,12 @@ class AttributionConfig:
                                                                AttributionError))
         object.__setattr__(self, "quadrature", parse_choice(Quadrature, self.quadrature, "quadrature",
                                                             AttributionError))
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise AttributionError(f"steps must be an integer >= 1, got {self.steps!r}")
+        check_numbers(self, AttributionError)
+        check_positive(self, "steps", "batch_size", "memory_budget", "answer_tokens", error=AttributionError)
         rule = Quadrature(self.quadrature)
         if self.steps < rule.min_steps:
             raise AttributionError(f"quadrature={rule.value!r} evaluates both ends of the path, so it needs steps >= "
                                    f"{rule.min_steps}, got {self.steps}: raise steps or use 'midpoint'")
-        if self.batch_size < 1:
-            raise AttributionError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.memory_budget < 1:
-            raise AttributionError(f"memory_budget must be a positive number of bytes, got {self.memory_budget}")
-        if self.answer_tokens < 1:
-            raise AttributionError(f"answer_tokens must be >= 1, got {self.answer_tokens}")
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: (v.value if isinstance(v, Enum) else v) for k, v in self.__dict__.items()}
+        return {f.name: (v.value if isinstance(v := getattr(self, f.name), Enum) else v) for f in fields(self)}

@@ -23,9 +23,7 @@ from torch import Tensor
 
 from circuitdyn.attribution.errors import AttributionError
 from circuitdyn.attribution.head_gradients import FactoredGradient
-from circuitdyn.graph import DestHook, Graph, ProjectionHook
-from circuitdyn.head_forks import weight_out_in
-from circuitdyn.qkv_projections import (
+from circuitdyn.attribution.qkv_projections import (
     AffineNorm,
     affine_norm,
     attention_norm,
@@ -35,6 +33,8 @@ from circuitdyn.qkv_projections import (
     projection_module,
     projection_refusal,
 )
+from circuitdyn.graph import DestHook, Graph, ProjectionHook
+from circuitdyn.graph.head_forks import weight_out_in
 
 HookList = list[tuple[str, Callable[..., Any]]]
 OnGrad = Callable[[DestHook, "Tensor | FactoredGradient"], None]

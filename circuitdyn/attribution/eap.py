@@ -32,6 +32,8 @@ def gradient_pass(job: BatchJob, ids: Tensor, sources: HookList, destinations: H
 
 class EAP:
     method = Method.EAP
+    patches_destinations = False
+    integrates_path = False
 
     def buffer_copies(self, graph: Graph, reader: DestinationReader, steps: int) -> float:
         return 1.0

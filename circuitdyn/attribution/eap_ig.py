@@ -33,10 +33,10 @@ from circuitdyn.attribution.intervention import (
 )
 from circuitdyn.attribution.method import BatchJob, BatchResult, Method
 from circuitdyn.attribution.objectives import checked
+from circuitdyn.attribution.qkv_projections import norm_vjp
 from circuitdyn.attribution.quadrature import quadrature_points
 from circuitdyn.graph import Graph
-from circuitdyn.models import per_head_flag_off
-from circuitdyn.qkv_projections import norm_vjp
+from circuitdyn.graph.hook_flags import per_head_flag_off
 
 #: EAP-IG over inputs stacks interpolation points along the batch while a pass holds at most this many
 #: tokens: stacking saves the fixed cost of a pass on short prompts, and costs (cache misses, larger
@@ -51,6 +51,8 @@ class EAPIGInputs:
     contracted with the (counterfactual - run) deltas."""
 
     method = Method.EAP_IG_INPUTS
+    patches_destinations = False
+    integrates_path = True
 
     def buffer_copies(self, graph: Graph, reader: DestinationReader, steps: int) -> float:
         # deltas + the destination gradients summed over the steps
@@ -154,6 +156,8 @@ class EAPIGActivations:
     step, so that the scores of the edges into a destination sum to the path integral (completeness)."""
 
     method = Method.EAP_IG_ACTIVATIONS
+    patches_destinations = False
+    integrates_path = True
 
     def buffer_copies(self, graph: Graph, reader: DestinationReader, steps: int) -> float:
         return 1 + graph.n_dst / graph.n_src + 2  # deltas, summed gradients (materialised), raw and run activations

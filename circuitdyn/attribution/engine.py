@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -18,8 +18,9 @@ from torch import Tensor
 
 from circuitdyn.attribution.destinations import DestinationReader, HookList
 from circuitdyn.attribution.head_gradients import FactoredGradient
+from circuitdyn.core.grads import requires_grad
+from circuitdyn.core.saved_tensors import saved_tensor_storages
 from circuitdyn.graph import Graph
-from circuitdyn.saved_tensors import saved_tensor_storages
 from circuitdyn.tasks.base import PairBatch
 
 __all__ = ["HookList", "ScoreAccumulator"]
@@ -98,17 +99,9 @@ def stackable_rows(graph: Graph, chunk: int, seq: int, copies: float, activation
     return max(chunk, spare // max(int(activations * (1 + BACKWARD_TRANSIENT)), 1))
 
 
-@contextlib.contextmanager
-def frozen_parameters(bridge: Any) -> Iterator[None]:
+def frozen_parameters(bridge: Any) -> contextlib.AbstractContextManager[list[torch.nn.Parameter]]:
     """No parameter gradients during attribution: the backward pass computes only what scores need."""
-    params = [p for p in bridge.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
+    return requires_grad(bridge.parameters(), False)
 
 
 class ScoreAccumulator:

@@ -17,7 +17,7 @@ from circuitdyn.attribution.destinations import DestinationReader
 from circuitdyn.attribution.engine import HookList, forward
 from circuitdyn.attribution.intervention import Counterfactual, prepare_deltas
 from circuitdyn.attribution.method import BatchJob, BatchResult, Method
-from circuitdyn.attribution.objectives import MetricFn, checked
+from circuitdyn.attribution.objectives import ObjectiveFn, checked
 from circuitdyn.graph import Graph
 from circuitdyn.tasks.base import PairBatch
 
@@ -50,7 +50,7 @@ def _edge_patch_hooks(graph: Graph, edges: list[tuple[int, int]], residual: Tens
 
 
 def _per_edge(
-    bridge: Any, graph: Graph, batch: PairBatch, metric: MetricFn, cf: Counterfactual, means: Tensor | None,
+    bridge: Any, graph: Graph, batch: PairBatch, metric: ObjectiveFn, cf: Counterfactual, means: Tensor | None,
     edges: list[tuple[int, int]] | None, derivative: bool,
 ) -> tuple[Tensor, Tensor]:
     """[n_examples, n_src, n_dst] effects (exact or first-order) and the metric at the run."""
@@ -83,6 +83,8 @@ class ExactPatching:
     """metric(patched) - metric(run) of every single-edge patch."""
 
     method = Method.EXACT
+    patches_destinations = True
+    integrates_path = False
     derivative = False
 
     def buffer_copies(self, graph: Graph, reader: DestinationReader, steps: int) -> float:

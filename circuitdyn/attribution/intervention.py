@@ -27,11 +27,12 @@ from torch import Tensor
 
 from circuitdyn.attribution.engine import HookList, forward
 from circuitdyn.attribution.errors import AttributionError
-from circuitdyn.attribution.objectives import MetricFn, checked
-from circuitdyn.choices import parse_choice
+from circuitdyn.attribution.objectives import ObjectiveFn, checked
+from circuitdyn.core.choices import parse_choice
 from circuitdyn.graph import Graph
-from circuitdyn.head_forks import wrapped_module
-from circuitdyn.models import LoadedModel, as_bridge, context_of, split_qkv_off
+from circuitdyn.graph.head_forks import wrapped_module
+from circuitdyn.graph.hook_flags import split_qkv_off
+from circuitdyn.models import LoadedModel, as_bridge, context_of
 from circuitdyn.tasks.base import PairBatch, TaskExample, check_context, tokenize_pairs
 
 SourceBuffer = Float[Tensor, "n_src batch seq d_model"]
@@ -230,7 +231,7 @@ def new_deltas(graph: Graph, batch: PairBatch, device: torch.device, *, raw: boo
 
 def prepare_deltas(
     bridge: Any, graph: Graph, batch: PairBatch, cf: Counterfactual, means: Tensor | None,
-    metric: MetricFn | None = None, *, raw: bool = False, run: bool = False,
+    metric: ObjectiveFn | None = None, *, raw: bool = False, run: bool = False,
 ) -> tuple[Deltas, Tensor | None]:
     """Deltas of the batch (counterfactual forward, then a run forward), without gradients. Returns the
     metric at the run when `metric` is given."""
@@ -239,7 +240,7 @@ def prepare_deltas(
     return deltas, record_run(bridge, graph, batch, deltas, metric)
 
 
-def record_run(bridge: Any, graph: Graph, batch: PairBatch, deltas: Deltas, metric: MetricFn | None) -> Tensor | None:
+def record_run(bridge: Any, graph: Graph, batch: PairBatch, deltas: Deltas, metric: ObjectiveFn | None) -> Tensor | None:
     """The run forward without gradients: subtracts the run's sources from the counterfactual ones in
     `deltas` (see delta_hooks). Returns the metric at the run when `metric` is given."""
     with torch.no_grad(), split_qkv_off(bridge):

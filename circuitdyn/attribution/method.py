@@ -17,7 +17,7 @@ from torch import Tensor
 from circuitdyn.attribution.destinations import DestinationReader
 from circuitdyn.attribution.engine import ScoreAccumulator
 from circuitdyn.attribution.intervention import Counterfactual
-from circuitdyn.attribution.objectives import MetricFn
+from circuitdyn.attribution.objectives import ObjectiveFn
 from circuitdyn.attribution.quadrature import Quadrature
 from circuitdyn.graph import Graph
 from circuitdyn.tasks.base import PairBatch
@@ -38,7 +38,7 @@ class BatchJob:
     bridge: Any
     graph: Graph
     batch: PairBatch
-    metric: MetricFn
+    metric: ObjectiveFn
     accumulator: ScoreAccumulator
     counterfactual: Counterfactual
     means: Tensor | None  # per-source means, for the mean counterfactual
@@ -56,7 +56,16 @@ class BatchResult:
 
 @runtime_checkable
 class AttributionMethod(Protocol):
+    """A registered method, with the properties the driver reads instead of branching on its name."""
+
     method: Method
+    #: it patches destinations one edge at a time (exact patching and its first-order reference): q/k/v
+    #: destinations must then be the per-head copies, not read at the projections
+    patches_destinations: bool
+    #: it integrates gradients along a path in several passes (EAP-IG): the allocator keeps each pass's
+    #: summed gradients between passes, and an objective whose gradient vanishes at the run (KL to the clean
+    #: run) still gets a signal
+    integrates_path: bool
 
     def buffer_copies(self, graph: Graph, reader: DestinationReader, steps: int) -> float:
         """Float32 buffers per example, in units of the [n_src, T, d] delta buffer (for memory budgets), when

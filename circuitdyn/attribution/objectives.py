@@ -1,9 +1,10 @@
 """Objectives: the functions of (logits, batch) that attribution differentiates, one value per example.
 
-(Statistics OF the scores, such as intensity and entropy, live in `circuitdyn.metrics`.) An objective, called
-a metric in the API as in EAP's literature, takes `logits [batch, seq, vocab]` and the PairBatch, and returns
-`[batch]`. Built-ins read the
-answer position(s) of the batch; any user callable with that signature works too.
+An objective takes `logits [batch, seq, vocab]` and the PairBatch and returns `[batch]`; the built-ins read
+the answer position(s) of the batch, and any user callable with that signature works too. `attribute()` and
+the circuit functions take it as `metric=`, the name EAP's literature gives it; inside the package it is an
+objective, so that "metric" means one thing: the circuit metrics computed FROM the scores (intensity,
+entropy, concentration), which live in `circuitdyn.analysis.metrics`.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ Logits = Float[Tensor, "batch seq vocab"]
 PerExample = Float[Tensor, " batch"]
 
 
-class MetricError(ValueError):
-    """A metric that returned something other than one finite value per example."""
+class ObjectiveError(ValueError):
+    """An unknown objective, or one that returned something other than one finite value per example."""
 
 
 def _rows(batch: PairBatch, device: torch.device) -> Tensor:
@@ -63,44 +64,44 @@ def kl_to_reference(logits: Logits, reference: Logits, batch: PairBatch) -> PerE
     return (logp.exp() * (logp - logq)).sum(-1)
 
 
-METRICS: dict[str, Callable[[Tensor, PairBatch], Tensor]] = {
+OBJECTIVES: dict[str, Callable[[Tensor, PairBatch], Tensor]] = {
     "logit_diff": logit_diff,
     "answer_logprob": answer_logprob,
     "answer_nll": answer_nll,
 }
 
 
-MetricFn = Callable[[Tensor, PairBatch], Tensor]
+ObjectiveFn = Callable[[Tensor, PairBatch], Tensor]
 #: the objective that compares with the model's own clean run (it needs that run's logits)
 KL_TO_CLEAN = "kl_to_clean"
 
 
-def resolve_metric(metric: str | MetricFn) -> MetricFn:
+def objective_function(metric: str | ObjectiveFn) -> ObjectiveFn:
     if callable(metric):
         return metric
-    if metric not in METRICS:
-        raise MetricError(f"unknown metric {metric!r}; choose one of {sorted(METRICS)} (or {KL_TO_CLEAN!r} for "
+    if metric not in OBJECTIVES:
+        raise ObjectiveError(f"unknown metric {metric!r}; choose one of {sorted(OBJECTIVES)} (or {KL_TO_CLEAN!r} for "
                           "attribution) or pass a callable (logits [batch, seq, vocab], batch) -> [batch]")
-    return METRICS[metric]
+    return OBJECTIVES[metric]
 
 
-def resolve_objective(metric: str | MetricFn) -> tuple[Callable[..., Tensor], bool]:
+def resolve_objective(metric: str | ObjectiveFn) -> tuple[Callable[..., Tensor], bool]:
     """The objective's function, and whether it needs the clean run's logits as a reference (KL)."""
     if metric == KL_TO_CLEAN:
         return kl_to_reference, True
-    return resolve_metric(metric), False
+    return objective_function(metric), False
 
 
 def checked(values: Tensor, batch: PairBatch, name: str = "metric") -> Tensor:
     """Validate a metric's output: a finite float tensor of shape [batch]."""
     if not isinstance(values, Tensor):
-        raise MetricError(f"{name} returned {type(values).__name__}; it must return a tensor of shape [batch]")
+        raise ObjectiveError(f"{name} returned {type(values).__name__}; it must return a tensor of shape [batch]")
     if values.shape != (len(batch),):
-        raise MetricError(
+        raise ObjectiveError(
             f"{name} returned shape {tuple(values.shape)}; it must return one value per example, shape "
             f"[{len(batch)}] (do not reduce over the batch: circuitdyn sums it for the backward pass)"
         )
     if not torch.isfinite(values).all():
         bad = torch.nonzero(~torch.isfinite(values)).flatten().tolist()
-        raise MetricError(f"{name} is not finite for examples {bad[:8]}: check the answers and the model")
+        raise ObjectiveError(f"{name} is not finite for examples {bad[:8]}: check the answers and the model")
     return values

@@ -24,8 +24,7 @@ with advantage A), log pi(y'|x') changes by eta * A * K(x', x) to first order.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,10 +32,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from circuitdyn.core.grads import requires_grad
 from circuitdyn.dynamics.projection import count_sketch
-from circuitdyn.lora import is_lora_layer
 from circuitdyn.models import as_bridge
-from circuitdyn.surface import SurfaceError, classifier_linear
+from circuitdyn.models.lora import is_lora_layer
+from circuitdyn.models.surface import SurfaceError, classifier_linear
 from circuitdyn.tasks.base import PairBatch
 
 
@@ -80,19 +80,6 @@ class NTKDecomposition(KernelParts):
                 "ntk_gradient_kernel_diag": float(torch.diagonal(self.gradient_kernel).mean())}
 
 
-@contextlib.contextmanager
-def _all_parameters_differentiable(bridge: Any) -> Iterator[None]:
-    """The kernel differentiates every parameter, also those a training stage froze (CF-RL stage 1)."""
-    frozen = [p for p in bridge.parameters() if not p.requires_grad]
-    for p in frozen:
-        p.requires_grad_(True)
-    try:
-        yield
-    finally:
-        for p in frozen:
-            p.requires_grad_(False)
-
-
 def entk(model: Any, batch: PairBatch, *, brute_force: bool = False, memory_budget: int = 2 * 2**30,
          projection: int | None = None, layers: Sequence[int] | None = None, adapters_only: bool = False,
          seed: int = 0) -> NTKDecomposition:
@@ -103,7 +90,8 @@ def entk(model: Any, batch: PairBatch, *, brute_force: bool = False, memory_budg
     part to the parameters of those blocks; `adapters_only` (a LoRA model) to its adapters, the parameters
     LoRA training moves (the feature part is exact either way). With `brute_force`, `full` is the Gram
     matrix of per-sample gradients over the classifier and the same backbone parameters."""
-    with _all_parameters_differentiable(as_bridge(model)):
+    # the kernel differentiates every parameter, also those a training stage froze (CF-RL stage 1)
+    with requires_grad(as_bridge(model).parameters(), True):
         return _entk(model, batch, brute_force=brute_force, memory_budget=memory_budget, projection=projection,
                      layers=layers, adapters_only=adapters_only, seed=seed)
 
@@ -125,7 +113,7 @@ def backbone_parameters(bridge: Any, classifier: set[int], layers: Sequence[int]
         if not adapters:
             where = "" if layers is None else f" in blocks {sorted(set(layers))}"
             raise NTKError(f"adapters_only: the model has no LoRA adapters{where}; adapt it first (TrainConfig.peft "
-                           "or circuitdyn.lora.apply_lora), or leave adapters_only off")
+                           "or circuitdyn.models.lora.apply_lora), or leave adapters_only off")
         found = [p for m in adapters for part in (m.lora_A, m.lora_B) for p in part.parameters()]
     else:
         found = [p for scope in scopes for p in scope.parameters()]

@@ -20,11 +20,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitdyn.dynamics.ntk import KernelParts, NTKError, _all_parameters_differentiable, backbone_parameters
+from circuitdyn.core.grads import requires_grad
+from circuitdyn.dynamics.ntk import KernelParts, NTKError, backbone_parameters
 from circuitdyn.dynamics.projection import count_sketch
 from circuitdyn.models import as_bridge
-from circuitdyn.sampling import Rollout
-from circuitdyn.surface import SurfaceError, classifier_linear
+from circuitdyn.models.sampling import Rollout
+from circuitdyn.models.surface import SurfaceError, classifier_linear
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def sequence_entk(model: Any, rollout: Rollout, *, brute_force: bool = False, pr
     """eNTK of sum_t log pi(y_t | x, y_<t) over the rollout's responses (see the module docstring);
     `projection`, `layers`, `adapters_only` and `full` as in `entk`."""
     bridge = as_bridge(model)
-    with _all_parameters_differentiable(bridge):
+    with requires_grad(bridge.parameters(), True):  # also what a training stage froze
         return _sequence_entk(bridge, rollout, brute_force, projection, layers, adapters_only, seed)
 
 

@@ -11,15 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from circuitdyn.analysis.metrics import circuit_metrics
 from circuitdyn.attribution import Ablation, Method, attribute
 from circuitdyn.attribution.objectives import resolve_objective
-from circuitdyn.choices import parse_choice
+from circuitdyn.core.choices import parse_choice
 from circuitdyn.dynamics.behaviour import confidence, diversity
 from circuitdyn.dynamics.ntk import entk, feature_variability
 from circuitdyn.graph import Granularity
-from circuitdyn.metrics import circuit_metrics
-from circuitdyn.sampling import encode_prompts, sample
-from circuitdyn.surface import seeded_generator
+from circuitdyn.models.sampling import encode_prompts, sample
+from circuitdyn.models.surface import seeded_generator
 from circuitdyn.tasks.base import PairBatch, TaskExample
 
 

@@ -28,7 +28,7 @@ from transformers import TrainerCallback
 
 from circuitdyn.dynamics.snapshots import CircuitSnapshot
 from circuitdyn.models import LoadedModel, Provenance
-from circuitdyn.weights import current_sha256, record_training
+from circuitdyn.models.weights import current_sha256, record_training
 
 
 class _Run:

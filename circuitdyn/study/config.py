@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, no_type_check
 
+from circuitdyn.core.fields import check_numbers, check_positive
 from circuitdyn.graph import Granularity
 
 
@@ -27,35 +27,32 @@ class StudyConfig:
     algorithms, which the paper expects to move the metrics less than online RL.
     """
 
-    samples: int = 100
-    fraction: float = 0.05
-    max_new_tokens: int = 256
-    batch_size: int = 16
-    min_kept: int = 8
-    granularities: tuple[str, ...] = ("layer",)
-    chat_template: bool = True
-    seed: int = 0
-    n_resamples: int = 400_000
-    layer_resamples: int = 5_000
-    alpha: float = 0.05
-    offline: tuple[str, ...] = ("dpo",)
-    per_layer: bool = True
-    save_attributions: bool = True
-    progress: bool = True
+    samples: int = field(default=100, metadata={"help": "problems generated per model"})
+    fraction: float = field(default=0.05, metadata={"help": "share of each response scored (>= 1 token)"})
+    max_new_tokens: int = field(default=256, metadata={"help": "greedy generation length per problem"})
+    batch_size: int = field(default=16, metadata={"help": "problems per generation and attribution pass"})
+    min_kept: int = field(default=8, metadata={"help": "refuse when fewer problems are answered correctly by every model"})
+    granularities: tuple[str, ...] = field(default=("layer",), metadata={
+        "flag": "--granularity", "choices": [g.value for g in Granularity],
+        "help": "graph(s) to attribute (repeatable; layer is the paper's q/k/v-split graph)"})
+    chat_template: bool = field(default=True, metadata={"help": "encode questions with the tokenizer's chat template"})
+    seed: int = field(default=0, metadata={"help": "seed of the statistics' resampling"})
+    n_resamples: int = field(default=400_000, metadata={"flag": "--resamples",
+                                                        "help": "bootstrap resamples per pooled test"})
+    layer_resamples: int = field(default=5_000, metadata={"help": "resamples per per-layer test"})
+    alpha: float = field(default=0.05, metadata={"help": "false discovery rate of the verdicts"})
+    offline: tuple[str, ...] = field(default=("dpo",), metadata={
+        "metavar": "LABEL", "help": "labels (or label prefixes before '_'/'-') of offline algorithms (repeatable)"})
+    per_layer: bool = field(default=True, metadata={"help": "per-layer metrics, tests and plots"})
+    save_attributions: bool = field(default=True, metadata={"help": "write each model's attribution files"})
+    progress: bool = field(default=True, metadata={"cli": False})
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type in ("int",) and (isinstance(value, bool) or not isinstance(value, int)):
-                raise StudyError(f"{f.name} must be an integer, got {value!r}")
-            if f.type in ("float",) and (isinstance(value, bool) or not isinstance(value, (int, float))
-                                         or not math.isfinite(value)):
-                raise StudyError(f"{f.name} must be a finite number, got {value!r}")
+        check_numbers(self, StudyError)
         if not 0 < self.fraction <= 1:
             raise StudyError(f"fraction must be in (0, 1] (the share of each response that is scored), got {self.fraction}")
-        for name in ("samples", "max_new_tokens", "batch_size", "min_kept", "n_resamples", "layer_resamples"):
-            if getattr(self, name) < 1:
-                raise StudyError(f"{name} must be >= 1, got {getattr(self, name)}")
+        check_positive(self, "samples", "max_new_tokens", "batch_size", "min_kept", "n_resamples", "layer_resamples",
+                       error=StudyError)
         if not 0 < self.alpha < 1:
             raise StudyError(f"alpha must be in (0, 1), got {self.alpha}")
         grans = tuple(self.granularities)

@@ -18,8 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from circuitdyn.models import LoadedModel
-from circuitdyn.sampling import sample
-from circuitdyn.surface import sampling_twin
+from circuitdyn.models.sampling import sample
+from circuitdyn.models.surface import sampling_twin
 from circuitdyn.tasks.base import PairBatch
 from circuitdyn.tasks.problems import Problem, ProblemSet
 

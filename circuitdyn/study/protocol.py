@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from circuitdyn.analysis.metrics import circuit_metrics, per_layer_metrics
+from circuitdyn.analysis.stats import N_PERMUTATIONS, Direction, fdr_adjust, paired_stat
 from circuitdyn.attribution import Attribution, attribute
 from circuitdyn.graph import Graph
-from circuitdyn.metrics import circuit_metrics, per_layer_metrics
 from circuitdyn.models import LoadedModel, load_model, weights_sha256
-from circuitdyn.stats import N_PERMUTATIONS, Direction, fdr_adjust, paired_stat
 from circuitdyn.study.config import StudyConfig, StudyError
 from circuitdyn.study.generation import generate, pad_id, scored_batch
 from circuitdyn.study.result import CONCENTRATION, HEADLINE, LAYER_METRICS, Entry, StudyResult, Test

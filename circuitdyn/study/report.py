@@ -14,10 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from circuitdyn.atomic import atomic_write_text
-from circuitdyn.io import safe_child, save_attribution, save_records
-from circuitdyn.metrics import circuit_metrics
-from circuitdyn.report import to_csv
+from circuitdyn.analysis.metrics import circuit_metrics
+from circuitdyn.analysis.report import save_records, to_csv
+from circuitdyn.attribution.files import save_attribution
+from circuitdyn.core.atomic import atomic_write_text
+from circuitdyn.core.outputs import safe_child
 from circuitdyn.study.result import StudyResult
 
 PLOT_METRICS = ("intensity", "normalized_entropy", "gini")

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from circuitdyn.analysis.stats import PairedStat
 from circuitdyn.attribution import Attribution
 from circuitdyn.models import LoadedModel
-from circuitdyn.stats import PairedStat
 from circuitdyn.study.config import StudyConfig
 from circuitdyn.study.generation import Generation
 

@@ -17,7 +17,7 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from circuitdyn.choices import parse_choice
+from circuitdyn.core.choices import parse_choice
 
 
 class TaskError(ValueError):
@@ -63,7 +63,7 @@ class Task(Protocol):
 
     @property
     def default_metric(self) -> str:
-        """A key of circuitdyn.attribution.objectives.METRICS."""
+        """A key of circuitdyn.attribution.objectives.OBJECTIVES."""
         ...
 
     def examples(self, n: int, *, seed: int = 0, split: Split | str = Split.TEST) -> list[TaskExample]:

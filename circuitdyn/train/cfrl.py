@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from circuitdyn.core.grads import requires_grad
 from circuitdyn.train.config import ClassifierFirst, Stage1Objective
 
 
@@ -43,18 +44,14 @@ class ParameterSchedule:
         if stage is Stage.RL or self.plan is None:
             yield
             return
-        frozen = [p for p in backbone if p.requires_grad]
         group = optimizer.param_groups[0]
         lr = group["lr"]
-        for p in frozen:
-            p.requires_grad_(False)
         if self.plan.learning_rate:
             group["lr"] = self.plan.learning_rate
         try:
-            yield
+            with requires_grad(backbone, False):
+                yield
         finally:
-            for p in frozen:
-                p.requires_grad_(True)
             group["lr"] = lr
 
     def supervised(self, stage: Stage) -> bool:

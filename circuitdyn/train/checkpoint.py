@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from circuitdyn.atomic import atomic_folder
+from circuitdyn.core.atomic import atomic_folder
 
 SCHEMA = "circuitdyn.checkpoint"
 VERSION = 1

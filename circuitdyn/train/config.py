@@ -6,12 +6,13 @@ from dataclasses import asdict, dataclass, field
 from enum import Enum
 from typing import Any, no_type_check
 
-from circuitdyn.lora import LoraError, check_lora_config, lora_from_dict, lora_to_dict
-from circuitdyn.train.config_fields import ConfigError, _check_numbers, _enum, _positive, config_help
+from circuitdyn.core.choices import parse_choice
+from circuitdyn.core.fields import ConfigError, check_numbers, check_positive, config_help
+from circuitdyn.models.lora import LoraError, check_lora_config, lora_to_dict
 from circuitdyn.train.memory import Precision
 
 __all__ = ["Algorithm", "CFRLConfig", "ClassifierFirst", "ConfigError", "DPOConfig", "GRPOConfig", "LossType",
-           "PPOConfig", "ScaleRewards", "Stage1Objective", "TrainConfig", "config_from_dict", "config_help"]
+           "PPOConfig", "ScaleRewards", "Stage1Objective", "TrainConfig", "config_help"]
 
 
 class Algorithm(str, Enum):
@@ -59,7 +60,8 @@ class ClassifierFirst:
             raise ConfigError(f"classifier-first steps must be an integer >= 0, got {self.steps!r}")
         if self.learning_rate is not None and not self.learning_rate > 0:
             raise ConfigError(f"classifier-first learning_rate must be > 0 or None, got {self.learning_rate!r}")
-        object.__setattr__(self, "objective", _enum(Stage1Objective, self.objective, "classifier-first objective"))
+        object.__setattr__(self, "objective", parse_choice(Stage1Objective, self.objective, "classifier-first objective",
+                                                           ConfigError))
         if self.objective is Stage1Objective.SUPERVISED and self.until_reward is not None:
             raise ConfigError("until_reward needs a sampled reward per step; the supervised (LP-FT) stage has none: "
                               "use steps")
@@ -106,11 +108,11 @@ class TrainConfig:
     fp16: bool = field(default=False, metadata={"help": "float16 autocast with loss scaling, float32 master weights"})
 
     def __post_init__(self) -> None:
-        _check_numbers(self)
+        check_numbers(self)
         plan = self.schedule
         if plan is not None and plan.steps > self.max_steps:
             raise ConfigError(f"classifier_steps must be in [0, max_steps={self.max_steps}], got {plan.steps}")
-        _positive(self, "max_steps", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
+        check_positive(self, "max_steps", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
                   "max_completion_length", "temperature", "eval_size", "logging_steps")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
@@ -168,9 +170,9 @@ class GRPOConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        object.__setattr__(self, "scale_rewards", _enum(ScaleRewards, self.scale_rewards, "scale_rewards"))
-        object.__setattr__(self, "loss_type", _enum(LossType, self.loss_type, "loss_type"))
-        _positive(self, "num_generations", "num_iterations", "epsilon")
+        object.__setattr__(self, "scale_rewards", parse_choice(ScaleRewards, self.scale_rewards, "scale_rewards", ConfigError))
+        object.__setattr__(self, "loss_type", parse_choice(LossType, self.loss_type, "loss_type", ConfigError))
+        check_positive(self, "num_generations", "num_iterations", "epsilon")
         if self.num_generations < 2:
             raise ConfigError("num_generations must be >= 2: group advantages compare completions of one prompt")
         if self.per_device_train_batch_size % self.num_generations:
@@ -230,7 +232,7 @@ class PPOConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _positive(self, "cliprange", "cliprange_value", "vf_coef", "num_ppo_epochs")
+        check_positive(self, "cliprange", "cliprange_value", "vf_coef", "num_ppo_epochs")
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1) or self.kl_coef < 0:
             raise ConfigError("gamma and lam must be in [0, 1] and kl_coef >= 0")
 
@@ -251,7 +253,7 @@ class DPOConfig(TrainConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _positive(self, "beta", "pair_prompts", "pair_generations")
+        check_positive(self, "beta", "pair_prompts", "pair_generations")
         if self.rpo_alpha < 0:
             raise ConfigError(f"rpo_alpha must be >= 0, got {self.rpo_alpha}")
         if self.classifier_first is not None and self.classifier_first.until_reward is not None:
@@ -261,25 +263,3 @@ class DPOConfig(TrainConfig):
     @property
     def algorithm(self) -> Algorithm:
         return Algorithm.DPO
-
-
-CONFIGS: dict[Algorithm, type[TrainConfig]] = {
-    Algorithm.GRPO: GRPOConfig, Algorithm.CFRL: CFRLConfig, Algorithm.PPO: PPOConfig, Algorithm.DPO: DPOConfig,
-}
-
-
-def config_from_dict(d: dict[str, Any]) -> TrainConfig:
-    d = dict(d)
-    algo = _enum(Algorithm, d.pop("algorithm", None), "algorithm")
-    kind = CONFIGS[algo]
-    if "stop_token_ids" in d:
-        d["stop_token_ids"] = tuple(d["stop_token_ids"])
-    if isinstance(d.get("classifier_first"), dict):  # as read back from JSON
-        d["classifier_first"] = ClassifierFirst(**d["classifier_first"])
-    if isinstance(d.get("peft"), dict):
-        d["peft"] = lora_from_dict(d["peft"])
-    known = {f for f in kind.__dataclass_fields__}
-    unknown = sorted(set(d) - known)
-    if unknown:
-        raise ConfigError(f"unknown {kind.__name__} fields {unknown}")
-    return kind(**d)

@@ -14,7 +14,7 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -22,12 +22,13 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from tqdm.auto import tqdm
 
-from circuitdyn.hf_export import save_hf_folder
 from circuitdyn.models import LoadedModel
-from circuitdyn.surface import seeded_generator
+from circuitdyn.models.export import save_hf_folder
+from circuitdyn.models.surface import seeded_generator
+from circuitdyn.models.weights import TRAINING_FILE, current_sha256, record_training
 from circuitdyn.tasks import get_task
 from circuitdyn.tasks.base import Task, TaskExample
-from circuitdyn.train.algorithm import TrainingAlgorithm, TrainingError
+from circuitdyn.train.algorithm import TrainingError
 from circuitdyn.train.cfrl import ParameterSchedule
 from circuitdyn.train.checkpoint import (
     CheckpointError,
@@ -36,25 +37,15 @@ from circuitdyn.train.checkpoint import (
     read_checkpoint_meta,
     save_checkpoint,
 )
-from circuitdyn.train.config import Algorithm, TrainConfig, config_from_dict
-from circuitdyn.train.dpo import DPO
-from circuitdyn.train.grpo import GRPO
+from circuitdyn.train.config import TrainConfig
 from circuitdyn.train.lpft import supervised_step
 from circuitdyn.train.parallel import rank_world
 from circuitdyn.train.policy import adapt, check_fits, frozen_copy, parameter_groups, scorers, untie_if_asked
-from circuitdyn.train.ppo import PPO
+from circuitdyn.train.registry import build_algorithm, config_from_dict
 from circuitdyn.train.rewards import RewardFn, compute_rewards, task_reward
 from circuitdyn.train.rollout import Rollout, encode_prompts, row_seeds, sample
 from circuitdyn.train.run_folder import previous_run, truncate_log, warn_if_diverging
-from circuitdyn.weights import TRAINING_FILE, current_sha256, record_training
 
-#: how each algorithm is built from its config (CF-RL is GRPO under a classifier-first schedule)
-ALGORITHMS: dict[Algorithm, Callable[[Any, LoadedModel], TrainingAlgorithm]] = {
-    Algorithm.GRPO: lambda cfg, model: GRPO(cfg),
-    Algorithm.CFRL: lambda cfg, model: GRPO(cfg),
-    Algorithm.PPO: lambda cfg, model: PPO(cfg, int(model.bridge.cfg.d_model), model.device),
-    Algorithm.DPO: lambda cfg, model: DPO(cfg),
-}
 #: config fields that do not change the trajectory: a resumed run may change them
 FREE_FIELDS = frozenset({"max_steps", "output_dir", "progress", "save_steps", "logging_steps", "eval_steps",
                          "gradient_checkpointing"})
@@ -97,7 +88,7 @@ class Trainer:
         self.generator = seeded_generator(self.device, config.seed + 1_000_003 * rank_world()[0])
         self.py_random = random.Random(config.seed)
         torch.manual_seed(config.seed)  # modules the algorithm creates
-        self.algorithm = ALGORITHMS[config.algorithm](config, model)
+        self.algorithm = build_algorithm(config, model)
         untie_if_asked(self.bridge, config)
         self.reference = frozen_copy(self.bridge) if self.algorithm.needs_reference else None  # before any adapter
         self.adapted = adapt(self.bridge, config)

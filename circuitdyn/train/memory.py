@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.utils.checkpoint
 
-from circuitdyn.saved_tensors import saved_tensor_storages
+from circuitdyn.core.saved_tensors import saved_tensor_storages
 
 
 class Precision(str, Enum):

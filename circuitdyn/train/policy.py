@@ -1,7 +1,7 @@
 """What a run trains and what computes with it: LoRA adapters or every weight, the classifier and backbone
 parameter groups, the fast modules that sample and score the policy, and a check that a step fits in memory.
 
-With `peft` set, adapters are injected into the bridge's own modules (`circuitdyn.lora`), so the model the
+With `peft` set, adapters are injected into the bridge's own modules (`circuitdyn.models.lora`), so the model the
 trainer updates is still the model attribution reads. Only the adapters train, except under a
 classifier-first schedule: when the unembedding has no adapter of its own, its full weight trains (on
 tied-embedding models the input embedding with it), as peft's `modules_to_save` would.
@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from circuitdyn.lora import apply_lora
 from circuitdyn.models import clone_bridge
-from circuitdyn.surface import classifier_parameters, is_tied, sampling_twin, untie_classifier
+from circuitdyn.models.lora import apply_lora
+from circuitdyn.models.surface import classifier_parameters, is_tied, sampling_twin, untie_classifier
 from circuitdyn.train.config import TrainConfig
 from circuitdyn.train.memory import available_bytes, checkpoint_layers, saved_bytes_per_row, step_bytes, with_precision
 

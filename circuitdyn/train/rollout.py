@@ -1,4 +1,4 @@
-"""Token log-probabilities of rollouts under the policy (sampling itself lives in circuitdyn.sampling).
+"""Token log-probabilities of rollouts under the policy (sampling itself lives in circuitdyn.models.sampling).
 
 They run through a plain Hugging Face module with the bridge's own parameters: the trainer passes the
 sampling twin (surface.sampling_twin), whose log-probabilities equal the bridge's bit for bit at less cost
@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitdyn.sampling import ROLLOUT_TENSORS, Rollout, encode_prompts, positions, sample
+from circuitdyn.models.sampling import ROLLOUT_TENSORS, Rollout, encode_prompts, positions, sample
 
 __all__ = ["ROLLOUT_TENSORS", "Rollout", "completion_rollout", "encode_prompts", "row_seeds", "sample", "token_logprobs"]
 

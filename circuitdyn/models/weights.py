@@ -1,7 +1,11 @@
 """Which weights a model runs on: their hash as they are now, and the training run that produced them.
 
+The training record travels with the model itself (an attribute of the bridge, so clones carry it and
+nothing is kept at module level): the Trainer and the trl integration write it, loading a checkpoint folder
+reads it from the folder, and `attribute()` copies it into each attribution's provenance.
+
 The hash is the sha256 of the model's weights under their Hugging Face names, fused projections rebuilt
-(`hf_export.hf_state_dict`), so a trained model in memory, the checkpoint folder it was saved to and that
+(`export.hf_state_dict`), so a trained model in memory, the checkpoint folder it was saved to and that
 folder loaded again all hash the same. It is recomputed only when a parameter has changed since the last
 call (torch counts in-place updates in each tensor's version), so asking is cheap between updates.
 """
@@ -16,11 +20,11 @@ from typing import Any
 
 import torch
 
-from circuitdyn.hf_export import ExportError, hf_state_dict
-from circuitdyn.model_files import ModelSpecError
+from circuitdyn.models.export import ExportError, hf_state_dict
+from circuitdyn.models.files import ModelSpecError
 
 _HASHES: "weakref.WeakKeyDictionary[Any, tuple[tuple[tuple[int, int], ...], str]]" = weakref.WeakKeyDictionary()
-_TRAINING: "weakref.WeakKeyDictionary[Any, dict[str, Any]]" = weakref.WeakKeyDictionary()
+TRAINING_ATTRIBUTE = "circuitdyn_training"  # on the bridge: the run that wrote its current weights
 
 
 def state_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -51,12 +55,14 @@ def current_sha256(bridge: Any) -> str:
 
 
 def record_training(bridge: Any, info: dict[str, Any]) -> None:
-    """Remember the training run (algorithm, steps, config hash, base) that produced `bridge`'s weights."""
-    _TRAINING[bridge] = dict(info)
+    """Record on `bridge` the training run (algorithm, steps, config hash, base) that produced its weights."""
+    setattr(bridge, TRAINING_ATTRIBUTE, dict(info))
 
 
 def training_of(bridge: Any) -> dict[str, Any] | None:
-    return _TRAINING.get(bridge)
+    """The training run recorded on `bridge`, if any."""
+    record = getattr(bridge, TRAINING_ATTRIBUTE, None)
+    return dict(record) if record is not None else None
 
 
 TRAINING_FILE = "circuitdyn_training.json"  # written beside the weights of a training checkpoint

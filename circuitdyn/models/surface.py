@@ -9,8 +9,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuitdyn.lora import add_lora_to_twin
-from circuitdyn.wrapper_names import strip_wrappers
+from circuitdyn.core.grads import requires_grad
+from circuitdyn.models.lora import add_lora_to_twin
+from circuitdyn.models.wrapper_names import strip_wrappers
 
 
 class SurfaceError(ValueError):
@@ -79,16 +80,9 @@ def sampling_twin(bridge: Any) -> torch.nn.Module:
     # The parameters the bridge actually computes with must all be the twin's: the GPT-2 bridge, for one,
     # computes with split q/k/v copies of c_attn and adds an unembedding bias, so its twin would be stale.
     params = list(bridge.parameters())
-    frozen = [p for p in params if not p.requires_grad]  # a frozen reference is probed too, then re-frozen
     probe = torch.zeros(1, 2, dtype=torch.long, device=params[0].device if params else None)
-    try:
-        for p in frozen:
-            p.requires_grad_(True)
-        with torch.enable_grad():
-            grads = torch.autograd.grad(bridge(probe).float().sum(), params, allow_unused=True) if params else []
-    finally:
-        for p in frozen:
-            p.requires_grad_(False)
+    with requires_grad(params, True), torch.enable_grad():  # a frozen reference is probed too, then re-frozen
+        grads = torch.autograd.grad(bridge(probe).float().sum(), params, allow_unused=True) if params else []
     used = {id(p) for p, g in zip(params, grads) if g is not None}
     if used - {id(p) for p in twin.parameters()}:
         return hf

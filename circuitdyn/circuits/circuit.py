@@ -13,7 +13,7 @@ import torch
 from jaxtyping import Bool
 from torch import Tensor
 
-from circuitdyn.choices import parse_choice
+from circuitdyn.core.choices import parse_choice
 from circuitdyn.graph import Graph, GraphError
 
 

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from circuitdyn.atomic import atomic_folder
+from circuitdyn.core.atomic import atomic_folder
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 

@@ -10,48 +10,21 @@ file in every error.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from circuitdyn.atomic import atomic_file, atomic_write_text
 from circuitdyn.attribution.config import AttributionConfig
 from circuitdyn.attribution.result import Attribution
+from circuitdyn.core.atomic import atomic_file
+from circuitdyn.core.outputs import ArtifactError
 from circuitdyn.graph import Granularity, Graph, GraphSpec
-from circuitdyn.weights import state_sha256
+from circuitdyn.models.weights import state_sha256
 
 SCHEMA = "circuitdyn.attribution"
 VERSION = 3  # 3: tensors' sha256; 2: the graph records `qkv`; 1: merged layer-level q/k/v (read as such)
-
-
-class ArtifactError(ValueError):
-    """A file that is not a valid circuitdyn artifact; the message names the file."""
-
-
-def safe_child(root: Path, name: str) -> Path:
-    """`root / name`, refusing names that would escape `root` (absolute paths, '..')."""
-    target = (root / name).resolve()
-    if not target.is_relative_to(root.resolve()):
-        raise ArtifactError(f"refusing to write {name!r}: it escapes the output folder {root}")
-    return target
-
-
-def check_output_file(path: str | Path, suffix: str = ".safetensors") -> Path:
-    """Refuse an output path that cannot be written, before any work is done."""
-    path = Path(path)
-    if path.is_dir():
-        raise ArtifactError(f"{path} is a folder; give a file name, e.g. {path / ('attribution' + suffix)}")
-    if path.suffix != suffix:
-        raise ArtifactError(f"{path}: the output must be a {suffix} file")
-    parent = path.parent if str(path.parent) else Path(".")
-    existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
-    if not existing.is_dir() or not os.access(existing, os.W_OK):
-        raise ArtifactError(f"{path}: cannot create it ({existing} is not a writable folder)")
-    return path
 
 
 def save_attribution(attribution: Attribution, path: str | Path, *, per_example: bool = True) -> Path:
@@ -86,7 +59,7 @@ def load_attribution(path: str | Path, *, expected_graph: Graph | None = None) -
     except (SafetensorError, OSError, ValueError) as err:
         raise ArtifactError(f"{path}: not a readable safetensors file (truncated or corrupted?): {err}") from None
     if raw_meta is None:
-        raise ArtifactError(f"{path}: no circuitdyn metadata; it was not written by circuitdyn.io.save_attribution")
+        raise ArtifactError(f"{path}: no circuitdyn metadata; it was not written by circuitdyn.save_attribution")
     try:
         meta = json.loads(raw_meta)
         if meta.get("schema") != SCHEMA:
@@ -128,10 +101,3 @@ def load_attribution(path: str | Path, *, expected_graph: Graph | None = None) -
     if not torch.isfinite(scores).all():
         raise ArtifactError(f"{path}: scores contain NaN or inf")
     return Attribution(scores, graph, values, config, per_example, meta.get("provenance", {}))
-
-
-def save_records(records: list[dict[str, Any]], path: str | Path) -> Path:
-    """A list of flat records as JSON (atomic)."""
-    path = Path(path)
-    atomic_write_text(path, json.dumps(records, indent=1, default=float))
-    return path

@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitdyn.head_forks import weight_out_in, wrapped_module
+from circuitdyn.graph.head_forks import weight_out_in, wrapped_module
 
 KINDS = ("q", "k", "v")
 

@@ -3,7 +3,7 @@
 Each zoo model is a real Hugging Face architecture (GPT-2, GPT-NeoX with parallel attention+MLP, Llama
 and Qwen2 with grouped-query attention, Gemma3 with post-norms) at ~0.1 M parameters, with a character
 tokenizer. Pre-training stops as soon as held-out greedy accuracy enters the target band, so RL has room
-to improve. Weights ship with the package (`circuitdyn/zoo_weights/`, made by `python -m circuitdyn.zoo
+to improve. Weights ship with the package (`circuitdyn/models/zoo_weights/`, made by `python -m circuitdyn.models.zoo
 --ship`); when the recipe changes, the key changes and the model is retrained into the user cache.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from circuitdyn.model_files import cache_root, save_model_folder
+from circuitdyn.models.files import cache_root, save_model_folder
 from circuitdyn.tasks.addition import Addition
 from circuitdyn.tasks.base import TaskExample
 
@@ -224,7 +224,7 @@ def zoo_path(family: str, *, progress: bool = False) -> Path:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Pre-train the zoo models (and optionally ship them).")
     parser.add_argument("families", nargs="*", default=sorted(FAMILIES))
-    parser.add_argument("--ship", action="store_true", help="write into circuitdyn/zoo_weights/")
+    parser.add_argument("--ship", action="store_true", help="write into circuitdyn/models/zoo_weights/")
     args = parser.parse_args(argv)
     for family in args.families:
         model, tokenizer, info = pretrain(zoo_spec(family), progress=True)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from circuitdyn.atomic import atomic_write_text
-from circuitdyn.compare import Comparison
+from circuitdyn.analysis.comparison import Comparison
+from circuitdyn.core.atomic import atomic_write_text
 
 HEADLINE = ("intensity", "normalized_entropy", "gini", "kurtosis")
 
@@ -62,3 +63,10 @@ def direction_sentence(c: Comparison, metric: str) -> str:
     by = f" by {_fmt(abs(d.delta))}" if d.delta else ""  # the verb carries the sign
     return (f"{c.name}: {word} {metric}{by} (delta {_fmt(d.delta)}, 95% CI {_fmt(d.ci_low)} to {_fmt(d.ci_high)}, "
             f"p={d.p_value:.2g}, n={d.n}){'' if significant else ', not significant'}.")
+
+
+def save_records(records: list[dict[str, Any]], path: str | Path) -> Path:
+    """A list of flat records as JSON (atomic)."""
+    path = Path(path)
+    atomic_write_text(path, json.dumps(records, indent=1, default=float))
+    return path

@@ -27,9 +27,9 @@ from circuitdyn.attribution.intervention import (
     source_means,
     write_source,
 )
-from circuitdyn.attribution.objectives import MetricError, MetricFn, checked, resolve_objective
+from circuitdyn.attribution.objectives import ObjectiveError, ObjectiveFn, checked, resolve_objective
 from circuitdyn.attribution.result import Attribution
-from circuitdyn.circuit import Circuit, Selection, prune, select
+from circuitdyn.circuits.circuit import Circuit, Selection, prune, select
 from circuitdyn.graph import Graph
 from circuitdyn.models import as_bridge
 from circuitdyn.tasks.base import PairBatch, TaskExample
@@ -85,7 +85,7 @@ def _patch_hooks(graph: Graph, bridge: Any, keep: Tensor, cf: Tensor, cur: Tenso
 
 
 @torch.no_grad()
-def _patched_run(bridge: Any, circuit: Circuit, batch: PairBatch, metric: MetricFn, cf_kind: Counterfactual,
+def _patched_run(bridge: Any, circuit: Circuit, batch: PairBatch, metric: ObjectiveFn, cf_kind: Counterfactual,
                  means: Tensor | None) -> Tensor:
     """Metric per example of the run batch (already swapped for denoising), every edge outside `circuit`
     carrying its counterfactual value."""
@@ -103,7 +103,7 @@ def _patched_run(bridge: Any, circuit: Circuit, batch: PairBatch, metric: Metric
 
 
 def patched_metric(
-    model: Any, circuit: Circuit, batch: PairBatch, metric: MetricFn, ablation: Ablation | str = Ablation.NOISING,
+    model: Any, circuit: Circuit, batch: PairBatch, metric: ObjectiveFn, ablation: Ablation | str = Ablation.NOISING,
     means: Tensor | None = None,
 ) -> Tensor:
     """Metric per example of the run with every edge outside `circuit` patched. `batch` is given as built
@@ -117,7 +117,7 @@ def patched_metric(
 
 
 def _prepared(model: Any, graph: Graph, data: PairBatch | Sequence[TaskExample], metric: Any, ablation: Any,
-              answer_tokens: int) -> tuple[Any, PairBatch, MetricFn, Intervention, Tensor | None]:
+              answer_tokens: int) -> tuple[Any, PairBatch, ObjectiveFn, Intervention, Tensor | None]:
     plan = Intervention.of(ablation)
     bridge = as_bridge(model)
     graph.check_model(bridge)
@@ -126,7 +126,7 @@ def _prepared(model: Any, graph: Graph, data: PairBatch | Sequence[TaskExample],
     batch = plan.run_batch(given.to(next(bridge.parameters()).device))
     fn, needs_ref = resolve_objective(metric)
     if needs_ref:
-        raise MetricError("kl_to_clean is not supported for faithfulness; use logit_diff or answer metrics")
+        raise ObjectiveError("kl_to_clean is not supported for faithfulness; use logit_diff or answer metrics")
     means = None
     if plan.needs_means:
         with graph.enable_hooks(bridge):

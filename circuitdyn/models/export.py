@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuitdyn.lora import effective_tensor, is_lora_layer
-from circuitdyn.wrapper_names import joint_attentions, strip_wrappers
+from circuitdyn.models.lora import effective_tensor, is_lora_layer
+from circuitdyn.models.wrapper_names import joint_attentions, strip_wrappers
 
 
 class ExportError(RuntimeError):

@@ -26,14 +26,13 @@ import torch
 from jaxtyping import Bool, Float
 from torch import Tensor
 
-from circuitdyn.choices import parse_choice
-from circuitdyn.liveness import HookProbe, dead_hooks
-from circuitdyn.models import as_bridge, attribution_hooks
-from circuitdyn.nodes import (
+from circuitdyn.core.choices import parse_choice
+from circuitdyn.graph.hook_flags import attribution_hooks
+from circuitdyn.graph.liveness import HookProbe, dead_hooks
+from circuitdyn.graph.nodes import (
     QKV,
     DestHook,
     Destination,
-    DestKind,
     Granularity,
     GraphError,
     GraphSpec,
@@ -41,11 +40,10 @@ from circuitdyn.nodes import (
     ProjectionHook,
     Source,
     SourceHook,
-    SourceKind,
 )
+from circuitdyn.models import as_bridge
 
-__all__ = ["QKV", "DestHook", "DestKind", "Destination", "Graph", "GraphError", "GraphSpec", "Granularity",
-           "PostNormHook", "ProjectionHook", "Source", "SourceHook", "SourceKind", "spec_from_model"]
+__all__ = ["Graph", "spec_from_model"]
 
 
 def spec_from_model(

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from circuitdyn.circuit import Circuit
-from circuitdyn.compare import Comparison
-from circuitdyn.metrics import per_layer_metrics
+from circuitdyn.analysis.comparison import Comparison
+from circuitdyn.analysis.metrics import per_layer_metrics
+from circuitdyn.circuits.circuit import Circuit
 
 if TYPE_CHECKING:  # matplotlib is imported when a figure is made (it costs seconds at start-up)
     from matplotlib.figure import Figure

@@ -1,9 +1,10 @@
 """Paired base-vs-tuned statistics of circuit metrics, edge-level diffs, and cross-family tables.
 
 Per-example metrics are computed on the same prompts for both models; each metric's paired differences
-(tuned - base) get a mean, a seeded bootstrap 95% CI, a Wilcoxon signed-rank p-value and a paired effect
-size (d_z = mean / sd of the differences). The seed protocol keeps only prompts both models answer
-correctly (teacher-forced greedy check of the answer tokens).
+(tuned - base) go through the study's paired test (`stats.paired_stat`: the mean, its BCa bootstrap 95% CI
+and a sign-flip permutation p-value), plus a paired effect size (d_z = mean / sd of the differences), so
+`circuitdyn compare` and `circuitdyn study` give the same p-value for the same question. The seed protocol
+keeps only prompts both models answer correctly (teacher-forced greedy check of the answer tokens).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import torch
 from scipy import stats
 from torch import Tensor
 
-from circuitdyn.metrics import METRIC_NAMES, circuit_metrics, edge_vector
+from circuitdyn.analysis.metrics import METRIC_NAMES, circuit_metrics, edge_vector
+from circuitdyn.analysis.stats import N_RESAMPLES, paired_stat
+from circuitdyn.attribution import METHODS, Method
 from circuitdyn.models import as_bridge
 from circuitdyn.tasks.base import PairBatch
 
@@ -37,7 +40,7 @@ class MetricDelta:
     delta: float
     ci_low: float
     ci_high: float
-    p_value: float
+    p_value: float  # sign-flip permutation test of the mean (stats.paired_stat)
     effect_size: float
     n: int
     n_dropped: int = 0  # examples left out because a metric was NaN for one of the models (e.g. all-zero scores)
@@ -66,7 +69,7 @@ MATCHED_CONFIG = ("method", "ablation", "aggregation", "answer_tokens")
 def _setting(attribution: Any) -> dict[str, Any]:
     config = attribution.config.as_dict()
     setting = {k: config.get(k) for k in MATCHED_CONFIG}
-    if setting["method"] in ("eap-ig-inputs", "eap-ig-activations"):
+    if METHODS[Method(setting["method"])].integrates_path:
         setting["steps"] = config.get("steps")
         setting["quadrature"] = config.get("quadrature", "midpoint")  # files from before the rules: midpoint
     setting["metric"] = attribution.provenance.get("metric")
@@ -105,16 +108,9 @@ def _check_pair(base: Any, tuned: Any) -> None:
                               "attribute both on the same prompts")
 
 
-def bootstrap_ci(diff: np.ndarray, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Seeded percentile-bootstrap CI of the mean (scipy.stats.bootstrap); the point itself for n < 2."""
-    if len(diff) < 2 or np.all(diff == diff[0]):
-        return float(diff.mean()), float(diff.mean())
-    res = stats.bootstrap((diff,), np.mean, n_resamples=n_boot, confidence_level=level, method="percentile",
-                          rng=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-
-def paired_delta(metric: str, base: np.ndarray, tuned: np.ndarray, *, n_boot: int = 2000, seed: int = 0) -> MetricDelta:
+def paired_delta(metric: str, base: np.ndarray, tuned: np.ndarray, *, n_resamples: int = N_RESAMPLES,
+                 seed: int = 0) -> MetricDelta:
+    """The paired difference tuned - base of one metric over the examples both models have a value for."""
     ok = np.isfinite(base) & np.isfinite(tuned)
     dropped = int((~ok).sum())
     if dropped:
@@ -126,15 +122,15 @@ def paired_delta(metric: str, base: np.ndarray, tuned: np.ndarray, *, n_boot: in
     if n == 0:
         nan = float("nan")
         return MetricDelta(metric, nan, nan, nan, nan, nan, nan, nan, 0, dropped)
-    lo, hi = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
-    p = float(stats.wilcoxon(diff).pvalue) if n > 1 and np.any(diff != 0) else 1.0
+    s = paired_stat(diff, n_resamples=n_resamples, seed=seed)
     sd = diff.std(ddof=1) if n > 1 else 0.0
     effect = float(diff.mean() / sd) if sd > 0 else 0.0
-    return MetricDelta(metric, float(base.mean()), float(tuned.mean()), float(diff.mean()), lo, hi, p, effect, n, dropped)
+    return MetricDelta(metric, float(base.mean()), float(tuned.mean()), s.mean, s.ci_low, s.ci_high, s.p_value,
+                       effect, n, dropped)
 
 
 def compare(base: Any, tuned: Any, *, name: str = "tuned - base", keep: Tensor | None = None,
-            n_boot: int = 2000, seed: int = 0) -> Comparison:
+            n_resamples: int = N_RESAMPLES, seed: int = 0) -> Comparison:
     """Paired comparison of two Attributions on the same prompts (`keep`: boolean mask of examples)."""
     _check_pair(base, tuned)
     mb = circuit_metrics(base, per_example=True)
@@ -142,7 +138,8 @@ def compare(base: Any, tuned: Any, *, name: str = "tuned - base", keep: Tensor |
     mask = np.ones(base.per_example.shape[0], bool) if keep is None else np.asarray(keep.cpu(), bool)
     if mask.sum() == 0:
         raise ComparisonError("no examples left to compare (keep removed them all)")
-    deltas = tuple(paired_delta(m, mb[m].numpy()[mask], mt[m].numpy()[mask], n_boot=n_boot, seed=seed) for m in METRIC_NAMES)
+    deltas = tuple(paired_delta(m, mb[m].numpy()[mask], mt[m].numpy()[mask], n_resamples=n_resamples,
+                                 seed=seed) for m in METRIC_NAMES)
     pb, pt = circuit_metrics(base), circuit_metrics(tuned)
     pooled = {m: (float(pb[m]), float(pt[m])) for m in METRIC_NAMES}
     return Comparison(name, deltas, pooled)
@@ -193,5 +190,5 @@ def cross_family_table(rows: Sequence[tuple[str, str, str, Any]]) -> list[dict[s
     return out
 
 
-__all__ = ["Comparison", "ComparisonError", "MetricDelta", "bootstrap_ci", "compare", "compare_many", "correct_mask",
+__all__ = ["Comparison", "ComparisonError", "MetricDelta", "compare", "compare_many", "correct_mask",
            "cross_family_table", "edge_diff", "edge_vector", "paired_delta"]

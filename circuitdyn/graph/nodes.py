@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Literal
 
-from circuitdyn.choices import parse_choice
+from circuitdyn.core.choices import parse_choice
 
 
 class Granularity(str, Enum):

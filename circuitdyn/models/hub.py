@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from circuitdyn.model_files import ModelSpecError
+from circuitdyn.models.files import ModelSpecError
 
 HUB_PROBE_SECONDS = 3.0
 

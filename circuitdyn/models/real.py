@@ -11,7 +11,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from circuitdyn.model_files import ModelSpecError, cache_root, save_model_folder
+from circuitdyn.models.files import ModelSpecError, cache_root, save_model_folder
 
 #: the real models' packages: data-only wheels whose declared requirements (llama-cpp-python, a C++ source
 #: build) circuitdyn does not use, so they are installed without them

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from circuitdyn.wrapper_names import joint_attentions, strip_wrappers
+from circuitdyn.models.wrapper_names import joint_attentions, strip_wrappers
 
 
 class LoraError(ValueError):

