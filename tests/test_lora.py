@@ -13,7 +13,8 @@ from circuitdyn.attribution import attribute
 from circuitdyn.graph import Graph
 from circuitdyn.models import clone_model, load_model
 from circuitdyn.models.export import hf_model
-from circuitdyn.models.lora import LoraError, apply_lora, lora_layers, lora_targets, merge_lora
+from circuitdyn.models.lora import apply_lora, lora_layers, lora_targets, merge_lora
+from circuitdyn.models.lora_config import LoraError
 from circuitdyn.models.surface import sampling_twin
 from circuitdyn.tasks import Addition, tokenize_pairs
 from circuitdyn.train import CFRLConfig, ConfigError, GRPOConfig, Trainer, config_from_dict, train

@@ -25,6 +25,13 @@ def count(minimum: int) -> Any:
     return parse
 
 
+def out_path(text: str) -> str:
+    """An argparse type: an output path, `~` expanded; the empty string (an unset shell variable) refused."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty path (an unset shell variable?); give a file or folder name")
+    return str(Path(text).expanduser())
+
+
 def parse_tuned(pairs: list[str]) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for pair in pairs:

@@ -24,6 +24,7 @@ from circuitdyn.cli.inputs import (
     DTYPES,
     HelpFormatter,
     count,
+    out_path,
     parse_sets,
     parse_tuned,
     read_json,
@@ -40,12 +41,11 @@ def _model(spec: str, checkpoint: str | None, device: str | None = None, dtype: 
 
     from circuitdyn.models import load_model
 
-    model = load_model(spec, device=device, dtype=getattr(torch, dtype))
     if checkpoint:
-        from circuitdyn.train.checkpoint import load_module_weights
+        from circuitdyn.train.trained import load_trained
 
-        load_module_weights(Path(checkpoint) / "policy.safetensors", model.bridge.original_model)
-    return model
+        return load_trained(checkpoint, spec, device=device, dtype=getattr(torch, dtype))
+    return load_model(spec, device=device, dtype=getattr(torch, dtype))
 
 
 def cmd_attribute(args: argparse.Namespace) -> int:
@@ -203,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--dtype", choices=DTYPES, default="float32", help="model weights (scores accumulate in float32)")
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--top", type=count(0), default=10, help="edges to print")
-    a.add_argument("--out", help="output .safetensors")
-    a.add_argument("--csv", help="also write the edge table (edge, source, destination, layer, score) as CSV")
+    a.add_argument("--out", type=out_path, help="output .safetensors")
+    a.add_argument("--csv", type=out_path, help="also write the edge table (edge, source, destination, layer, score) as CSV")
     a.add_argument("--no-per-example", action="store_true", help="leave the per-example scores out of --out")
     add_config_options(a, AttributionConfig)
     a.set_defaults(fn=cmd_attribute)
@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a tuned model (spec, folder or circuitdyn checkpoint of the base); repeat a label for seeds")
     s.add_argument("--task", default="word_problems",
                    help="word_problems, gsm8k:FILE.jsonl, math:FILE.jsonl, or a task (addition, ...)")
-    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--out", type=out_path, required=True, help="output folder")
     add_config_options(s, StudyConfig)
     s.set_defaults(fn=cmd_study)
 
@@ -229,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--name", default="tuned - base")
     c.add_argument("--top-k", type=count(1), default=20)
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--out", help="folder for comparison.csv / comparison.json")
+    c.add_argument("--out", type=out_path, help="folder for comparison.csv / comparison.json")
     c.set_defaults(fn=cmd_compare)
 
     t = sub.add_parser("train", help="fine-tune with GRPO, CF-RL, PPO or DPO", epilog=_train_fields(),
@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--algorithm", choices=[a.value for a in Algorithm], default=Algorithm.GRPO.value)
     t.add_argument("--config", help="JSON file of config fields")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
-    t.add_argument("--out", required=True, help="output folder (log.jsonl, checkpoints)")
+    t.add_argument("--out", type=out_path, required=True, help="output folder (log.jsonl, checkpoints)")
     t.add_argument("--resume", metavar="DIR|latest", help="continue from a checkpoint folder, or from the newest "
                    "checkpoint-N in --out")
     t.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
@@ -256,6 +256,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def interrupted(args: argparse.Namespace) -> str:
+    """What an interrupted command kept, and how to go on."""
+    if args.command == "train":
+        from circuitdyn.train.run_folder import previous_run
+
+        kept = [n for n in previous_run(Path(args.out)) if n.startswith("checkpoint-")]
+        if not kept:
+            return f"no checkpoint was written to {args.out} (set save_steps to write them); run it again"
+        return (f"{args.out} keeps {', '.join(kept)} (every step up to the newest) and log.jsonl; continue with the "
+                f"same command and --resume latest")
+    if args.command == "study":
+        return (f"{args.out} keeps what was finished (generations.jsonl once every model has answered); run the "
+                "same command again to start over")
+    return "nothing was written (outputs are written whole at the end, never partly)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -263,4 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, RuntimeError, MemoryError, ImportError) as err:
         print(f"circuitdyn {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ncircuitdyn {args.command}: interrupted; {interrupted(args)}", file=sys.stderr)
+        return 130
 

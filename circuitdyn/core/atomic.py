@@ -41,18 +41,45 @@ def _publish_modes(root: Path) -> None:
         os.chmod(root, file_mode)
 
 
+def previous_of(folder: Path) -> Path:
+    """Where `atomic_folder` keeps the version it is replacing while it publishes the new one."""
+    return folder.with_name(folder.name + ".previous")
+
+
+def recover_folder(folder: Path) -> Path:
+    """Finish or undo a publish that was interrupted (killed, power lost), so `folder` is one complete copy:
+    the previous version when the new one never reached its place, the new one when it did. Returns
+    `folder`. Every reader of a published folder calls it first; it does nothing when no publish was cut."""
+    folder = Path(folder)
+    previous = previous_of(folder)
+    if previous.is_dir():
+        if folder.exists():  # the new version is in place: the old one was about to be removed
+            shutil.rmtree(previous, ignore_errors=True)
+        else:  # cut between moving the old one aside and moving the new one in: put the old one back
+            os.replace(previous, folder)
+    return folder
+
+
 @contextlib.contextmanager
 def atomic_folder(folder: Path) -> Iterator[Path]:
-    """Yields a temporary folder; on success it replaces `folder`, on error it is removed."""
+    """Yields a temporary folder; on success it replaces `folder`, on error it is removed.
+
+    Publishing never leaves a moment without one complete copy: the old version is renamed aside
+    (`NAME.previous`), the new one renamed into place, and only then is the old one removed. A process
+    killed between the two renames leaves the old version aside, which `recover_folder` puts back."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    recover_folder(folder)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".", suffix=".tmp", dir=folder.parent))
     try:
         yield tmp
         _publish_modes(tmp)
+        previous = previous_of(folder)
         if folder.exists():
-            shutil.rmtree(folder)
+            os.replace(folder, previous)
         os.replace(tmp, folder)
+        if previous.exists():
+            shutil.rmtree(previous)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -19,15 +19,40 @@ def safe_child(root: Path, name: str) -> Path:
     return target
 
 
-def check_output_file(path: str | Path, suffix: str = ".safetensors") -> Path:
-    """Refuse an output path that cannot be written, before any work is done."""
-    path = Path(path)
-    if path.is_dir():
-        raise ArtifactError(f"{path} is a folder; give a file name, e.g. {path / ('attribution' + suffix)}")
-    if path.suffix != suffix:
-        raise ArtifactError(f"{path}: the output must be a {suffix} file")
+def output_path(path: str | Path, what: str = "output") -> Path:
+    """`path` with `~` expanded, refusing the empty path (what `--out "$RUN"` gives when RUN is unset)."""
+    if not str(path).strip():
+        raise ArtifactError(f"the {what} path is empty (an unset shell variable?); give a file or folder name")
+    return Path(path).expanduser()
+
+
+def _creatable(path: Path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
     if not existing.is_dir() or not os.access(existing, os.W_OK):
         raise ArtifactError(f"{path}: cannot create it ({existing} is not a writable folder)")
+
+
+def check_output_folder(path: str | Path, what: str = "output folder") -> Path:
+    """Refuse an output folder that cannot be written (empty path, an existing file, under a file, no write
+    permission), before any work is done. Returns it with `~` expanded."""
+    path = output_path(path, what)
+    if path.exists() and not path.is_dir():
+        raise ArtifactError(f"{what} {path} exists and is not a folder; give a folder path")
+    if path.is_dir():
+        if not os.access(path, os.W_OK):
+            raise ArtifactError(f"{what} {path} is not writable")
+    else:
+        _creatable(path)
+    return path
+
+
+def check_output_file(path: str | Path, suffix: str = ".safetensors") -> Path:
+    """Refuse an output path that cannot be written, before any work is done."""
+    path = output_path(path)
+    if path.is_dir():
+        raise ArtifactError(f"{path} is a folder; give a file name, e.g. {path / ('attribution' + suffix)}")
+    if path.suffix != suffix:
+        raise ArtifactError(f"{path}: the output must be a {suffix} file")
+    _creatable(path)
     return path

@@ -12,6 +12,7 @@ say which fused entry each of their entries came from (refused unless every entr
 from __future__ import annotations
 
 import copy
+import json
 import weakref
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuitdyn.models.files import PLAIN_TOKENIZER_MARKER, is_plain_tokenizer
 from circuitdyn.models.lora import effective_tensor, is_lora_layer
 from circuitdyn.models.wrapper_names import joint_attentions, strip_wrappers
 
@@ -137,10 +139,39 @@ def hf_model(bridge: Any) -> Any:
     return fresh.eval()
 
 
-def save_hf_folder(bridge: Any, tokenizer: Any, folder: Path) -> Path:
+#: configuration the bridge switches on in the model it wraps (to capture attention patterns), which an
+#: export must not carry: `generate()` would return an output object with attentions instead of token ids
+BRIDGE_SETTINGS = {"config.json": ("output_attentions",),
+                   "generation_config.json": ("output_attentions", "return_dict_in_generate")}
+
+
+def _restore_settings(folder: Path, source: Path | None) -> None:
+    """Give each BRIDGE_SETTINGS key of the written files the value of the source folder's own files (the
+    folder the model was loaded from), or drop it (Hugging Face's default, off) where the source has none."""
+    for name, keys in BRIDGE_SETTINGS.items():
+        path = folder / name
+        if not path.exists():
+            continue
+        written = json.loads(path.read_text())
+        original = json.loads((source / name).read_text()) if source is not None and (source / name).is_file() else {}
+        for key in keys:
+            if key in original:
+                written[key] = original[key]
+            else:
+                written.pop(key, None)
+        path.write_text(json.dumps(written, indent=2, sort_keys=True) + "\n")
+
+
+def save_hf_folder(bridge: Any, tokenizer: Any, folder: Path, *, source: str | Path | None = None) -> Path:
     """config.json, model.safetensors (Hugging Face names), generation_config.json and the tokenizer files
-    in `folder` (which must exist), so that AutoModelForCausalLM.from_pretrained and load_model open it."""
+    in `folder` (which must exist), so that AutoModelForCausalLM.from_pretrained and load_model open it as the
+    model it came from: the configuration the bridge switched on is restored to `source`'s (the folder the
+    model was loaded from, when it is one), and a plain fast tokenizer is marked as such."""
     model = hf_model(bridge)
     model.save_pretrained(str(folder), safe_serialization=True)
     tokenizer.save_pretrained(str(folder))
+    source_dir = Path(source) if source is not None and Path(source).is_dir() else None
+    _restore_settings(Path(folder), source_dir)
+    if is_plain_tokenizer(tokenizer):
+        (Path(folder) / PLAIN_TOKENIZER_MARKER).write_text(json.dumps({"class": "PreTrainedTokenizerFast"}) + "\n")
     return folder

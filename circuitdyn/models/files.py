@@ -12,6 +12,8 @@ from typing import Any
 from circuitdyn.core.atomic import atomic_folder
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+#: beside a model whose tokenizer is a plain fast tokenizer (the zoo's and its exports): load it as such
+PLAIN_TOKENIZER_MARKER = "circuitdyn_tokenizer.json"
 
 
 def cache_root() -> Path:
@@ -43,14 +45,25 @@ def check_round_trip(tokenizer: Any, source: str) -> None:
         )
 
 
+def has_plain_tokenizer(folder: Path) -> bool:
+    return (folder / PLAIN_TOKENIZER_MARKER).exists() or (folder / "zoo.json").exists()
+
+
 def load_tokenizer(target: Path | str) -> Any:
-    """The tokenizer saved with a model. Zoo folders hold a plain fast tokenizer: load it as such, since
-    AutoTokenizer would substitute the architecture's own class (Qwen2Tokenizer drops spaces)."""
+    """The tokenizer saved with a model. Zoo folders (and folders exported from them, which carry
+    PLAIN_TOKENIZER_MARKER) hold a plain fast tokenizer: load it as such, since AutoTokenizer would
+    substitute the architecture's own class (Qwen2Tokenizer drops spaces)."""
     from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-    if isinstance(target, Path) and (target / "zoo.json").exists():
+    if isinstance(target, Path) and has_plain_tokenizer(target):
         return PreTrainedTokenizerFast.from_pretrained(str(target))
     return AutoTokenizer.from_pretrained(str(target))
+
+
+def is_plain_tokenizer(tokenizer: Any) -> bool:
+    from transformers import PreTrainedTokenizerFast
+
+    return type(tokenizer) is PreTrainedTokenizerFast
 
 
 def save_model_folder(

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors import SafetensorError
 
+from circuitdyn.core.atomic import recover_folder
 from circuitdyn.models import real, zoo
 from circuitdyn.models.files import (
     ModelSpecError,
@@ -67,7 +68,7 @@ def resolve_spec(spec: str) -> Path | str:
         return zoo.zoo_path(family)
     if spec in REAL_MODELS:
         return real.converted_folder(spec)
-    path = Path(spec).expanduser()
+    path = recover_folder(Path(spec).expanduser())  # a checkpoint whose publish was cut: one complete copy
     if spec.endswith(".gguf"):
         if not path.is_file():
             raise ModelSpecError(f"GGUF file not found: {path}")

@@ -20,50 +20,20 @@ import contextlib
 import dataclasses
 import re
 import warnings
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from circuitdyn.models.lora_config import LoraError, check_lora_config
 from circuitdyn.models.wrapper_names import joint_attentions, strip_wrappers
 
-
-class LoraError(ValueError):
-    """An adapter configuration the bridge cannot take; the message names the field or module."""
-
-
 _CONFIG_ATTR = "_circuitdyn_lora"  # the LoraConfig used, on the bridge's model (a copy of the bridge keeps it)
-#: LoraConfig fields a checkpoint does not need to rebuild the adapters
-_BOOKKEEPING = {"peft_type", "peft_version", "task_type", "base_model_name_or_path", "revision", "auto_mapping",
-                "inference_mode", "runtime_config"}
-
-
 def is_lora_layer(module: Any) -> bool:
     """A peft LoRA layer: it owns `lora_A` (own children only: a bridge wrapper forwards attribute lookups
     to the module it wraps, so `hasattr` would also say yes for the wrapper)."""
     return isinstance(module, torch.nn.Module) and "lora_A" in module._modules
-
-
-def check_lora_config(config: Any) -> None:
-    """Refuse what the trainer cannot honour, naming the field."""
-    from peft import LoraConfig
-
-    if not isinstance(config, LoraConfig):
-        raise LoraError(f"peft must be a peft.LoraConfig (or None for full fine-tuning), got {type(config).__name__}")
-    if config.lora_dropout:
-        raise LoraError(f"lora_dropout={config.lora_dropout}: the trainer runs without dropout (deterministic, "
-                        "resumable runs); set lora_dropout=0")
-    for flag in ("use_dora", "lora_bias", "use_qalora"):
-        if getattr(config, flag, False):
-            raise LoraError(f"{flag}=True is not supported: adapters must merge as W + (alpha/r) B A; set {flag}=False")
-    if config.bias != "none":
-        raise LoraError(f"bias={config.bias!r}: only bias='none' is supported (the base biases stay frozen)")
-    for field in ("modules_to_save", "trainable_token_indices"):
-        if getattr(config, field, None):
-            raise LoraError(f"{field} is not supported: its copies of whole modules would not be merged into the "
-                            "exported model; adapt those modules with target_modules (a classifier-first schedule "
-                            "trains the unembedding whole by itself)")
 
 
 def _linears(hf: torch.nn.Module) -> dict[str, torch.nn.Module]:
@@ -122,10 +92,7 @@ def _targets(bridge: Any, config: Any) -> list[str]:
         chosen = [m for m in linears.values() if id(m) in called and m is not unembed]
     else:
         def wanted(name: str) -> bool:
-            short = strip_wrappers(name)
-            if isinstance(targets, str):
-                return re.fullmatch(targets, short) is not None
-            return any(short == t or short.endswith("." + t) for t in targets)
+            return _matches(targets, strip_wrappers(name))
         chosen = []
         for name, m in linears.items():
             if not wanted(name):
@@ -137,6 +104,7 @@ def _targets(bridge: Any, config: Any) -> list[str]:
             else:
                 raise LoraError(f"target {strip_wrappers(name)!r} is not on the bridge's computation path (the "
                                 "bridge never calls it), so an adapter there would change nothing")
+    chosen = _honour_exclusions(config, hf, chosen)
     if not chosen:
         names = sorted({strip_wrappers(n).rpartition(".")[2] for n, m in linears.items() if id(m) in called})
         raise LoraError(f"target_modules={targets!r} match no linear module of this model; its linear modules "
@@ -147,13 +115,51 @@ def _targets(bridge: Any, config: Any) -> list[str]:
     return sorted({first[id(m)] for m in chosen})
 
 
+def _matches(spec: str | Collection[str], short: str) -> bool:
+    """peft's rule for target_modules and exclude_modules: a string is a regex on the whole name, a list names
+    modules by their last segments."""
+    if isinstance(spec, str):
+        return re.fullmatch(spec, short) is not None
+    return any(short == t or short.endswith("." + t) for t in spec)
+
+
+LAYER_PATTERNS = ("layers", "h", "blocks", "layer")  # where peft looks for a layer index in a module's name
+
+
+def _layer_of(short: str, patterns: str | Collection[str] | None) -> int | None:
+    names = [patterns] if isinstance(patterns, str) else list(patterns or LAYER_PATTERNS)
+    found = re.search(r"(?:^|\.)(?:" + "|".join(map(re.escape, names)) + r")\.(\d+)\.", short)
+    return int(found.group(1)) if found else None
+
+
+def _honour_exclusions(config: Any, hf: torch.nn.Module, chosen: list[torch.nn.Module]) -> list[torch.nn.Module]:
+    """Drop the modules that exclude_modules names and those outside layers_to_transform (resolved here,
+    so that peft receives only the final list of names)."""
+    names: dict[int, list[str]] = {}
+    for name, m in hf.named_modules(remove_duplicate=False):
+        names.setdefault(id(m), []).append(strip_wrappers(name))
+    excluded, layers = config.exclude_modules, config.layers_to_transform
+    wanted_layers = None if layers is None else ({layers} if isinstance(layers, int) else set(layers))
+    kept = []
+    for m in chosen:
+        aliases = names.get(id(m), [])
+        if excluded and any(_matches(excluded, a) for a in aliases):
+            continue
+        if wanted_layers is not None and not any(_layer_of(a, config.layers_pattern) in wanted_layers for a in aliases):
+            continue
+        kept.append(m)
+    return kept
+
+
 def _inject(config: Any, model: torch.nn.Module, full_names: list[str]) -> None:
     from peft import inject_adapter_in_model
 
     regex = "^(" + "|".join(re.escape(n) for n in full_names) + ")$"
+    resolved = dataclasses.replace(config, target_modules=regex, exclude_modules=None, layers_to_transform=None,
+                                   layers_pattern=None)  # already applied to the names
     with warnings.catch_warnings():  # peft flips fan_in_fan_out per module (Conv1D vs Linear) and says so
         warnings.filterwarnings("ignore", message=r"fan_in_fan_out is set to")
-        inject_adapter_in_model(dataclasses.replace(config, target_modules=regex), model)
+        inject_adapter_in_model(resolved, model)
 
 
 def apply_lora(bridge: Any, config: Any) -> list[str]:
@@ -239,22 +245,3 @@ def merge_lora(bridge: Any) -> None:
     for attr in (_CONFIG_ATTR, "peft_config", "_hf_peft_config_loaded"):
         if attr in vars(hf):
             delattr(hf, attr)
-
-
-def lora_to_dict(config: Any) -> dict[str, Any]:
-    """The fields of a LoraConfig that differ from peft's defaults, JSON-safe."""
-    from peft import LoraConfig
-
-    default = LoraConfig().to_dict()
-    out = {}
-    for k, v in config.to_dict().items():
-        if k in _BOOKKEEPING or v == default.get(k):
-            continue
-        out[k] = sorted(v) if isinstance(v, (set, frozenset)) else v
-    return out
-
-
-def lora_from_dict(d: dict[str, Any]) -> Any:
-    from peft import LoraConfig
-
-    return LoraConfig(**d)

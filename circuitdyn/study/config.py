@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, fields
 from typing import Any, no_type_check
 
@@ -67,3 +68,16 @@ class StudyConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+
+
+def check_label(label: object) -> str:
+    """A tuned model's label: it names files (`attributions/LABEL_...`) and table rows, so it is 1-64 letters,
+    digits, `_`, `.`, `+` or `-`, starting with a letter or digit (no path separators, no '..', no spaces,
+    newlines or markdown/CSV syntax)."""
+    if not isinstance(label, str) or not LABEL.fullmatch(label) or ".." in label:
+        raise StudyError(f"tuned label {label!r} is not usable: labels name files and table rows, so use 1-64 "
+                         "letters, digits, '_', '.', '+' or '-', starting with a letter or digit (e.g. grpo, dpo_rpo)")
+    return label

@@ -26,12 +26,14 @@ import torch
 from circuitdyn.analysis.metrics import circuit_metrics, per_layer_metrics
 from circuitdyn.analysis.stats import N_PERMUTATIONS, Direction, fdr_adjust, paired_stat
 from circuitdyn.attribution import Attribution, attribute
+from circuitdyn.core.outputs import check_output_folder
 from circuitdyn.graph import Graph
 from circuitdyn.models import LoadedModel, load_model, weights_sha256
-from circuitdyn.study.config import StudyConfig, StudyError
+from circuitdyn.study.config import StudyConfig, StudyError, check_label
 from circuitdyn.study.generation import generate, pad_id, scored_batch
 from circuitdyn.study.result import CONCENTRATION, HEADLINE, LAYER_METRICS, Entry, StudyResult, Test
 from circuitdyn.tasks import ProblemSet, get_problem_set, problems_sha256
+from circuitdyn.train.trained import is_checkpoint, load_trained
 
 ModelLike = str | LoadedModel
 
@@ -40,17 +42,8 @@ def _load(spec: ModelLike, base_spec: str | None) -> LoadedModel:
         return spec
     if not isinstance(spec, str):
         raise StudyError(f"a model must be a spec string or a LoadedModel, got {type(spec).__name__}")
-    folder = Path(spec).expanduser()
-    if (folder / "policy.safetensors").is_file():  # a circuitdyn training checkpoint: the base's weights updated
-        if base_spec is None:
-            raise StudyError(f"{spec} is a circuitdyn checkpoint; give the base model as a spec so it can be loaded")
-        from circuitdyn.train.checkpoint import load_module_weights
-
-        model = load_model(base_spec)
-        load_module_weights(folder / "policy.safetensors", model.bridge.original_model)
-        # its weights hash is taken with every other model's in _protocol, from the weights it runs with
-        prov = replace(model.provenance, spec=f"{base_spec}+{spec}", source=str(folder))
-        return LoadedModel(model.bridge, model.tokenizer, prov)
+    if is_checkpoint(spec):  # a circuitdyn training checkpoint (LoRA adapters merged), trained from the base
+        return load_trained(spec, base_spec)
     return load_model(spec)
 
 
@@ -185,6 +178,9 @@ def run_study(
         raise StudyError("give at least one tuned model: tuned={'grpo': spec_or_model}")
     if "base" in tuned:
         raise StudyError("'base' is reserved for the base model; name the tuned models otherwise")
+    for label in tuned:  # labels become file names and table cells: refused before any work
+        check_label(label)
+    out = check_output_folder(out, "study output folder") if out is not None else None
     source = get_problem_set(problems) if isinstance(problems, str) else problems
     t0 = time.perf_counter()
     base_spec = base if isinstance(base, str) else None
@@ -215,7 +211,7 @@ def run_study(
     if out is not None:
         from circuitdyn.study.report import write_generations
 
-        write_generations(Path(out), items, generations, kept, protocol)
+        write_generations(out, items, generations, kept, protocol)
     if len(kept) < cfg.min_kept:
         raise StudyError(
             f"only {len(kept)} of {len(items)} problems were answered correctly by every model (correct per model: "
@@ -249,7 +245,7 @@ def run_study(
     if out is not None:
         from circuitdyn.study.report import write_study
 
-        write_study(result, Path(out))
+        write_study(result, out)
     return result
 
 

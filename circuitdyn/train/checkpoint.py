@@ -21,7 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from circuitdyn.core.atomic import atomic_folder
+from circuitdyn.core.atomic import atomic_folder, recover_folder
 
 SCHEMA = "circuitdyn.checkpoint"
 VERSION = 1
@@ -92,7 +92,7 @@ def load_module_weights(path: Path, module: torch.nn.Module) -> None:
 
 def read_checkpoint_meta(folder: Path) -> dict[str, Any]:
     """The validated JSON part of a checkpoint (schema, version, trainer state with its config)."""
-    meta_path = Path(folder) / "checkpoint.json"
+    meta_path = recover_folder(Path(folder)) / "checkpoint.json"
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError) as err:

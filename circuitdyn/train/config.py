@@ -8,7 +8,7 @@ from typing import Any, no_type_check
 
 from circuitdyn.core.choices import parse_choice
 from circuitdyn.core.fields import ConfigError, check_numbers, check_positive, config_help
-from circuitdyn.models.lora import LoraError, check_lora_config, lora_to_dict
+from circuitdyn.models.lora_config import LoraError, check_lora_config, lora_to_dict
 from circuitdyn.train.memory import Precision
 
 __all__ = ["Algorithm", "CFRLConfig", "ClassifierFirst", "ConfigError", "DPOConfig", "GRPOConfig", "LossType",
@@ -127,6 +127,8 @@ class TrainConfig:
         for flag in ("gradient_checkpointing", "bf16", "fp16"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(f"{flag} must be True or False, got {getattr(self, flag)!r}")
+        if self.output_dir is not None and not str(self.output_dir).strip():
+            raise ConfigError("output_dir is empty (an unset shell variable?); give a folder, or None to save nothing")
         if self.bf16 and self.fp16:
             raise ConfigError("bf16 and fp16 are both set; choose one")
         if self.peft is not None:

@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from tqdm.auto import tqdm
 
+from circuitdyn.core.outputs import check_output_folder
 from circuitdyn.models import LoadedModel
 from circuitdyn.models.export import save_hf_folder
 from circuitdyn.models.surface import seeded_generator
@@ -44,7 +45,7 @@ from circuitdyn.train.policy import adapt, check_fits, frozen_copy, parameter_gr
 from circuitdyn.train.registry import build_algorithm, config_from_dict
 from circuitdyn.train.rewards import RewardFn, compute_rewards, task_reward
 from circuitdyn.train.rollout import Rollout, encode_prompts, row_seeds, sample
-from circuitdyn.train.run_folder import previous_run, truncate_log, warn_if_diverging
+from circuitdyn.train.run_folder import check_resume_folder, previous_run, truncate_log, warn_if_diverging
 
 #: config fields that do not change the trajectory: a resumed run may change them
 FREE_FIELDS = frozenset({"max_steps", "output_dir", "progress", "save_steps", "logging_steps", "eval_steps",
@@ -75,6 +76,8 @@ class Trainer:
         without them, pairs are sampled from the reference model and labelled by the reward."""
         if not isinstance(model, LoadedModel):
             raise TypeError("Trainer needs a LoadedModel from circuitdyn.models.load_model")
+        if config.output_dir is not None:
+            check_output_folder(config.output_dir)  # before any work: a bad folder must not cost the run
         self.model, self.config = model, config
         self.bridge = model.bridge
         self.bridge.eval()  # no dropout: deterministic, resumable runs
@@ -109,9 +112,11 @@ class Trainer:
         if preference_pairs is not None:
             self.algorithm.use_preference_pairs(self, preference_pairs)
         self.base_accuracy: float | None = None
-        self.resumed = resume_from is not None
-        if resume_from is not None:
-            self._resume(Path(resume_from))
+        self.resumed_from = Path(resume_from).expanduser() if resume_from is not None else None
+        if self.resumed_from is not None:
+            if config.output_dir:
+                check_resume_folder(Path(config.output_dir).expanduser(), self.resumed_from)
+            self._resume(self.resumed_from)
 
     # ---- what algorithms use (the TrainingRun protocol) -----------------------------------------------
     def prompts(self, n: int) -> list[TaskExample]:
@@ -199,14 +204,14 @@ class Trainer:
         t0 = time.perf_counter()
         if self.base_accuracy is None:
             self.base_accuracy = self.accuracy() if cfg.eval_steps else float("nan")
-        out_dir = Path(cfg.output_dir) if cfg.output_dir else None
+        out_dir = Path(cfg.output_dir).expanduser() if cfg.output_dir else None
         log_file = (out_dir / "log.jsonl") if out_dir else None
         if out_dir:
-            if not self.resumed and previous_run(out_dir):
+            if self.resumed_from is None and previous_run(out_dir):
                 raise TrainingError(f"{out_dir} already holds a training run ({', '.join(previous_run(out_dir)[:3])}); "
                                     "write to a new folder, or continue it with resume_from (circuitdyn train --resume)")
             out_dir.mkdir(parents=True, exist_ok=True)
-            if log_file is not None and self.resumed:
+            if log_file is not None and self.resumed_from is not None:
                 truncate_log(log_file, self.step)  # steps after the checkpoint are run again
         for cb in self.callbacks:
             if hasattr(cb, "on_train_begin"):
@@ -256,7 +261,7 @@ class Trainer:
                  "weights_sha256": info["weights_sha256"]}
 
         def hugging_face_files(tmp: Path) -> None:
-            save_hf_folder(self.bridge, self.tokenizer, tmp)
+            save_hf_folder(self.bridge, self.tokenizer, tmp, source=self.model.provenance.source)
             (tmp / TRAINING_FILE).write_text(json.dumps(info, indent=1, default=str))
         return save_checkpoint(folder, modules=self._modules(), optimizer=self.optimizer, generator=self.generator,
                                py_random=self.py_random, state=state, algorithm_tensors=tensors,
@@ -264,6 +269,9 @@ class Trainer:
 
     def _resume(self, folder: Path) -> None:
         meta = read_checkpoint_meta(folder)  # checked before any weights are loaded
+        if meta["state"]["step"] >= self.config.max_steps:
+            raise CheckpointError(f"{folder} is at step {meta['state']['step']} and max_steps is {self.config.max_steps}: "
+                                  "nothing is left to run; raise max_steps (--set max_steps=N) to train further")
         try:
             saved = config_from_dict(meta["state"]["config"]).as_dict()
         except (ValueError, TypeError) as err:

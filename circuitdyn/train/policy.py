@@ -17,6 +17,7 @@ import torch
 from circuitdyn.models import clone_bridge
 from circuitdyn.models.lora import apply_lora
 from circuitdyn.models.surface import classifier_parameters, is_tied, sampling_twin, untie_classifier
+from circuitdyn.train.algorithm import TrainingError
 from circuitdyn.train.config import TrainConfig
 from circuitdyn.train.memory import available_bytes, checkpoint_layers, saved_bytes_per_row, step_bytes, with_precision
 
@@ -26,8 +27,21 @@ class FitError(RuntimeError):
 
 
 def adapt(bridge: Any, config: TrainConfig) -> list[str]:
-    """Inject the config's LoRA adapters (none for full fine-tuning); returns the adapted module names."""
-    return apply_lora(bridge, config.peft) if config.peft is not None else []
+    """Inject the config's LoRA adapters (none for full fine-tuning); returns the adapted module names. What
+    will train must not be float16 (check_trainable_dtype)."""
+    adapted = apply_lora(bridge, config.peft) if config.peft is not None else []
+    check_trainable_dtype(bridge)
+    return adapted
+
+
+def check_trainable_dtype(bridge: Any) -> None:
+    """Refuse float16 weights to train: Adam's updates underflow there, so the first step leaves non-finite
+    weights whatever the learning rate."""
+    if any(p.requires_grad and p.dtype == torch.float16 for p in bridge.parameters()):
+        raise TrainingError("the model's trainable weights are float16, where Adam's updates underflow (a step at any "
+                            "learning rate leaves non-finite weights). Load the model in float32 (load_model(spec, "
+                            "dtype=torch.float32)) and set fp16=True (float16 autocast, float32 master weights) or "
+                            "bf16=True")
 
 
 def frozen_copy(bridge: Any) -> Any:

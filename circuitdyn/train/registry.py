@@ -13,7 +13,7 @@ from typing import Any
 from circuitdyn.core.choices import parse_choice
 from circuitdyn.core.fields import ConfigError
 from circuitdyn.models import LoadedModel
-from circuitdyn.models.lora import lora_from_dict
+from circuitdyn.models.lora_config import LoraError, lora_from_dict
 from circuitdyn.train.algorithm import TrainingAlgorithm
 from circuitdyn.train.config import (
     Algorithm,
@@ -56,9 +56,16 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
     if "stop_token_ids" in d:
         d["stop_token_ids"] = tuple(d["stop_token_ids"])
     if isinstance(d.get("classifier_first"), dict):  # as read back from JSON
+        unknown = sorted(set(d["classifier_first"]) - set(ClassifierFirst.__dataclass_fields__))
+        if unknown:
+            raise ConfigError(f"unknown classifier_first fields {unknown}; valid: "
+                              f"{sorted(ClassifierFirst.__dataclass_fields__)}")
         d["classifier_first"] = ClassifierFirst(**d["classifier_first"])
     if isinstance(d.get("peft"), dict):
-        d["peft"] = lora_from_dict(d["peft"])
+        try:
+            d["peft"] = lora_from_dict(d["peft"])
+        except LoraError as err:
+            raise ConfigError(str(err)) from None
     known = {f for f in kind.__dataclass_fields__}
     unknown = sorted(set(d) - known)
     if unknown:

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from circuitdyn.core.atomic import atomic_write_text
 from circuitdyn.train.checkpoint import CheckpointError
 from circuitdyn.train.config import TrainConfig
 
@@ -30,13 +31,46 @@ def latest_checkpoint(folder: Path) -> Path:
     return max(steps)[1]
 
 
+def read_log(log_file: Path) -> list[dict[str, Any]]:
+    """The records of a run's log.jsonl. A torn last line (the process died mid-write: disk full, power
+    lost) is dropped with a warning; a damaged line before the last is an error naming the file and line."""
+    lines = log_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    records = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as err:
+            if i == len(lines) - 1:
+                logger.warning("%s: its last line is torn (%s: %r); dropped it (the run stopped while writing it)",
+                               log_file, err, line[:60])
+                break
+            raise CheckpointError(f"{log_file}: line {i + 1} is not a log record ({err}); the log was edited or "
+                                  "damaged: restore it, or move it away to start the log afresh") from None
+        records.append(record)
+    return records
+
+
 def truncate_log(log_file: Path, step: int) -> None:
-    """Keep the log lines up to `step` (a resumed run logs the later steps again)."""
+    """Keep the log records up to `step` (a resumed run logs the later steps again), rewritten atomically."""
     if not log_file.exists():
         return
-    kept = [line for line in log_file.read_text().splitlines()
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    log_file.write_text("".join(line + "\n" for line in kept))
+    kept = [r for r in read_log(log_file) if r.get("step", 0) <= step]
+    atomic_write_text(log_file, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def check_resume_folder(out_dir: Path, checkpoint: Path) -> None:
+    """A run resumes into its own folder, or into one that holds no run: never into another run's folder,
+    whose log, checkpoints and final weights it would cut and overwrite."""
+    here = previous_run(out_dir)
+    if here and checkpoint.resolve().parent != out_dir.resolve():
+        raise CheckpointError(
+            f"{out_dir} holds another run ({', '.join(here[:3])}) and the checkpoint {checkpoint} is from "
+            f"{checkpoint.resolve().parent}: resume into the checkpoint's own folder (--out "
+            f"{checkpoint.resolve().parent}) or into a new folder")
 
 
 #: a step whose KL to the reference or gradient norm (before clipping) passes these is reported
