@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -225,4 +226,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from circuitdyn.cli import run_command
+
+    sys.exit(run_command("cfrl_study.py", main))

@@ -3,6 +3,7 @@ test per case of the runs-and-exports audit (items 1-12; the kill tests run real
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from circuitdyn.models import clone_model, load_model
 from circuitdyn.models.export import save_hf_folder
 from circuitdyn.models.lora_config import LoraError, check_lora_config
 from circuitdyn.study import StudyError, run_study
+from circuitdyn.tasks.base import TaskError
 from circuitdyn.train import ConfigError, GRPOConfig, Trainer, TrainingError, config_from_dict
 from circuitdyn.train.checkpoint import CheckpointError
 from circuitdyn.train.run_folder import read_log
@@ -209,26 +211,28 @@ def test_a_trained_runs_final_folder_loads_with_the_base_tokenizer(two_runs):
 
 
 # 10. a LoRA run's checkpoint as a study's tuned model and as attribute --checkpoint
-def test_a_lora_checkpoint_is_studied_and_attributed(tmp_path):
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_a_lora_checkpoint_is_studied_and_attributed(tmp_path, family):
     from peft import LoraConfig
 
     from circuitdyn.train import train
 
-    run = tmp_path / "lora"
+    run, spec = tmp_path / "lora", f"zoo:{family}"
     cfg = GRPOConfig(max_steps=2, eval_steps=0, per_device_train_batch_size=8, num_generations=4, learning_rate=1e-2,
                      output_dir=str(run), peft=LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
-    trained = clone_model(zoo_model("llama"))
+    trained = clone_model(zoo_model(family))
     train(trained, cfg)
     loaded = load_model(str(run / "final"), device="cpu")
     ids = torch.tensor([loaded.tokenizer("12+34=").input_ids])
     with torch.no_grad():
         assert torch.allclose(loaded.bridge(ids), trained.bridge(ids), atol=1e-5)  # the adapters, merged
-    result = run_study("zoo:llama", {"lora": str(run / "final")}, "addition", samples=8, max_new_tokens=4,
+    result = run_study(spec, {"lora": str(run / "final")}, "addition", samples=8, max_new_tokens=4,
                        min_kept=1, n_resamples=1000, per_layer=False, progress=False)
     assert result.protocol["models"]["lora#0"]["weights_sha256"] != result.protocol["models"]["base"]["weights_sha256"]
-    assert main(["attribute", "--model", "zoo:llama", "--checkpoint", str(run / "final"), "--examples", "4",
+    assert main(["attribute", "--model", spec, "--checkpoint", str(run / "final"), "--examples", "4",
                  "--granularity", "layer", "--out", str(tmp_path / "lora.safetensors")]) == 0
-    assert main(["attribute", "--model", "zoo:gpt2", "--checkpoint", str(run / "final"), "--examples", "4"]) == 2
+    other = "zoo:gpt2" if family != "gpt2" else "zoo:llama"
+    assert main(["attribute", "--model", other, "--checkpoint", str(run / "final"), "--examples", "4"]) == 2
 
 
 # 11. LoRA options as peft means them
@@ -261,3 +265,148 @@ def test_float16_training_is_refused_with_the_fix():
     half = load_model("zoo:llama", device="cpu", dtype=torch.float16)
     with pytest.raises(TrainingError, match="float16.*Load the model in float32.*fp16=True"):
         Trainer(half, GRPOConfig(max_steps=1, eval_steps=0, per_device_train_batch_size=8, num_generations=4))
+
+
+# 13. the study: contexts, unknown characters, too few pairs, resamples, null comparisons, offline labels
+class Questions:
+    """A problem set of given questions whose verifier accepts every response."""
+
+    name = "questions"
+
+    def __init__(self, *questions):
+        self.questions = questions
+
+    def problems(self, n, *, seed=0):
+        from circuitdyn.tasks.problems import Problem
+
+        return [Problem(q, "1") for q in self.questions[:n]]
+
+    def verify(self, problem, response):
+        return True
+
+
+def test_study_inputs_are_refused_or_named_before_they_break(caplog):
+    gpt2 = zoo_model("gpt2")  # learned positions, a 32-token context
+    with pytest.raises(StudyError, match=r"fill the model's context of 32 positions"):
+        run_study(gpt2, {"t": gpt2}, Questions("1" * 40), samples=1, min_kept=1, progress=False)
+    with caplog.at_level("WARNING"):  # past the context: cut there, with a word (it used to raise IndexError)
+        result = run_study(gpt2, {"t": clone_model(gpt2)}, Questions(*[f"{a}+{a}=" for a in range(10, 20)]), samples=10,
+                           max_new_tokens=40, min_kept=1, n_resamples=1000, per_layer=False, progress=False)
+    assert "passes the model's context of 32" in caplog.text and "responses are cut" in caplog.text
+    assert max(len(g.prompt_ids) + len(g.response_ids) for g in result.generations["t#0"]) <= 32
+    assert "t#0 has the base's weights: its comparison is a null one" in caplog.text  # a clone, untouched
+    with pytest.raises(TaskError, match="problem 0: .* characters this tokenizer does not know"):  # full-width
+        run_study(gpt2, {"t": gpt2}, Questions("１２+34=", "56+78="), samples=2, min_kept=1, progress=False)
+    with pytest.raises(StudyError, match="n_resamples=1: a 95% CI from fewer than 1000"):
+        run_study(gpt2, {"t": gpt2}, "addition", n_resamples=1)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        run_study(gpt2, {"same": gpt2}, Questions(*[f"{a}+1=" for a in range(10, 20)], "10+1="), samples=11,
+                  max_new_tokens=2, min_kept=1, n_resamples=1000, per_layer=False, progress=False)
+    assert "same#0 has the base's weights: its comparison is a null one" in caplog.text
+    assert "1 repeated question(s) dropped" in caplog.text
+
+
+def test_too_few_pairs_are_not_tested_and_offline_labels_follow_a_stated_rule():
+    from circuitdyn.analysis.stats import Direction, min_testable, paired_stat
+    from circuitdyn.study import StudyConfig
+
+    assert min_testable(0.05) == 6
+    assert paired_stat([1.0, 2.0]).direction() is Direction.TOO_FEW
+    assert paired_stat([1.0, 2.0, 1.5, 1.2, 1.1, 1.3]).direction() is Direction.UP
+    cfg = StudyConfig(offline=("dpo",))
+    assert [cfg.is_offline(x) for x in ("dpo", "DPO", "dpo1", "dpo-2", "dpo_rpo", "dpox", "grpo")] == \
+        [True, True, True, True, True, False, False]
+    assert main(["study", "--base", "zoo:gpt2", "--tuned", "x=zoo:gpt2", "--offline", "x", "--resamples", "5",
+                 "--out", "/nonexistent/never"]) == 2  # the config is refused before any model loads
+
+
+# 14. training inputs
+def test_training_inputs_are_refused_with_the_field_named(tmp_path, capsys):
+    from circuitdyn.train import train
+    from circuitdyn.train.rewards import RewardError
+
+    for sets, message in ((["algorithm=dpo"], "give it as --algorithm"), (["output_dir=x"], "give it as --out"),
+                          (["task=5"], "task must be"), (['stop_token_ids=["a"]'], "stop_token_ids must be"),
+                          (["stop_token_ids=5"], "stop_token_ids must be"), (["advantage_eps=-0.5"], "advantage_eps"),
+                          (["progress=5"], "given it|progress"), (["adam_beta1=1.5"], "adam_beta1")):
+        args = [a for s in sets for a in ("--set", s)]
+        assert main(["train", "--model", "zoo:llama", *args, "--out", str(tmp_path / "r")]) == 2, sets
+        err = capsys.readouterr().err
+        assert re.search(message, err) and err.count("\n") == 1, (sets, err)
+    assert not (tmp_path / "r").exists()
+
+    def flaky(prompts, completions, **columns):
+        return [1 / 0 for _ in completions]
+
+    cfg = GRPOConfig(max_steps=1, eval_steps=0, per_device_train_batch_size=8, num_generations=4)
+    with pytest.raises(RewardError, match=r"the reward function flaky raised ZeroDivisionError.*the first '"):
+        train(clone_model(zoo_model("llama")), cfg, reward=flaky)
+
+
+# 15. attribution, report and tables
+def test_reports_and_tables_refuse_or_name_what_would_mislead(tmp_path, capsys, caplog):
+    from circuitdyn.analysis.report import to_csv
+    from circuitdyn.attribution import AttributionConfig, AttributionError
+    from circuitdyn.tasks import Addition
+    from circuitdyn.tasks.base import distinct_examples
+
+    with caplog.at_level("WARNING"):
+        assert len(distinct_examples(Addition(), 10_000)) < 10_000
+    assert "10000 distinct examples asked for" in caplog.text
+    with pytest.raises(AttributionError, match="memory_budget"):
+        AttributionConfig(memory_budget=float("nan"))
+    good = {"comparison": "t - b", "metric": "intensity", "base_mean": 1.0, "tuned_mean": 2.0, "delta": 1.0,
+            "ci_low": 0.5, "ci_high": 1.5, "p_value": 0.01, "effect_size": 1.0, "n": 12}
+    for records, message in (([], "holds no records"), ([{**good, "delta": "big"}], "delta='big', which is not a number"),
+                             ([{k: v for k, v in good.items() if k != "metric"}], "lacks \\['metric'\\]")):
+        path = tmp_path / "r.json"
+        path.write_text(json.dumps(records))
+        assert main(["report", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert re.search(message, err) and "Traceback" not in err, err
+    path.write_text(json.dumps([good]))  # a record of one metric: the others are shown as missing
+    assert main(["report", str(path)]) == 0 and "| t - b | 12 | +1 [+0.5, +1.5] (p=0.01) | - | - | - |" in \
+        capsys.readouterr().out
+    text = to_csv([{"label": "=HYPERLINK(1)", "delta": -0.5, "note": "-x"}], tmp_path / "t.csv").read_text()
+    assert text.splitlines()[1] == "'=HYPERLINK(1),-0.5,'-x"
+
+
+def test_comparing_a_file_with_itself_says_so(tmp_path, caplog):
+    from circuitdyn.analysis import compare
+    from circuitdyn.attribution import attribute
+    from circuitdyn.tasks import Addition, tokenize_pairs
+
+    m = zoo_model("llama")
+    a = attribute(m, "layer", tokenize_pairs(m.tokenizer, Addition().examples(6)), per_example=True)
+    with caplog.at_level("WARNING"):
+        assert compare(a, a, n_resamples=1000)["intensity"].delta == 0
+    assert "identical per-example scores (the same file twice?)" in caplog.text
+
+
+# 16. the examples answer like the CLI
+def test_an_example_with_a_bad_model_says_one_line(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "examples" / "compare_ppo_grpo_dpo.py"), "--model",
+                          "nope/missing", "--quick", "--out", str(tmp_path)], capture_output=True, text=True,
+                         env=ENV, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.startswith("compare_ppo_grpo_dpo.py: error:") and "nope/missing" in out.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("spec", ["smollm2-135m", "gemma3-270m"])
+def test_a_real_models_export_tokenizes_configures_and_generates_like_it(tmp_path, spec):
+    base = load_model(spec, device="cpu")
+    save_hf_folder(base.bridge, base.tokenizer, tmp_path, source=base.provenance.source)
+    text = "When Mary and John went to the store, 23 + 58 = 81"
+    assert load_model(str(tmp_path), device="cpu").tokenizer(text).input_ids == base.tokenizer(text).input_ids
+    source = Path(base.provenance.source)
+    for name in ("config.json", "generation_config.json"):
+        ours, theirs = json.loads((tmp_path / name).read_text()), json.loads((source / name).read_text())
+        assert {k: v for k, v in ours.items() if k != "transformers_version"} == \
+            {k: v for k, v in theirs.items() if k != "transformers_version"}, name
+    ids = torch.tensor([base.tokenizer("The capital of France is").input_ids])
+    a = AutoModelForCausalLM.from_pretrained(source).eval().generate(ids, max_new_tokens=4, do_sample=False)
+    b = AutoModelForCausalLM.from_pretrained(tmp_path).eval().generate(ids, max_new_tokens=4, do_sample=False)
+    assert isinstance(b, torch.Tensor) and torch.equal(a, b)

@@ -133,6 +133,9 @@ def compare(base: Any, tuned: Any, *, name: str = "tuned - base", keep: Tensor |
             n_resamples: int = N_RESAMPLES, seed: int = 0) -> Comparison:
     """Paired comparison of two Attributions on the same prompts (`keep`: boolean mask of examples)."""
     _check_pair(base, tuned)
+    if base is tuned or torch.equal(base.per_example, tuned.per_example):
+        logger.warning("%s: the two attributions have identical per-example scores (the same file twice?): every "
+                       "delta is 0 by construction", name)
     mb = circuit_metrics(base, per_example=True)
     mt = circuit_metrics(tuned, per_example=True)
     mask = np.ones(base.per_example.shape[0], bool) if keep is None else np.asarray(keep.cpu(), bool)

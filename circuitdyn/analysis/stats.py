@@ -31,6 +31,17 @@ class Direction(str, Enum):
     UP = "up"
     DOWN = "down"
     NONE = "no detectable change"
+    TOO_FEW = "too few to test"  # so few pairs that no outcome could reach alpha (see min_testable)
+
+    @property
+    def detected(self) -> bool:
+        return self in (Direction.UP, Direction.DOWN)
+
+
+def min_testable(alpha: float = ALPHA) -> int:
+    """The fewest pairs for which the two-sided sign-flip test can reach `alpha` at all: its smallest p-value
+    is 2 / 2^n (every difference of one sign), so n must satisfy 2 / 2^n < alpha (6 at alpha 0.05)."""
+    return math.floor(math.log2(2 / alpha)) + 1
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,8 @@ class PairedStat:
     extra: dict[str, float] = field(default_factory=dict, compare=False)
 
     def direction(self, alpha: float = ALPHA) -> Direction:
+        if self.n < min_testable(alpha):
+            return Direction.TOO_FEW
         p = self.q_value if math.isfinite(self.q_value) else self.p_value
         if not p < alpha:
             return Direction.NONE

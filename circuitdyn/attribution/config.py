@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from enum import Enum
-from typing import Any
+from typing import Any, no_type_check
 
 from circuitdyn.attribution.destinations import QKVGradients
 from circuitdyn.attribution.errors import AttributionError
@@ -20,6 +20,9 @@ class Aggregation(str, Enum):
     SUM = "sum"  # the raw sum over positions
 
 
+# no_type_check: __post_init__ validates every field with an error that names it (static checkers still read
+# the field types); a runtime type checker in front of it would answer first, less clearly
+@no_type_check
 @dataclass(frozen=True)
 class AttributionConfig:
     method: Method | str = field(default=Method.EAP, metadata={"help": "how edges are scored"})

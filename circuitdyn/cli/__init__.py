@@ -1,6 +1,6 @@
 """The command line, `circuitdyn attribute | compare | study | train | report | install-real`: `main.py` runs
 the commands, `inputs.py` reads what they are given."""
 
-from circuitdyn.cli.main import build_parser, main
+from circuitdyn.cli.main import build_parser, main, run_command
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "run_command"]

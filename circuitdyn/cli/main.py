@@ -13,9 +13,9 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ def cmd_attribute(args: argparse.Namespace) -> int:
     from circuitdyn.attribution.files import save_attribution
     from circuitdyn.core.outputs import check_output_file
     from circuitdyn.tasks import get_task, tokenize_pairs
+    from circuitdyn.tasks.base import distinct_examples
 
     config = AttributionConfig(**config_kwargs(args, AttributionConfig), per_example=True, progress=True)
     if args.out:  # before any work: a bad path must not cost the attribution
@@ -63,8 +64,8 @@ def cmd_attribute(args: argparse.Namespace) -> int:
         check_output_file(args.csv, ".csv")
     model = _model(args.model, args.checkpoint, args.device, args.dtype)
     task = get_task(args.task)
-    data = tokenize_pairs(model.tokenizer, task.examples(args.examples, seed=args.seed),
-                          answer_tokens=config.answer_tokens)
+    examples = distinct_examples(task, args.examples, seed=args.seed)  # a repeated prompt would count twice
+    data = tokenize_pairs(model.tokenizer, examples, answer_tokens=config.answer_tokens)
     result = attribute(model, args.granularity, data, args.metric or task.default_metric, config=config)
     if args.out:
         save_attribution(result, args.out, per_example=not args.no_per_example)
@@ -121,7 +122,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     fields = read_json_object(args.config, "--config") if args.config else {}
     fields.update(parse_sets(args.set))
-    fields.update({"algorithm": args.algorithm, "output_dir": args.out, "progress": True})
+    owned = {"algorithm": ("--algorithm", args.algorithm), "output_dir": ("--out", args.out), "progress": (None, True)}
+    for key, (option, value) in owned.items():
+        if key in fields and fields[key] != value:
+            raise ValueError(f"{key}={fields[key]!r} in --set/--config is not used: "
+                             + (f"give it as {option}" if option else "the command line always shows progress"))
+    fields.update({key: value for key, (_, value) in owned.items()})
     config = config_from_dict(fields)
     resume = None
     if args.resume:
@@ -135,23 +141,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from circuitdyn.analysis.comparison import Comparison, MetricDelta
+    from circuitdyn.analysis.report import comparisons_from_records, markdown_table
 
     records = read_json(args.records, "records file")
-    fields = MetricDelta.__dataclass_fields__
-    required = [k for k, f in fields.items() if f.default is dataclasses.MISSING] + ["comparison"]
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise ValueError(f"{args.records}: expected a list of comparison records (the comparison.json that "
-                         "`circuitdyn compare --out` writes)")
-    by_name: dict[str, list[MetricDelta]] = {}
-    for i, r in enumerate(records):
-        missing = [k for k in required if k not in r]
-        if missing:
-            raise ValueError(f"{args.records}: record {i} lacks {missing}; is it a comparison.json?")
-        by_name.setdefault(r["comparison"], []).append(MetricDelta(**{k: r[k] for k in fields if k in r}))
-    from circuitdyn.analysis.report import markdown_table
-
-    print(markdown_table([Comparison(name, tuple(ds)) for name, ds in by_name.items()]))
+    print(markdown_table(comparisons_from_records(records, args.records)))
     return 0
 
 
@@ -272,14 +265,21 @@ def interrupted(args: argparse.Namespace) -> str:
     return "nothing was written (outputs are written whole at the end, never partly)"
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def run_command(name: str, fn: Callable[[], Any], on_interrupt: Callable[[], str] = lambda: "") -> int:
+    """Run a command as the CLI does (the examples too): circuitdyn's errors, which name the problem and the
+    fix, as one line and exit status 2; Ctrl-C as what was kept, status 130; never a traceback for either."""
     try:
-        return int(args.fn(args))
+        status = fn()
+        return status if isinstance(status, int) else 0
     except (ValueError, OSError, RuntimeError, MemoryError, ImportError) as err:
-        print(f"circuitdyn {args.command}: error: {err}", file=sys.stderr)
+        print(f"{name}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\ncircuitdyn {args.command}: interrupted; {interrupted(args)}", file=sys.stderr)
+        print(f"\n{name}: interrupted; {on_interrupt() or 'run it again'}", file=sys.stderr)
         return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_command(f"circuitdyn {args.command}", lambda: args.fn(args), lambda: interrupted(args))
 

@@ -141,7 +141,8 @@ def hf_model(bridge: Any) -> Any:
 
 #: configuration the bridge switches on in the model it wraps (to capture attention patterns), which an
 #: export must not carry: `generate()` would return an output object with attentions instead of token ids
-BRIDGE_SETTINGS = {"config.json": ("output_attentions",),
+BRIDGE_SETTINGS = {"config.json": ("output_attentions", "use_hook_mlp_in", "use_attn_result", "use_split_qkv_input",
+                                   "use_attn_in"),
                    "generation_config.json": ("output_attentions", "return_dict_in_generate")}
 
 

@@ -9,6 +9,8 @@ from typing import Any, no_type_check
 from circuitdyn.core.fields import check_numbers, check_positive
 from circuitdyn.graph import Granularity
 
+MIN_RESAMPLES = 1000
+
 
 class StudyError(ValueError):
     """A study that cannot run as asked: the message says what to change."""
@@ -24,8 +26,8 @@ class StudyConfig:
     samples: problems generated per model; fraction: share of each model's own response that is scored
     (at least one token); min_kept: refuse when fewer problems are answered correctly by every model;
     granularities: graphs to attribute ("layer" is the paper's q/k/v-split graph); n_resamples: bootstrap
-    and permutation resamples per test; offline: labels (or label prefixes before "_"/"-") of offline
-    algorithms, which the paper expects to move the metrics less than online RL.
+    and permutation resamples per test; offline: labels of offline algorithms (see is_offline), which the
+    paper expects to move the metrics less than online RL.
     """
 
     samples: int = field(default=100, metadata={"help": "problems generated per model"})
@@ -43,7 +45,9 @@ class StudyConfig:
     layer_resamples: int = field(default=5_000, metadata={"help": "resamples per per-layer test"})
     alpha: float = field(default=0.05, metadata={"help": "false discovery rate of the verdicts"})
     offline: tuple[str, ...] = field(default=("dpo",), metadata={
-        "metavar": "LABEL", "help": "labels (or label prefixes before '_'/'-') of offline algorithms (repeatable)"})
+        "metavar": "LABEL", "help": "offline algorithms (repeatable): a tuned label is offline when it is one of "
+                                    "these or starts with one followed by a non-letter (dpo1, dpo_rpo); the rest "
+                                    "are online RL"})
     per_layer: bool = field(default=True, metadata={"help": "per-layer metrics, tests and plots"})
     save_attributions: bool = field(default=True, metadata={"help": "write each model's attribution files"})
     progress: bool = field(default=True, metadata={"cli": False})
@@ -54,6 +58,10 @@ class StudyConfig:
             raise StudyError(f"fraction must be in (0, 1] (the share of each response that is scored), got {self.fraction}")
         check_positive(self, "samples", "max_new_tokens", "batch_size", "min_kept", "n_resamples", "layer_resamples",
                        error=StudyError)
+        for name in ("n_resamples", "layer_resamples"):
+            if getattr(self, name) < MIN_RESAMPLES:
+                raise StudyError(f"{name}={getattr(self, name)}: a 95% CI from fewer than {MIN_RESAMPLES} resamples "
+                                 "is resampling noise; use at least that many")
         if not 0 < self.alpha < 1:
             raise StudyError(f"alpha must be in (0, 1), got {self.alpha}")
         grans = tuple(self.granularities)
@@ -63,8 +71,11 @@ class StudyConfig:
         object.__setattr__(self, "offline", tuple(self.offline))
 
     def is_offline(self, label: str) -> bool:
-        stem = label.lower().replace("-", "_").split("_")[0]
-        return label.lower() in self.offline or stem in self.offline
+        """A label is offline when it is one of `offline` or starts with one followed by a non-letter:
+        with offline=("dpo",), dpo, dpo1, dpo-2, dpo_rpo and DPO are offline; dpox and grpo are online RL."""
+        label = label.lower()
+        return any(label == o or (label.startswith(o) and not label[len(o)].isalpha())
+                   for o in map(str.lower, self.offline))
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -9,6 +9,7 @@ is never re-tokenized from text: it is the prompt ids followed by the response i
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,11 +18,14 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from circuitdyn.models import LoadedModel
+from circuitdyn.models import LoadedModel, context_of
 from circuitdyn.models.sampling import sample
 from circuitdyn.models.surface import sampling_twin
-from circuitdyn.tasks.base import PairBatch
+from circuitdyn.study.config import StudyError
+from circuitdyn.tasks.base import PairBatch, check_known
 from circuitdyn.tasks.problems import Problem, ProblemSet
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,8 @@ def generate(model: LoadedModel, problems: Sequence[Problem], source: ProblemSet
     twin = sampling_twin(model.bridge)
     stops = {tok.eos_token_id} - {None}
     prompts = [encode_prompt(tok, p.question, chat_template=chat_template) for p in problems]
+    check_prompts(tok, problems, prompts)
+    room = generation_room(model, prompts, max_new_tokens)
     pad = pad_id(tok)
     # longest prompts first, so that each batch pads little; results return in problem order
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
@@ -71,7 +77,7 @@ def generate(model: LoadedModel, problems: Sequence[Problem], source: ProblemSet
         width = max(map(len, rows))
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.bool, device=device)
-        rollout = sample(twin, tok, ids, mask, max_new_tokens=max_new_tokens, greedy=True)
+        rollout = sample(twin, tok, ids, mask, max_new_tokens=min(max_new_tokens, room(width)), greedy=True)
         for row, i in enumerate(idx):
             generated = rollout.completion_ids[row][rollout.completion_mask[row]].tolist()
             stopped = bool(generated) and generated[-1] in stops
@@ -80,6 +86,57 @@ def generate(model: LoadedModel, problems: Sequence[Problem], source: ProblemSet
             results[i] = Generation(tuple(rows[row]), tuple(response), text, bool(source.verify(problems[i], text)),
                                     stopped)
     return [results[i] for i in range(len(problems))]
+
+
+def distinct_problems(problems: Sequence[Problem], asked: int, source: str) -> list[Problem]:
+    """The problems with each question once (a repeated question would count twice as an independent pair),
+    saying so when some were dropped or the set holds fewer than were asked for."""
+    seen: dict[str, Problem] = {}
+    for p in problems:
+        seen.setdefault(p.question, p)
+    kept = list(seen.values())
+    if len(kept) < len(problems):
+        logger.warning("%s: %d repeated question(s) dropped (each question counts once in paired tests)", source,
+                       len(problems) - len(kept))
+    if len(kept) < asked:
+        logger.warning("%s: samples=%d asked for, but it holds %d distinct problem(s); the study runs on those",
+                       source, asked, len(kept))
+    return kept
+
+
+def check_prompts(tokenizer: Any, problems: Sequence[Problem], prompts: Sequence[list[int]]) -> None:
+    """Refuse questions the tokenizer cannot tell apart: characters it maps to its unknown token, or two
+    different questions that encode to the same ids (a paired test would count one prompt twice)."""
+    for i, (problem, ids) in enumerate(zip(problems, prompts)):
+        check_known(tokenizer, i, "question", problem.question, ids, what="problem")
+    first: dict[tuple[int, ...], int] = {}
+    for i, ids in enumerate(prompts):
+        j = first.setdefault(tuple(ids), i)
+        if j != i and problems[j].question != problems[i].question:
+            raise StudyError(f"problems {j} and {i} encode to the same tokens although their questions differ "
+                             f"({problems[j].question[:40]!r} vs {problems[i].question[:40]!r}); fix the questions")
+
+
+def generation_room(model: LoadedModel, prompts: Sequence[list[int]], max_new_tokens: int) -> Any:
+    """New tokens a batch of `width` positions may generate within the model's context. A prompt that fills
+    the context is refused; where prompt + max_new_tokens passes it, a model with learned positions (which
+    has no embedding past its context) has its responses cut there, a rotary one generates past the context
+    it was trained on; both with a warning naming the problems."""
+    n_ctx = context_of(model)
+    if n_ctx is None:
+        return lambda width: max_new_tokens
+    too_long = [i for i, p in enumerate(prompts) if len(p) >= n_ctx]
+    if too_long:
+        raise StudyError(f"problems {too_long[:8]} have prompts of {len(prompts[too_long[0]])}+ tokens, which fill "
+                         f"the model's context of {n_ctx} positions; drop or shorten them")
+    learned = getattr(model.cfg, "positional_embedding_type", "standard") != "rotary"
+    over = [i for i, p in enumerate(prompts) if len(p) + max_new_tokens > n_ctx]
+    if over:
+        what = "responses are cut at the context" if learned else "it generates past the context it was trained on"
+        logger.warning("%d problem(s) (e.g. %s): prompt + max_new_tokens=%d passes the model's context of %d "
+                       "positions; %s. Lower max_new_tokens to stay within it", len(over), over[:5], max_new_tokens,
+                       n_ctx, what)
+    return lambda width: max(1, min(max_new_tokens, n_ctx - width)) if learned else max_new_tokens
 
 
 def scored_batch(generations: Sequence[Generation], fraction: float, pad_id: int) -> PairBatch:

@@ -14,6 +14,7 @@ the spread of the per-seed mean deltas is reported beside the prompt-level CI.
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -24,16 +25,18 @@ import numpy as np
 import torch
 
 from circuitdyn.analysis.metrics import circuit_metrics, per_layer_metrics
-from circuitdyn.analysis.stats import N_PERMUTATIONS, Direction, fdr_adjust, paired_stat
+from circuitdyn.analysis.stats import N_PERMUTATIONS, fdr_adjust, paired_stat
 from circuitdyn.attribution import Attribution, attribute
 from circuitdyn.core.outputs import check_output_folder
 from circuitdyn.graph import Graph
 from circuitdyn.models import LoadedModel, load_model, weights_sha256
 from circuitdyn.study.config import StudyConfig, StudyError, check_label
-from circuitdyn.study.generation import generate, pad_id, scored_batch
+from circuitdyn.study.generation import distinct_problems, generate, pad_id, scored_batch
 from circuitdyn.study.result import CONCENTRATION, HEADLINE, LAYER_METRICS, Entry, StudyResult, Test
 from circuitdyn.tasks import ProblemSet, get_problem_set, problems_sha256
 from circuitdyn.train.trained import is_checkpoint, load_trained
+
+logger = logging.getLogger(__name__)
 
 ModelLike = str | LoadedModel
 
@@ -45,6 +48,19 @@ def _load(spec: ModelLike, base_spec: str | None) -> LoadedModel:
     if is_checkpoint(spec):  # a circuitdyn training checkpoint (LoRA adapters merged), trained from the base
         return load_trained(spec, base_spec)
     return load_model(spec)
+
+
+def _warn_identical(entries: Sequence[Entry]) -> None:
+    """A tuned model with the base's weights (a null comparison: every delta is exactly 0), or one model
+    given twice (two seeds that are one), is allowed and said by name."""
+    seen: dict[str, str] = {}
+    for e in entries:
+        digest = weights_sha256(e.model)
+        if digest in seen:
+            what = "the base's weights: its comparison is a null one" if seen[digest] == "base" else \
+                f"the same weights as {seen[digest]}: the two are one model, not two seeds"
+            logger.warning("%s has %s (weights sha256 %s)", e.name, what, digest[:12])
+        seen.setdefault(digest, e.name)
 
 
 def _tokenizer_fingerprint(tok: Any) -> tuple[Any, ...]:
@@ -150,8 +166,8 @@ def _claims(cfg: StudyConfig, tests: Sequence[Test], labels: Sequence[str]) -> l
                 sign = 1 if key.startswith(f"({a}") else -1  # orient the test as (a - base) - (b - base)
                 s = t.stat
                 lo, hi = sorted((sign * s.ci_low, sign * s.ci_high))
-                if s.direction(cfg.alpha) is Direction.NONE:
-                    stronger = "no detectable difference"
+                if not s.direction(cfg.alpha).detected:
+                    stronger = s.direction(cfg.alpha).value.replace("change", "difference")
                 else:  # a direction means the CI excludes 0, so the oriented mean's sign decides
                     stronger = "stronger" if sign * s.mean > 0 else "weaker"
                 out.append(f"[{gran}] {metric}: change under {a} minus change under {b}: {sign * s.mean:+.4g} "
@@ -194,7 +210,8 @@ def run_study(
     for e in entries:
         if e.model.bridge.training:
             raise StudyError(f"{e.name} is in training mode (dropout): call model.bridge.eval() first")
-    items = source.problems(cfg.samples, seed=cfg.seed)
+    _warn_identical(entries)
+    items = distinct_problems(source.problems(cfg.samples, seed=cfg.seed), cfg.samples, source.name)
     seconds = {"load": time.perf_counter() - t0}
 
     t1 = time.perf_counter()

@@ -8,6 +8,7 @@ pair lines up token by token (activations are compared position by position).
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum
@@ -18,6 +19,8 @@ from jaxtyping import Bool, Int
 from torch import Tensor
 
 from circuitdyn.core.choices import parse_choice
+
+logger = logging.getLogger(__name__)
 
 
 class TaskError(ValueError):
@@ -81,6 +84,9 @@ def distinct_examples(task: Task, n: int, *, seed: int = 0, split: Split | str =
     distinct: dict[str, TaskExample] = {}
     for ex in task.examples(8 * n, seed=seed, split=split):
         distinct.setdefault(ex.clean, ex)  # first occurrences, in order
+    if len(distinct) < n:
+        logger.warning("%s: %d distinct examples asked for, its %s split gave %d", task.name, n,
+                       Split.parse(split).value, len(distinct))
     return list(distinct.values())[:n]
 
 
@@ -162,14 +168,14 @@ def _encode(tokenizer: Any, text: str, *, special: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
-def _check_known(tokenizer: Any, i: int, field_name: str, text: str, ids: list[int]) -> None:
+def check_known(tokenizer: Any, i: int, field_name: str, text: str, ids: list[int], what: str = "pair") -> None:
     """Refuse text the tokenizer maps to its unknown token (two different prompts would look the same)."""
     unk = getattr(tokenizer, "unk_token_id", None)
     if unk is None or unk not in ids or (tokenizer.unk_token and tokenizer.unk_token in text):
         return
     unknown = sorted({c for c in text if unk in _encode(tokenizer, c, special=False)})
     raise TaskError(
-        f"pair {i}: the {field_name} {text!r} contains characters this tokenizer does not know "
+        f"{what} {i}: the {field_name} {text!r} contains characters this tokenizer does not know "
         f"({''.join(unknown)!r} -> {tokenizer.unk_token}); replace them (e.g. full-width digits by ASCII)"
     )
 
@@ -225,7 +231,7 @@ def tokenize_pairs(
         foil = _encode(tokenizer, ex.foil, special=False)
         for field_name, text, ids in (("clean prompt", ex.clean, clean), ("corrupt prompt", ex.corrupt, corrupt),
                                       ("answer", ex.answer, answer), ("foil", ex.foil, foil)):
-            _check_known(tokenizer, i, field_name, text, ids)
+            check_known(tokenizer, i, field_name, text, ids)
         if not answer or not foil:
             raise TaskError(f"pair {i}: answer {ex.answer!r} or foil {ex.foil!r} tokenizes to nothing")
         if require_single_token_answers and (len(answer) != 1 or len(foil) != 1):

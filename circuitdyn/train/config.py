@@ -118,7 +118,18 @@ class TrainConfig:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if not isinstance(self.top_k, int) or self.top_k < 0:
             raise ConfigError(f"top_k must be an integer >= 0 (0: off), got {self.top_k!r}")
-        object.__setattr__(self, "stop_token_ids", tuple(int(t) for t in self.stop_token_ids))
+        if not isinstance(self.task, str) or not self.task:
+            raise ConfigError(f"task must be a task name or a .jsonl file, got {self.task!r}")
+        stops = self.stop_token_ids
+        if not isinstance(stops, (list, tuple)) or not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0
+                                                           for i in stops):
+            raise ConfigError(f"stop_token_ids must be a list of token ids (integers >= 0), got {stops!r}")
+        object.__setattr__(self, "stop_token_ids", tuple(stops))
+        for name in ("adam_beta1", "adam_beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not isinstance(self.progress, bool):
+            raise ConfigError(f"progress must be True or False, got {self.progress!r}")
         if self.per_device_train_batch_size % self.gradient_accumulation_steps:
             raise ConfigError(f"per_device_train_batch_size {self.per_device_train_batch_size} must be divisible by "
                               f"gradient_accumulation_steps {self.gradient_accumulation_steps}")
@@ -182,6 +193,7 @@ class GRPOConfig(TrainConfig):
                               f"num_generations {self.num_generations} (whole groups per batch)")
         if self.beta < 0 or (self.epsilon_high is not None and self.epsilon_high <= 0):
             raise ConfigError("beta must be >= 0 and epsilon_high > 0")
+        check_positive(self, "advantage_eps")
 
     @property
     def algorithm(self) -> Algorithm:

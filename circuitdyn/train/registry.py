@@ -53,7 +53,7 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
     the class."""
     d = dict(d)
     kind = ALGORITHMS[parse_choice(Algorithm, d.pop("algorithm", None), "algorithm", ConfigError)].config
-    if "stop_token_ids" in d:
+    if isinstance(d.get("stop_token_ids"), list):  # as read back from JSON
         d["stop_token_ids"] = tuple(d["stop_token_ids"])
     if isinstance(d.get("classifier_first"), dict):  # as read back from JSON
         unknown = sorted(set(d["classifier_first"]) - set(ClassifierFirst.__dataclass_fields__))

@@ -33,6 +33,10 @@ def compute_rewards(fn: RewardFn, prompts: Sequence[str], completions: Sequence[
     except TypeError as err:
         raise RewardError(f"step {step}: calling {name}(prompts, completions, examples=...) failed: {err}. "
                           "A reward takes (prompts, completions, **columns) and returns one float per completion") from err
+    except Exception as err:  # the user's function: name it and the batch it failed on, keep the cause
+        raise RewardError(f"step {step}: the reward function {name} raised {type(err).__name__}: {err} (on a batch "
+                          f"of {len(completions)} completions, the first {completions[0]!r} for the prompt "
+                          f"{prompts[0]!r}); fix the function, the last checkpoint is intact") from err
     try:
         values = torch.as_tensor(raw, dtype=torch.float32)
     except (TypeError, ValueError, RuntimeError) as err:
