@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
                        min_kept=args.min_kept, n_resamples=args.resamples, out=args.out)
     total = time.perf_counter() - t0
     summary = {"seconds_total": round(total, 1), "seconds": {k: round(v, 1) for k, v in result.seconds.items()},
-               "correct": result.correct, "kept": len(result.kept), "n_generated": result.n_generated}
+               "correct": result.correct, "scored": {label: len(s.rows) for label, s in result.selections.items()}
+               or len(result.kept), "n_generated": result.n_generated}
     for metric in ("intensity", "normalized_entropy", "effective_edges", "gini", "kurtosis"):
         s = result.test("perturbed - base", metric).stat
         summary[metric] = {"delta": s.mean, "ci": [s.ci_low, s.ci_high], "q": s.q_value}

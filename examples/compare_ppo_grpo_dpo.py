@@ -37,11 +37,8 @@ from circuitdyn.core.outputs import safe_child
 from circuitdyn.models import LoadedModel, clone_model, load_model
 from circuitdyn.models.zoo import FAMILIES
 from circuitdyn.study import StudyError, run_study
-from circuitdyn.study.report import pooled_table
+from circuitdyn.study.paper_report import pooled_lines, table_one
 from circuitdyn.train import DPOConfig, GRPOConfig, PPOConfig, TrainConfig, train
-
-HEADLINE = ("intensity", "normalized_entropy", "gini", "kurtosis")
-
 
 #: defaults by kind of model; a command-line option overrides its field
 PROFILES: dict[str, dict[str, Any]] = {
@@ -98,8 +95,10 @@ def run_family(spec: str, family: str, args: argparse.Namespace, out: Path) -> d
         study, skipped = None, str(err)
     else:
         skipped = None
-        for algo in tuned:
-            plot.delta_heatmap(study.attributions[("base", "head")], study.attributions[(f"{algo}#0", "head")],
+        cut = study.config.cut_coeffs[0]
+        for algo in tuned:  # each pair's own cell: its rows, its scored length
+            cell = study.cells[f"{algo}@{cut:g}"]
+            plot.delta_heatmap(cell.attributions[("base", "head")], cell.attributions[(f"{algo}#0", "head")],
                                fam_dir / f"delta_heatmap_{algo}_head.png",
                                title=f"{family}: {algo.upper()} (seed {args.seed}) - base, zero-ablation EAP, head graph")
     return {"family": family, "study": study, "skipped": skipped,
@@ -152,23 +151,28 @@ def write_report(out: Path, runs: list[dict[str, Any]], args: argparse.Namespace
             cells.append(f"{sum(final) / len(final):.3f} [{min(final):.3f}, {max(final):.3f}]")
         lines.append(f"| {r['family']} | {acc[arms[0]][0][0]:.3f} | " + " | ".join(cells) + " |")
     lines += ["", "## Protocol", "",
-              "The RL-circuitry paper's: each model's own greedy answers, only the problems that every model (base "
-              "and all tuned seeds) answers correctly (one common set per family, n below), zero-ablation EAP of "
-              "the mean NLL of the first 5% of each response (at least one token), summed over positions, on the "
-              "q/k/v-split layer graph and the head graph. A label's per-prompt delta is the mean over its seeds; "
-              "the seed column gives the range of the per-seed mean deltas. CIs: BCa bootstrap 95% of the mean; "
-              "q: sign-flip permutation p of the mean, Benjamini-Hochberg adjusted over every test of that family's "
-              "study (pooled and per layer). A direction is stated only when q < 0.05 and the CI excludes 0.", ""]
+              "The RL-circuitry paper's, pair by pair: each model's own greedy answers; each algorithm is a pair with "
+              "the base, holding the problems the base and every seed of it answer correctly; the paper's length "
+              "filters and seeded sample (at most 100 rows); one scored length per pair, cut_len = max(int(refer x "
+              "0.1), 1) with refer the shorter mean answer length; zero-ablation EAP of the mean NLL of the first "
+              "cut_len tokens of each model's own answer, summed over positions, on the q/k/v-split layer graph and "
+              "the head graph. A label's per-prompt delta is the mean over its seeds. CIs: BCa bootstrap 95% of the "
+              "mean; q: sign-flip permutation p, Benjamini-Hochberg adjusted over every test of that family's study "
+              "(pooled and per layer); sample diversity by resampling rows. A direction is stated only when q < 0.05 "
+              "and the CI excludes 0.", ""]
     for r in runs:
         study = r["study"]
         if study is None:
             lines += [f"## {r['family']}: study skipped", "", r["skipped"], ""]
             continue
-        lines += [f"## {r['family']} (kept {len(study.kept)} of {study.n_generated}; correct: "
+        rows = ", ".join(f"{label} {len(s.rows)} of {s.n_rows}" for label, s in study.selections.items())
+        lines += [f"## {r['family']} (rows scored per pair: {rows}; of {study.n_generated} problems, correct: "
                   + ", ".join(f"{k} {v}" for k, v in study.correct.items()) + ")", ""]
-        lines += [f"- {c}" for c in study.claims if c.startswith("[head]") or c.startswith("[layer]")]
+        lines += [f"- {c}" for c in study.claims if "[head]" in c or "[layer]" in c]
         for gran in ("layer", "head"):
-            lines += ["", f"### {gran} graph", ""] + pooled_table(study, gran, HEADLINE + ("top_share_0.05",))
+            cross = [t for t in study.tests if t.granularity == gran and t.scope == "pooled" and t.comparison.startswith("(")
+                     and t.metric in ("intensity", "normalized_entropy")]
+            lines += ["", f"### {gran} graph", ""] + table_one(study, gran) + [""] + pooled_lines(cross, 0.05)
         lines.append("")
     lines += ["Per family: `<family>/report.md` (every metric), `tests.csv` (per layer too), `per_layer_*.png`, "
               "`ecdf_intensity_*.png`, `deltas_*.png`, `delta_heatmap_<algo>_head.png`, `training_curves.png`.", ""]

@@ -41,8 +41,13 @@ def test_study_command(tmp_path, capsys):
                  "--max-new-tokens", "4", "--resamples", "2000", "--min-kept", "2", "--out", str(tmp_path / "s")])
     assert code == 0
     out = capsys.readouterr().out
+    assert "rows scored per pair: grpo " in out and "| grpo - base | 0.1 |" in out  # the paper protocol by default
+    assert (tmp_path / "s" / "tests.csv").is_file() and (tmp_path / "s" / "generations" / "grpo.jsonl").is_file()
+    assert main(["study", "--base", "zoo:gpt2", "--tuned", "grpo=zoo:gpt2", "--task", "addition", "--samples", "16",
+                 "--max-new-tokens", "4", "--resamples", "2000", "--min-kept", "2", "--protocol", "common",
+                 "--out", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
     assert "kept" in out and "| grpo - base | intensity |" in out
-    assert (tmp_path / "s" / "tests.csv").is_file()
     assert main(["study", "--base", "zoo:gpt2", "--tuned", "grpo", "--out", str(tmp_path / "x")]) == 2
     assert "LABEL=MODEL" in capsys.readouterr().err
     assert main(["study", "--base", "zoo:gpt2", "--tuned", "g=zoo:gpt2", "--fraction", "0", "--out", str(tmp_path / "y")]) == 2

@@ -23,11 +23,11 @@ def run(script: str, *args: str) -> str:
 def test_main_job_quick(tmp_path):
     stdout = run("compare_ppo_grpo_dpo.py", "--quick", "--out", str(tmp_path))
     report = (tmp_path / "report.md").read_text()
-    assert "Held-out accuracy" in report and "| llama |" in report and "| grpo - base | intensity |" in report
-    assert "(ppo - base) - (dpo - base)" in report and "kept" in report
+    assert "Held-out accuracy" in report and "| llama |" in report and "| grpo - base | 0.1 |" in report
+    assert "(ppo - base) - (dpo - base)" in report and "rows scored per pair: ppo " in report
     for family in ("llama", "neox"):
-        for png in ("deltas_head.png", "per_layer_intensity_layer.png", "training_curves.png",
-                    "delta_heatmap_dpo_head.png", "ecdf_intensity_layer.png"):
+        for png in ("deltas_head_grpo_cut0.1.png", "per_layer_intensity_layer_ppo_cut0.1.png", "training_curves.png",
+                    "delta_heatmap_dpo_head.png", "ecdf_intensity_layer_dpo_cut0.1.png"):
             assert (tmp_path / family / png).stat().st_size > 5000
         assert (tmp_path / family / "tests.csv").read_text().count("\n") > 50
     assert "total wall time" in stdout

@@ -110,7 +110,7 @@ def test_scores_match_brute_force_on_own_generations():
     """Independent check: the metric is the mean NLL of the model's own first tokens, computed from raw HF
     logits, and the study's per-example scores equal the per-edge first-order reference."""
     m = zoo_model("qwen2")
-    result = run_study(m, {"tuned": perturbed(m, 1)}, "addition", samples=24, max_new_tokens=4, min_kept=3,
+    result = run_study(m, {"tuned": perturbed(m, 1)}, "addition", protocol="common", samples=24, max_new_tokens=4, min_kept=3,
                        fraction=1.0, n_resamples=2000, granularities=("layer",), progress=False, per_layer=False)
     gens = [result.generations["base"][i] for i in result.kept]
     attr = result.attributions[("base", "layer")]
@@ -133,8 +133,8 @@ def test_scores_match_brute_force_on_own_generations():
 def test_study_on_zoo_end_to_end(tmp_path):
     base = zoo_model("llama")
     result = run_study(base, {"grpo": [perturbed(base, 1), perturbed(base, 2)], "dpo": perturbed(base, 3)},
-                       "addition", samples=40, max_new_tokens=4, n_resamples=2000, granularities=("layer", "head"),
-                       progress=False, out=tmp_path / "study")
+                       "addition", protocol="common", samples=40, max_new_tokens=4, n_resamples=2000,
+                       granularities=("layer", "head"), progress=False, out=tmp_path / "study")
     names = ["base", "grpo#0", "grpo#1", "dpo#0"]
     assert list(result.correct) == names
     # one common kept set: every kept problem is answered correctly by every model, and only those
@@ -170,7 +170,7 @@ def test_refusals_name_the_problem(tmp_path):
     with pytest.raises(StudyError, match="LlamaForCausalLM but the base is a GPT2LMHeadModel"):
         run_study(base, {"grpo": zoo_model("llama")}, "addition", samples=4, progress=False)
     with pytest.raises(StudyError, match=r"correct per model: base \d+, grpo#0 \d+"):
-        run_study(base, {"grpo": base}, "addition", samples=4, max_new_tokens=4, min_kept=5, progress=False,
+        run_study(base, {"grpo": base}, "addition", samples=4, max_new_tokens=4, min_kept=5, progress=False, protocol="common",
                   out=tmp_path / "refused")
     assert (tmp_path / "refused" / "generations.jsonl").is_file()  # the generation work is kept
     with pytest.raises(StudyError, match="at least one tuned"):
@@ -192,7 +192,8 @@ def test_chat_template_model_end_to_end(chat_model, tmp_path):
     ids = encode_prompt(tok, "12+13=", chat_template=True)
     assert tok.decode(ids) == "(user) 12+13= (assistant)"
     assert encode_prompt(tok, "12+13=", chat_template=False) == tok("12+13=")["input_ids"]
-    result = run_study(chat_model, {"tuned": perturbed(chat_model, 5)}, Anything(), samples=6, max_new_tokens=6,
+    result = run_study(chat_model, {"tuned": perturbed(chat_model, 5)}, Anything(), protocol="common",
+                       samples=6, max_new_tokens=6,
                        min_kept=2, n_resamples=1000, granularities=("layer", "head"), progress=False,
                        out=tmp_path / "chat")
     gens = result.generations["base"]

@@ -6,6 +6,10 @@ Let s be the scores of the E real edges and a = |s|:
   effective_edges = exp(entropy)   gini = Gini coefficient of a
   top_share_q = share of sum(a) held by the top ceil(q E) edges (q = 0.01, 0.05, 0.10)
   kurtosis = excess (Fisher) kurtosis of s
+  node_output_entropy = per source node, the normalized entropy of a over its outgoing edges, averaged
+                        over the nodes with at least two edges (needs the graph: circuit_metrics only)
+  sample_diversity = 1 - the mean pairwise Pearson correlation between examples' edge-score vectors (a
+                     property of a set of examples, not of one)
 Every function takes `[..., E]` and reduces the last axis, so per-example scores `[N, E]` give `[N]`.
 An all-zero score vector has no distribution: its entropy-type metrics are NaN.
 """
@@ -23,7 +27,7 @@ from torch import Tensor
 logger = logging.getLogger(__name__)
 TOP_SHARES = (0.01, 0.05, 0.10)
 METRIC_NAMES = ("intensity", "total_intensity", "entropy", "normalized_entropy", "effective_edges", "gini",
-                "top_share_0.01", "top_share_0.05", "top_share_0.1", "kurtosis")
+                "top_share_0.01", "top_share_0.05", "top_share_0.1", "kurtosis", "node_output_entropy")
 
 
 class MetricsError(ValueError):
@@ -97,6 +101,29 @@ def all_metrics(s: Float[Tensor, "... E"]) -> dict[str, Tensor]:
     return out
 
 
+def node_output_entropy(s: Float[Tensor, "... E"], sources: Tensor) -> Tensor:
+    """Mean over source nodes (those with >= 2 real edges) of the normalized entropy of |s| over each node's
+    outgoing edges; `sources[e]` is edge e's source index. Nodes whose edges all score 0 are left out; NaN
+    where every node is."""
+    per_node = [normalized_entropy(s[..., sources == node]) for node in torch.unique(sources)
+                if int((sources == node).sum()) >= 2]
+    if not per_node:
+        return torch.full(s.shape[:-1], math.nan, dtype=torch.float64)
+    return torch.stack(per_node, -1).nanmean(-1)
+
+
+def sample_diversity(per_example: Float[Tensor, "N E"]) -> float:
+    """1 - the mean Pearson correlation over all pairs of examples' edge-score vectors (examples whose scores
+    are constant have no correlation and are left out). NaN with fewer than two usable examples."""
+    x = _check(per_example)
+    x = x[x.std(-1) > 0]
+    if x.shape[0] < 2:
+        return math.nan
+    r = torch.corrcoef(x)
+    n = r.shape[0]
+    return float(1 - (r.sum() - r.diagonal().sum()) / (n * (n - 1)))
+
+
 def logits_layer(attribution: Any) -> int:
     """The key of the edges into `logits` in per_layer_metrics: one past the last block."""
     return int(attribution.graph.spec.n_layers)
@@ -121,7 +148,8 @@ def circuit_metrics(attribution: Any, *, per_example: bool = False) -> dict[str,
         which = f"examples {torch.nonzero(zero).flatten().tolist()[:8]}" if per_example else "the mean scores"
         logger.warning("every edge score is 0 for %s (e.g. answer and foil share their first token, or clean "
                        "equals corrupt): entropy, effective_edges, gini, top shares and kurtosis are NaN there", which)
-    return all_metrics(s)
+    sources = attribution.graph.edge_mask.nonzero()[:, 0]  # edge order of edge_vector (row-major)
+    return {**all_metrics(s), "node_output_entropy": node_output_entropy(s, sources)}
 
 
 def per_layer_metrics(attribution: Any, *, per_example: bool = False) -> dict[int, dict[str, Tensor]]:

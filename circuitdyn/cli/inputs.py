@@ -32,12 +32,13 @@ def out_path(text: str) -> str:
     return str(Path(text).expanduser())
 
 
-def parse_tuned(pairs: list[str]) -> dict[str, list[str]]:
+def parse_tuned(pairs: list[str], option: str = "--tuned", form: str = "LABEL=MODEL") -> dict[str, list[str]]:
+    """LABEL=VALUE pairs; a label given twice holds several values (seeds)."""
     out: dict[str, list[str]] = {}
     for pair in pairs:
         label, sep, spec = pair.partition("=")
         if not sep or not label or not spec:
-            raise ValueError(f"--tuned takes LABEL=MODEL (e.g. grpo=runs/grpo/final), got {pair!r}")
+            raise ValueError(f"{option} takes {form} (e.g. grpo=runs/grpo/final), got {pair!r}")
         out.setdefault(label, []).append(spec)  # a label given twice holds several seeds
     return out
 

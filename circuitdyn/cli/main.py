@@ -110,9 +110,12 @@ def cmd_study(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} exists and is not a folder")
     config = StudyConfig(**config_kwargs(args, StudyConfig))
-    result = run_study(args.base, parse_tuned(args.tuned), args.task, config=config, out=out)
+    result = run_study(args.base, parse_tuned(args.tuned), args.task, config=config, out=out,
+                       generations=parse_tuned(args.generations, "--generations", "LABEL=FILE"))
     print((out / "report.md").read_text())
-    print(f"kept {len(result.kept)} of {result.n_generated}; wrote {out}")
+    scored = ", ".join(f"{label} {len(s.rows)} of {s.n_rows}" for label, s in result.selections.items())
+    print(f"rows scored per pair: {scored}; wrote {out}" if scored else
+          f"kept {len(result.kept)} of {result.n_generated}; wrote {out}")
     return 0
 
 
@@ -208,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--base", required=True, help="base model spec")
     s.add_argument("--tuned", action="append", required=True, metavar="LABEL=MODEL",
                    help="a tuned model (spec, folder or circuitdyn checkpoint of the base); repeat a label for seeds")
+    s.add_argument("--generations", action="append", default=[], metavar="LABEL=FILE",
+                   help="read a pair's generations (the paper's all_correct.jsonl rows) instead of generating; one "
+                        "file per seed of the label")
     s.add_argument("--task", default="word_problems",
                    help="word_problems, gsm8k:FILE.jsonl, math:FILE.jsonl, or a task (addition, ...)")
     s.add_argument("--out", type=out_path, required=True, help="output folder")

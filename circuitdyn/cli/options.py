@@ -47,7 +47,7 @@ def add_config_options(parser: argparse.ArgumentParser, kind: type, *, skip: tup
                 kw["help"] = f"switch off {f.name} ({field_help(f) or f.name.replace('_', ' ')}; on by default)"
         elif isinstance(default, tuple):
             kw["action"] = "append"
-            if "choices" in f.metadata:
+            if "choices" in f.metadata and "item" not in f.metadata:
                 kw["choices"] = list(f.metadata["choices"])
             else:
                 kw["metavar"] = f.metadata.get("metavar", "VALUE")
@@ -66,5 +66,11 @@ def config_kwargs(args: argparse.Namespace, kind: type) -> dict[str, Any]:
     for f in fields(kind):
         if hasattr(args, PREFIX + f.name):
             value = getattr(args, PREFIX + f.name)
-            given[f.name] = tuple(value) if isinstance(value, list) else value
+            if isinstance(value, list):  # repeated and/or comma-separated: one tuple, each item converted
+                item = f.metadata.get("item", str)
+                try:
+                    value = tuple(item(v.strip()) for text in value for v in text.split(",") if v.strip())
+                except ValueError:
+                    raise ValueError(f"--{f.name.replace('_', '-')} takes {item.__name__} values, got {value!r}") from None
+            given[f.name] = value
     return given

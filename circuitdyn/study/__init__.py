@@ -2,7 +2,8 @@
 
 from circuitdyn.study.config import StudyConfig, StudyError
 from circuitdyn.study.generation import Generation, encode_prompt, generate, scored_batch
-from circuitdyn.study.protocol import HEADLINE, Entry, StudyResult, Test, run_study
+from circuitdyn.study.protocol import run_study
+from circuitdyn.study.result import HEADLINE, Entry, StudyResult, Test
 
 __all__ = ["Entry", "Generation", "HEADLINE", "StudyConfig", "StudyError", "StudyResult", "Test", "encode_prompt",
            "generate", "run_study", "scored_batch"]

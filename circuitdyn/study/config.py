@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, fields
+from enum import Enum
 from typing import Any, no_type_check
 
+from circuitdyn.core.choices import parse_choice
 from circuitdyn.core.fields import check_numbers, check_positive
 from circuitdyn.graph import Granularity
 
 MIN_RESAMPLES = 1000
+
+
+class Protocol(str, Enum):
+    PAPER = "paper"  # per pair: both-correct rows, the paper's filters and seeded sample, one cut length per pair
+    COMMON = "common"  # circuitdyn's: one set that every model answers, each response scored on its own fraction
 
 
 class StudyError(ValueError):
@@ -30,7 +37,21 @@ class StudyConfig:
     paper expects to move the metrics less than online RL.
     """
 
+    protocol: Protocol | str = field(default=Protocol.PAPER, metadata={
+        "help": "paper: each tuned label is a pair with the base (its both-correct rows, the paper's length filters "
+                "and seeded sample, one scored length per pair and cut coefficient); common: one set of problems "
+                "every model answers, each response scored on its own `fraction`"})
     samples: int = field(default=100, metadata={"help": "problems generated per model"})
+    cut_coeffs: tuple[float, ...] = field(default=(0.1,), metadata={
+        "flag": "--cut-coeffs", "item": float, "metavar": "C[,C...]",
+        "help": "paper protocol: scored length = max(int(refer x C), 1) per pair, for each C (the paper swept "
+                "0.03,0.1,0.3,0.5)"})
+    num_samples: int = field(default=100, metadata={"help": "paper protocol: rows sampled per pair (seeded)"})
+    small_coeff: float = field(default=0.5, metadata={"help": "paper protocol: shortest mean answer kept, x refer"})
+    big_coeff: float = field(default=1.5, metadata={"help": "paper protocol: longest mean answer kept, x refer"})
+    balance_coeff: float = field(default=0.5, metadata={
+        "help": "paper protocol: largest |len_base - len_tuned| / mean kept"})
+    sample_seed: int = field(default=42, metadata={"help": "paper protocol: random.seed of the row sample"})
     fraction: float = field(default=0.05, metadata={"help": "share of each response scored (>= 1 token)"})
     max_new_tokens: int = field(default=256, metadata={"help": "greedy generation length per problem"})
     batch_size: int = field(default=16, metadata={"help": "problems per generation and attribution pass"})
@@ -53,7 +74,16 @@ class StudyConfig:
     progress: bool = field(default=True, metadata={"cli": False})
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "protocol", parse_choice(Protocol, self.protocol, "protocol", StudyError))
+        cuts = self.cut_coeffs
+        if not isinstance(cuts, (tuple, list)) or not cuts or not all(
+                isinstance(c, (int, float)) and not isinstance(c, bool) and 0 < c <= 1 for c in cuts):
+            raise StudyError(f"cut_coeffs must be numbers in (0, 1] (e.g. 0.03,0.1,0.3,0.5), got {cuts!r}")
+        object.__setattr__(self, "cut_coeffs", tuple(dict.fromkeys(float(c) for c in cuts)))
         check_numbers(self, StudyError)
+        check_positive(self, "num_samples", "small_coeff", "big_coeff", "balance_coeff", error=StudyError)
+        if self.small_coeff > self.big_coeff:
+            raise StudyError(f"small_coeff {self.small_coeff} > big_coeff {self.big_coeff}: no row could pass")
         if not 0 < self.fraction <= 1:
             raise StudyError(f"fraction must be in (0, 1] (the share of each response that is scored), got {self.fraction}")
         check_positive(self, "samples", "max_new_tokens", "batch_size", "min_kept", "n_resamples", "layer_resamples",
@@ -78,7 +108,7 @@ class StudyConfig:
                    for o in map(str.lower, self.offline))
 
     def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+        return {f.name: (v.value if isinstance(v := getattr(self, f.name), Enum) else v) for f in fields(self)}
 
 
 LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")

@@ -139,13 +139,19 @@ def generation_room(model: LoadedModel, prompts: Sequence[list[int]], max_new_to
     return lambda width: max(1, min(max_new_tokens, n_ctx - width)) if learned else max_new_tokens
 
 
-def scored_batch(generations: Sequence[Generation], fraction: float, pad_id: int) -> PairBatch:
-    """Prompt + own response, teacher forced: the first k = n_scored tokens of each response are the answer
-    tokens (predicted at the last prompt position onwards), the sequence holds the prompt and the first
-    k - 1 of them. Clean and corrupt are the same ids (zero ablation needs no counterfactual input)."""
+def scored_batch(generations: Sequence[Generation], fraction: float | None, pad_id: int, *,
+                 cut_len: int | None = None) -> PairBatch:
+    """Prompt + own response, teacher forced: the first k answer tokens of each response are scored (predicted
+    at the last prompt position onwards), the sequence holds the prompt and the first k - 1 of them. k is
+    the response's own `fraction` (common protocol: n_scored), or one `cut_len` for every response (the
+    paper's protocol; a shorter response is scored whole). Clean and corrupt are the same ids (zero ablation
+    needs no counterfactual input)."""
     if any(not g.response_ids for g in generations):
         raise ValueError("a response is empty: the model stopped at once, so it has no tokens to score")
-    ks = [g.n_scored(fraction) for g in generations]
+    if (fraction is None) == (cut_len is None):
+        raise ValueError("give either fraction (each response's own share) or cut_len (one length for all)")
+    ks = [g.n_scored(fraction) if fraction is not None else min(int(cut_len or 1), len(g.response_ids))
+          for g in generations]
     k_max = max(ks)
     rows = [list(g.prompt_ids) + list(g.response_ids[:k - 1]) for g, k in zip(generations, ks)]
     width = max(map(len, rows))

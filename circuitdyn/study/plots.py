@@ -70,8 +70,9 @@ def ecdf(result: StudyResult, gran: str, metric: str, path: Path, family: str) -
 def deltas(result: StudyResult, gran: str, path: Path, family: str) -> None:
     """Mean paired delta (tuned - base) per metric, standardised by the base's sd across prompts; bars:
     95% BCa CI; * marks q < alpha (Benjamini-Hochberg over the study)."""
+    per_prompt = result.metrics[("base", gran, "pooled")]  # set-level tests (sample diversity) are not drawn here
     tests = [t for t in result.tests if t.granularity == gran and t.scope == "pooled" and t.comparison.endswith("- base")
-             and not t.comparison.startswith("(")]
+             and not t.comparison.startswith("(") and t.metric in per_prompt]
     comps = list(dict.fromkeys(t.comparison for t in tests))
     metrics = list(dict.fromkeys(t.metric for t in tests))
     fig, ax = _figure((8, 3.8))

@@ -13,7 +13,6 @@ the spread of the per-seed mean deltas is reported beside the prompt-level CI.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -24,15 +23,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from circuitdyn.analysis.metrics import circuit_metrics, per_layer_metrics
-from circuitdyn.analysis.stats import N_PERMUTATIONS, fdr_adjust, paired_stat
 from circuitdyn.attribution import Attribution, attribute
 from circuitdyn.core.outputs import check_output_folder
 from circuitdyn.graph import Graph
 from circuitdyn.models import LoadedModel, load_model, weights_sha256
-from circuitdyn.study.config import StudyConfig, StudyError, check_label
+from circuitdyn.study.config import Protocol, StudyConfig, StudyError, check_label
 from circuitdyn.study.generation import distinct_problems, generate, pad_id, scored_batch
-from circuitdyn.study.result import CONCENTRATION, HEADLINE, LAYER_METRICS, Entry, StudyResult, Test
+from circuitdyn.study.paper import run_paper
+from circuitdyn.study.result import Entry, StudyResult
+from circuitdyn.study.statistics import metric_table, paired_tests, state_claims, with_fdr
 from circuitdyn.tasks import ProblemSet, get_problem_set, problems_sha256
 from circuitdyn.train.trained import is_checkpoint, load_trained
 
@@ -85,120 +84,83 @@ def _check_compatible(entries: Sequence[Entry]) -> None:
             raise StudyError(f"{e.name} has a different shape from the base; a study needs one graph for all models")
 
 
-def _metric_table(attribution: Attribution, per_layer: bool) -> dict[str, dict[str, np.ndarray]]:
-    """Per-prompt metrics: {"pooled": {...}, "layer l": {...}, "logits": {...}}."""
-    if attribution.per_example is None or not torch.isfinite(attribution.per_example).all():
-        raise StudyError("some per-example scores are not finite: check the model's dtype and the responses")
-    out = {"pooled": circuit_metrics(attribution, per_example=True)}
-    if per_layer:
-        n_layers = attribution.graph.spec.n_layers
-        for layer, table in per_layer_metrics(attribution, per_example=True).items():
-            out["logits" if layer == n_layers else f"layer {layer}"] = table
-    return {scope: {k: v.numpy() for k, v in table.items()} for scope, table in out.items()}
-
-
-def _tests(cfg: StudyConfig, entries: Sequence[Entry], metrics: dict[tuple[str, str, str], dict[str, np.ndarray]],
-           ) -> list[Test]:
-    labels = list(dict.fromkeys(e.label for e in entries if e.label != "base"))
-    reps = {lab: [e.name for e in entries if e.label == lab] for lab in labels}
-    scopes = sorted({k[2] for k in metrics}, key=lambda s: (s != "pooled", s == "logits", len(s), s))
-    tests: list[Test] = []
-    for gran in cfg.granularities:
-        for scope in scopes:
-            pooled = scope == "pooled"
-            resamples = cfg.n_resamples if pooled else min(cfg.n_resamples, cfg.layer_resamples)
-            for metric in HEADLINE if pooled else LAYER_METRICS:
-                base = metrics[("base", gran, scope)][metric]
-                deltas = {}
-                for lab in labels:
-                    per_rep = np.stack([metrics[(name, gran, scope)][metric] - base for name in reps[lab]])
-                    ok = np.isfinite(per_rep).all(0)
-                    if not ok.all():  # an all-zero layer has no entropy: say so by testing fewer prompts
-                        per_rep = per_rep[:, ok]
-                    deltas[lab] = (per_rep.mean(0), ok)
-                    stat = paired_stat(per_rep.mean(0), n_resamples=resamples, seed=cfg.seed,
-                                       n_permutations=min(resamples, N_PERMUTATIONS))
-                    tests.append(Test(f"{lab} - base", gran, scope, metric, stat, tuple(float(m) for m in per_rep.mean(1))))
-                for a, b in itertools.combinations(labels, 2):
-                    da, oka = deltas[a]
-                    db, okb = deltas[b]
-                    both = oka & okb
-                    diff = da[both[oka]] - db[both[okb]]
-                    stat = paired_stat(diff, n_resamples=resamples, seed=cfg.seed,
-                                       n_permutations=min(resamples, N_PERMUTATIONS))
-                    tests.append(Test(f"({a} - base) - ({b} - base)", gran, scope, metric, stat))
-    qs = fdr_adjust([t.stat.p_value for t in tests])
-    return [replace(t, stat=t.stat.with_q(q)) for t, q in zip(tests, qs)]
-
-
-def _claims(cfg: StudyConfig, tests: Sequence[Test], labels: Sequence[str]) -> list[str]:
-    """The paper's three directional claims, stated as measured (pooled scope, each granularity)."""
-    out = []
-    pooled = {(t.comparison, t.granularity, t.metric): t for t in tests if t.scope == "pooled"}
-
-    def fmt(t: Test) -> str:
-        s = t.stat
-        return (f"{s.mean:+.4g} [{s.ci_low:+.4g}, {s.ci_high:+.4g}], q={s.q_value:.3g}: "
-                f"{s.direction(cfg.alpha).value}")
-    online = [lab for lab in labels if not cfg.is_offline(lab)]
-    offline = [lab for lab in labels if cfg.is_offline(lab)]
-    for gran in cfg.granularities:
-        for lab in labels:
-            kind = "offline" if cfg.is_offline(lab) else "online RL"
-            def get(m: str, lab: str = lab, gran: str = gran) -> Test:
-                return pooled[(f"{lab} - base", gran, m)]
-            up_i = get("intensity").stat.direction(cfg.alpha).value == "up"
-            up_e = get("normalized_entropy").stat.direction(cfg.alpha).value == "up"
-            conc = [get(m).stat.direction(cfg.alpha).value for m in CONCENTRATION]
-            out.append(
-                f"[{gran}] {lab} ({kind}) vs base: intensity {fmt(get('intensity'))}; normalized entropy "
-                f"{fmt(get('normalized_entropy'))}; concentration (gini, top_share_0.05, kurtosis): "
-                f"{', '.join(conc)}. Paper's claims (intensity up, entropy up, concentration down): "
-                f"{'holds' if up_i else 'not supported'} / {'holds' if up_e else 'not supported'} / "
-                f"{'holds' if all(c == 'down' for c in conc) else 'not supported'} here."
-            )
-        for a, b in itertools.product(online, offline):
-            key = f"({a} - base) - ({b} - base)" if labels.index(a) < labels.index(b) else f"({b} - base) - ({a} - base)"
-            for metric in ("intensity", "normalized_entropy"):
-                t = pooled.get((key, gran, metric))
-                if t is None:
-                    continue
-                sign = 1 if key.startswith(f"({a}") else -1  # orient the test as (a - base) - (b - base)
-                s = t.stat
-                lo, hi = sorted((sign * s.ci_low, sign * s.ci_high))
-                if not s.direction(cfg.alpha).detected:
-                    stronger = s.direction(cfg.alpha).value.replace("change", "difference")
-                else:  # a direction means the CI excludes 0, so the oriented mean's sign decides
-                    stronger = "stronger" if sign * s.mean > 0 else "weaker"
-                out.append(f"[{gran}] {metric}: change under {a} minus change under {b}: {sign * s.mean:+.4g} "
-                           f"[{lo:+.4g}, {hi:+.4g}], q={s.q_value:.3g}: {a}'s change is {stronger} "
-                           f"(the paper expects online RL to move it more than {b}).")
-    return out
-
-
 def run_study(
     base: ModelLike,
     tuned: Mapping[str, ModelLike | Sequence[ModelLike]],
-    problems: ProblemSet | str,
+    problems: ProblemSet | str | None = None,
     *,
     config: StudyConfig | None = None,
     out: str | Path | None = None,
+    generations: Mapping[str, str | Path | Sequence[str | Path]] | None = None,
     **overrides: Any,
 ) -> StudyResult:
     """Run the protocol (module docstring). `tuned` maps a label ("grpo") to a model or a list of models
     (training seeds); models are spec strings (zoo names, local HF folders, circuitdyn checkpoints of the
-    base, hub ids when online) or LoadedModels. `overrides` are StudyConfig fields. With `out`, every table,
-    plot and the protocol record are written there (generations are saved before any refusal)."""
+    base, hub ids when online) or LoadedModels. `overrides` are StudyConfig fields. `generations` maps a
+    label to the pair's generations file (the paper's all_correct.jsonl rows; one per seed), read instead of
+    generating (paper protocol). With `out`, every table, plot and the protocol record are written there
+    (generations are saved before any refusal)."""
     cfg = replace(config, **overrides) if config else StudyConfig(**overrides)
+    files = {label: [f] if isinstance(f, (str, Path)) else list(f) for label, f in (generations or {}).items()}
+    _check_request(cfg, tuned, files, problems)
+    out = check_output_folder(out, "study output folder") if out is not None else None
+    t0 = time.perf_counter()
+    entries = _entries(base, tuned)
+    seconds = {"load": time.perf_counter() - t0}
+    t1 = time.perf_counter()
+    generate_for = [e for e in entries if e.label not in files] if len(files) < len(tuned) else []
+    items, source, gens = [], None, {}
+    if generate_for:
+        source = get_problem_set(problems) if isinstance(problems, str) else problems
+        if source is None:  # _check_request refused this already
+            raise StudyError("no problems to generate from")
+        items = distinct_problems(source.problems(cfg.samples, seed=cfg.seed), cfg.samples, source.name)
+        for e in generate_for:
+            gens[e.name] = generate(e.model, items, source, chat_template=cfg.chat_template,
+                                    max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
+                                    progress=cfg.progress, desc=f"generate {e.name}")
+    seconds["generate"] = time.perf_counter() - t1
+    correct = {name: sum(g.correct for g in gs) for name, gs in gens.items()}
+    protocol = _protocol(cfg, entries, source, items, correct)
+    graphs = {g: Graph.from_model(entries[0].model, g) for g in cfg.granularities}
+    if cfg.protocol is Protocol.PAPER:
+        result = run_paper(cfg, entries, gens, files, graphs, protocol, out, t0, seconds)
+    else:
+        result = _run_common(cfg, entries, items, gens, graphs, protocol, out, t0, seconds)
+    if out is not None:
+        from circuitdyn.study.report import write_study
+
+        write_study(result, out)
+    return result
+
+
+def _check_request(cfg: StudyConfig, tuned: Mapping[str, Any], files: Mapping[str, list[Any]], problems: Any) -> None:
+    """Everything that can be refused before a model loads."""
     if not tuned:
         raise StudyError("give at least one tuned model: tuned={'grpo': spec_or_model}")
     if "base" in tuned:
         raise StudyError("'base' is reserved for the base model; name the tuned models otherwise")
     for label in tuned:  # labels become file names and table cells: refused before any work
         check_label(label)
-    out = check_output_folder(out, "study output folder") if out is not None else None
-    source = get_problem_set(problems) if isinstance(problems, str) else problems
-    t0 = time.perf_counter()
+    unknown = sorted(set(files) - set(tuned))
+    if unknown:
+        raise StudyError(f"generations given for {unknown}, which are not tuned labels ({sorted(tuned)})")
+    if files and cfg.protocol is not Protocol.PAPER:
+        raise StudyError("generations files are the paper protocol's pair files: use protocol='paper'")
+    for label, paths in files.items():
+        seeds = tuned[label]
+        n = 1 if isinstance(seeds, (str, LoadedModel)) else len(seeds)
+        if len(paths) != n:
+            raise StudyError(f"{label}: {len(paths)} generations file(s) for {n} model(s); give one per seed")
+        for path in paths:
+            if not Path(path).expanduser().is_file():
+                raise StudyError(f"{label}: generations file {path} not found")
+    if len(files) < len(tuned) and problems is None:
+        raise StudyError("give the problems to generate from (e.g. 'word_problems'), or a generations file for "
+                         "every tuned label")
+
+
+def _entries(base: ModelLike, tuned: Mapping[str, ModelLike | Sequence[ModelLike]]) -> list[Entry]:
     base_spec = base if isinstance(base, str) else None
     entries = [Entry("base", 0, _load(base, None))]
     for label, models in tuned.items():
@@ -211,20 +173,16 @@ def run_study(
         if e.model.bridge.training:
             raise StudyError(f"{e.name} is in training mode (dropout): call model.bridge.eval() first")
     _warn_identical(entries)
-    items = distinct_problems(source.problems(cfg.samples, seed=cfg.seed), cfg.samples, source.name)
-    seconds = {"load": time.perf_counter() - t0}
+    return entries
 
-    t1 = time.perf_counter()
-    generations = {}
-    for e in entries:
-        generations[e.name] = generate(e.model, items, source, chat_template=cfg.chat_template,
-                                       max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                                       progress=cfg.progress, desc=f"generate {e.name}")
-    seconds["generate"] = time.perf_counter() - t1
-    correct = {name: sum(g.correct for g in gens) for name, gens in generations.items()}
+
+def _run_common(cfg: StudyConfig, entries: Sequence[Entry], items: Sequence[Any], generations: dict[str, Any],
+                graphs: Mapping[str, Graph], protocol: dict[str, Any], out: Path | None, t0: float,
+                seconds: dict[str, float]) -> StudyResult:
+    """One set of problems that every model answers correctly; each response scored on its own fraction."""
     kept = tuple(i for i in range(len(items)) if all(generations[e.name][i].correct and generations[e.name][i].response_ids
                                                      for e in entries))
-    protocol = _protocol(cfg, entries, source, items, correct, kept)
+    protocol["n_kept"] = len(kept)
     if out is not None:
         from circuitdyn.study.report import write_generations
 
@@ -232,13 +190,11 @@ def run_study(
     if len(kept) < cfg.min_kept:
         raise StudyError(
             f"only {len(kept)} of {len(items)} problems were answered correctly by every model (correct per model: "
-            + ", ".join(f"{k} {v}" for k, v in correct.items())
+            + ", ".join(f"{k} {v}" for k, v in protocol["correct"].items())
             + f"); the study needs at least min_kept={cfg.min_kept}. Generate more (samples), allow longer answers "
             "(max_new_tokens), pick easier problems, or lower min_kept."
         )
-
     t2 = time.perf_counter()
-    graphs = {g: Graph.from_model(entries[0].model, g) for g in cfg.granularities}
     attributions: dict[tuple[str, str], Attribution] = {}
     metrics: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
     for e in entries:
@@ -247,35 +203,32 @@ def run_study(
             attr = attribute(e.model, graph, batch, "answer_nll", ablation="zero", aggregation="sum",
                              per_example=True, batch_size=cfg.batch_size, progress=cfg.progress)
             attributions[(e.name, gran)] = attr
-            for scope, table in _metric_table(attr, cfg.per_layer).items():
+            for scope, table in metric_table(attr, cfg.per_layer).items():
                 metrics[(e.name, gran, scope)] = table
     seconds["attribute"] = time.perf_counter() - t2
     t3 = time.perf_counter()
-    tests = _tests(cfg, entries, metrics)
+    tests = with_fdr(paired_tests(cfg, entries, metrics))
     labels = list(dict.fromkeys(e.label for e in entries if e.label != "base"))
-    claims = _claims(cfg, tests, labels)
+    claims = state_claims(cfg, tests, labels)
     seconds["statistics"] = time.perf_counter() - t3
     seconds["total"] = time.perf_counter() - t0
     protocol["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
-    result = StudyResult(cfg, tuple(entries), protocol["dataset_sha256"], len(items), correct, kept, generations,
-                         attributions, metrics, tuple(tests), tuple(claims), protocol, seconds)
-    if out is not None:
-        from circuitdyn.study.report import write_study
-
-        write_study(result, out)
-    return result
+    return StudyResult(cfg, tuple(entries), protocol["dataset_sha256"], len(items), protocol["correct"], kept,
+                       generations, attributions, metrics, tuple(tests), tuple(claims), protocol, seconds)
 
 
-def _protocol(cfg: StudyConfig, entries: Sequence[Entry], source: ProblemSet, items: Sequence[Any],
-              correct: dict[str, int], kept: Sequence[int]) -> dict[str, Any]:
+def _protocol(cfg: StudyConfig, entries: Sequence[Entry], source: ProblemSet | None, items: Sequence[Any],
+              correct: dict[str, int]) -> dict[str, Any]:
     """Everything needed to rerun the study and to know what it ran on."""
     dataset = problems_sha256(items)
+    scored = (f"the first {cfg.fraction:g} of each response (>= 1 token)" if cfg.protocol is Protocol.COMMON else
+              "the first cut_len = max(int(refer x cut_coeff), 1) answer tokens, one length per pair")
     return {
-        "protocol": "RL-circuitry: own greedy generations, both-correct filter, mean NLL of the first "
-                    f"{cfg.fraction:g} of each response (>= 1 token), zero-ablation EAP, summed over positions, "
-                    "per-example float32 scores",
+        "protocol": f"RL-circuitry ({Protocol(cfg.protocol).value}): own greedy generations, both-correct filter, mean NLL of "
+                    f"{scored}, zero-ablation EAP, summed over positions, per-example float32 scores",
         "config": cfg.as_dict(),
-        "problems": {"source": source.name, "n_generated": len(items), "dataset_sha256": dataset},
+        "problems": {"source": source.name if source is not None else None, "n_generated": len(items),
+                     "dataset_sha256": dataset},
         "dataset_sha256": dataset,
         "generation": {"greedy": True, "max_new_tokens": cfg.max_new_tokens, "chat_template": cfg.chat_template,
                        "batch_size": cfg.batch_size},
@@ -283,6 +236,5 @@ def _protocol(cfg: StudyConfig, entries: Sequence[Entry], source: ProblemSet, it
         "models": {e.name: {**e.model.provenance.as_dict(), "weights_sha256": weights_sha256(e.model)}
                    for e in entries},
         "correct": correct,
-        "n_kept": len(kept),
         "torch": torch.__version__,
     }

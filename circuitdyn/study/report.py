@@ -19,6 +19,7 @@ from circuitdyn.analysis.report import save_records, to_csv
 from circuitdyn.attribution.files import save_attribution
 from circuitdyn.core.atomic import atomic_write_text
 from circuitdyn.core.outputs import safe_child
+from circuitdyn.study.paper_report import paper_markdown
 from circuitdyn.study.result import StudyResult
 
 PLOT_METRICS = ("intensity", "normalized_entropy", "gini")
@@ -36,6 +37,11 @@ def write_generations(out: Path, problems: Sequence[Any], generations: dict[str,
                                      "response": g.text, "correct": g.correct, "stopped": g.stopped,
                                      "response_tokens": len(g.response_ids), "kept": i in keep}))
     atomic_write_text(out / "generations.jsonl", "\n".join(lines) + "\n")
+    write_protocol(out, protocol)
+
+
+def write_protocol(out: Path, protocol: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "protocol.json", json.dumps(protocol, indent=1, default=str))
 
 
@@ -98,28 +104,43 @@ def markdown(result: StudyResult) -> str:
     return "\n".join(lines)
 
 
-def write_study(result: StudyResult, out: Path) -> Path:
+def _cell_file(cell: str) -> str:
+    """A cell's name ("grpo@0.1") as a file-name part ("grpo_cut0.1")."""
+    label, _, cut = cell.partition("@")
+    return f"{label}_cut{cut}" if cut else label
+
+
+def _write_views(result: StudyResult, out: Path) -> list[dict[str, Any]]:
+    """Attribution files, plots and model metrics of the study, or of each of its cells (paper protocol)."""
     from circuitdyn.study import plots
 
+    family = next(iter(result.protocol["models"].values()))["family"]
+    models = []
+    for cell, view in (result.cells or {"": result}).items():
+        suffix = f"_{_cell_file(cell)}" if cell else ""
+        models += [{"cell": cell, **row} if cell else row for row in _model_records(view)]
+        if result.config.save_attributions:
+            folder = out / "attributions"
+            folder.mkdir(exist_ok=True)
+            for (name, gran), attr in view.attributions.items():
+                save_attribution(attr, safe_child(folder, f"{name.replace('#', '_seed')}{suffix}_{gran}.safetensors"))
+        for gran in result.config.granularities:
+            for metric in PLOT_METRICS:
+                plots.per_layer(view, gran, metric, out / f"per_layer_{metric}_{gran}{suffix}.png", family)
+            plots.ecdf(view, gran, "intensity", out / f"ecdf_intensity_{gran}{suffix}.png", family)
+            plots.deltas(view, gran, out / f"deltas_{gran}{suffix}.png", family)
+    return models
+
+
+def write_study(result: StudyResult, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "protocol.json", json.dumps(result.protocol, indent=1, default=str))
+    write_protocol(out, result.protocol)
     records = [t.record(result.config.alpha) for t in result.tests]
     to_csv(records, out / "tests.csv")
     save_records(records, out / "tests.json")
-    models = _model_records(result)
+    models = _write_views(result, out)
     to_csv(models, out / "model_metrics.csv")
     save_records(models, out / "model_metrics.json")
-    if result.config.save_attributions:
-        folder = out / "attributions"
-        folder.mkdir(exist_ok=True)
-        for (name, gran), attr in result.attributions.items():
-            save_attribution(attr, safe_child(folder, f"{name.replace('#', '_seed')}_{gran}.safetensors"))
-    family = next(iter(result.protocol["models"].values()))["family"]
-    for gran in result.config.granularities:
-        for metric in PLOT_METRICS:
-            plots.per_layer(result, gran, metric, out / f"per_layer_{metric}_{gran}.png", family)
-        plots.ecdf(result, gran, "intensity", out / f"ecdf_intensity_{gran}.png", family)
-        plots.deltas(result, gran, out / f"deltas_{gran}.png", family)
     path = out / "report.md"
-    atomic_write_text(path, markdown(result))
+    atomic_write_text(path, paper_markdown(result) if result.cells else markdown(result))
     return path

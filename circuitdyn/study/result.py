@@ -12,9 +12,10 @@ from circuitdyn.attribution import Attribution
 from circuitdyn.models import LoadedModel
 from circuitdyn.study.config import StudyConfig
 from circuitdyn.study.generation import Generation
+from circuitdyn.study.selection import Selection
 
-HEADLINE = ("intensity", "normalized_entropy", "effective_edges", "gini", "top_share_0.01", "top_share_0.05",
-            "top_share_0.1", "kurtosis")
+HEADLINE = ("intensity", "entropy", "normalized_entropy", "effective_edges", "gini", "top_share_0.01",
+            "top_share_0.05", "top_share_0.1", "kurtosis", "node_output_entropy")
 CONCENTRATION = ("gini", "top_share_0.05", "kurtosis")
 LAYER_METRICS = ("intensity", "normalized_entropy", "gini")  # tested per destination layer
 
@@ -42,11 +43,12 @@ class Test:
     metric: str
     stat: PairedStat
     seed_means: tuple[float, ...] = ()  # per-replicate mean deltas (tuned - base tests only)
+    cut: str = ""  # the paper protocol's cut coefficient ("0.1"); "" under the common protocol
 
     def record(self, alpha: float) -> dict[str, Any]:
         s = self.stat
         spread = np.asarray(self.seed_means) if self.seed_means else np.asarray([np.nan])
-        return {"comparison": self.comparison, "granularity": self.granularity, "scope": self.scope,
+        return {"comparison": self.comparison, "cut": self.cut, "granularity": self.granularity, "scope": self.scope,
                 "metric": self.metric, "n": s.n, "mean_delta": s.mean, "ci_low": s.ci_low, "ci_high": s.ci_high,
                 "p_perm": s.p_value, "q_bh": s.q_value, "median_delta": s.median, "wilcoxon_p": s.wilcoxon_p,
                 "direction": s.direction(alpha).value, "seeds": len(self.seed_means),
@@ -69,9 +71,15 @@ class StudyResult:
     claims: tuple[str, ...]
     protocol: dict[str, Any]
     seconds: dict[str, float] = field(default_factory=dict)
+    # the paper protocol: one study per (label, cut coefficient), named "grpo@0.1", and each pair's selection
+    cells: dict[str, "StudyResult"] = field(default_factory=dict)
+    selections: dict[str, Selection] = field(default_factory=dict)
 
-    def test(self, comparison: str, metric: str, granularity: str = "layer", scope: str = "pooled") -> Test:
+    def test(self, comparison: str, metric: str, granularity: str = "layer", scope: str = "pooled",
+             cut: float | str | None = None) -> Test:
+        """A test by name; `cut` picks the paper protocol's coefficient (its first one when None)."""
+        want = "" if not self.cells else f"{cut:g}" if isinstance(cut, float) else cut or f"{self.config.cut_coeffs[0]:g}"
         for t in self.tests:
-            if (t.comparison, t.metric, t.granularity, t.scope) == (comparison, metric, granularity, scope):
+            if (t.comparison, t.metric, t.granularity, t.scope, t.cut) == (comparison, metric, granularity, scope, want):
                 return t
-        raise KeyError(f"no test {comparison!r} / {metric} / {granularity} / {scope}")
+        raise KeyError(f"no test {comparison!r} / {metric} / {granularity} / {scope} / cut {want!r}")

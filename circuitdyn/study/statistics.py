@@ -1,0 +1,116 @@
+"""The study's statistics: per-prompt metric tables, the paired tests over them (FDR-controlled over the
+whole study) and the paper's claims stated as measured."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from circuitdyn.analysis.metrics import circuit_metrics, per_layer_metrics
+from circuitdyn.analysis.stats import N_PERMUTATIONS, fdr_adjust, paired_stat
+from circuitdyn.attribution import Attribution
+from circuitdyn.study.config import StudyConfig, StudyError
+from circuitdyn.study.result import CONCENTRATION, HEADLINE, LAYER_METRICS, Entry, Test
+
+
+def metric_table(attribution: Attribution, per_layer: bool) -> dict[str, dict[str, np.ndarray]]:
+    """Per-prompt metrics: {"pooled": {...}, "layer l": {...}, "logits": {...}}."""
+    if attribution.per_example is None or not torch.isfinite(attribution.per_example).all():
+        raise StudyError("some per-example scores are not finite: check the model's dtype and the responses")
+    out = {"pooled": circuit_metrics(attribution, per_example=True)}
+    if per_layer:
+        n_layers = attribution.graph.spec.n_layers
+        for layer, table in per_layer_metrics(attribution, per_example=True).items():
+            out["logits" if layer == n_layers else f"layer {layer}"] = table
+    return {scope: {k: v.numpy() for k, v in table.items()} for scope, table in out.items()}
+
+
+def paired_tests(cfg: StudyConfig, entries: Sequence[Entry], metrics: dict[tuple[str, str, str], dict[str, np.ndarray]],
+                 cut: str = "") -> list[Test]:
+    """tuned - base for every label (the mean over its seeds, per prompt) and (A - base) - (B - base) for every
+    two labels, per graph, scope and metric; q-values are set by with_fdr over the whole study."""
+    labels = list(dict.fromkeys(e.label for e in entries if e.label != "base"))
+    reps = {lab: [e.name for e in entries if e.label == lab] for lab in labels}
+    scopes = sorted({k[2] for k in metrics}, key=lambda s: (s != "pooled", s == "logits", len(s), s))
+    tests: list[Test] = []
+    for gran in cfg.granularities:
+        for scope in scopes:
+            pooled = scope == "pooled"
+            resamples = cfg.n_resamples if pooled else min(cfg.n_resamples, cfg.layer_resamples)
+            for metric in HEADLINE if pooled else LAYER_METRICS:
+                base = metrics[("base", gran, scope)][metric]
+                deltas = {}
+                for lab in labels:
+                    per_rep = np.stack([metrics[(name, gran, scope)][metric] - base for name in reps[lab]])
+                    ok = np.isfinite(per_rep).all(0)
+                    if not ok.all():  # an all-zero layer has no entropy: say so by testing fewer prompts
+                        per_rep = per_rep[:, ok]
+                    deltas[lab] = (per_rep.mean(0), ok)
+                    stat = paired_stat(per_rep.mean(0), n_resamples=resamples, seed=cfg.seed,
+                                       n_permutations=min(resamples, N_PERMUTATIONS))
+                    tests.append(Test(f"{lab} - base", gran, scope, metric, stat, tuple(float(m) for m in per_rep.mean(1)),
+                                      cut))
+                for a, b in itertools.combinations(labels, 2):
+                    da, oka = deltas[a]
+                    db, okb = deltas[b]
+                    both = oka & okb
+                    diff = da[both[oka]] - db[both[okb]]
+                    stat = paired_stat(diff, n_resamples=resamples, seed=cfg.seed,
+                                       n_permutations=min(resamples, N_PERMUTATIONS))
+                    tests.append(Test(f"({a} - base) - ({b} - base)", gran, scope, metric, stat, cut=cut))
+    return tests
+
+
+def with_fdr(tests: Sequence[Test]) -> list[Test]:
+    """Benjamini-Hochberg q-values over the whole family of a study's tests."""
+    qs = fdr_adjust([t.stat.p_value for t in tests])
+    return [replace(t, stat=t.stat.with_q(q)) for t, q in zip(tests, qs)]
+
+
+def state_claims(cfg: StudyConfig, tests: Sequence[Test], labels: Sequence[str]) -> list[str]:
+    """The paper's three directional claims, stated as measured (pooled scope, each granularity)."""
+    out = []
+    pooled = {(t.comparison, t.granularity, t.metric): t for t in tests if t.scope == "pooled"}
+
+    def fmt(t: Test) -> str:
+        s = t.stat
+        return (f"{s.mean:+.4g} [{s.ci_low:+.4g}, {s.ci_high:+.4g}], q={s.q_value:.3g}: "
+                f"{s.direction(cfg.alpha).value}")
+    online = [lab for lab in labels if not cfg.is_offline(lab)]
+    offline = [lab for lab in labels if cfg.is_offline(lab)]
+    for gran in cfg.granularities:
+        for lab in labels:
+            kind = "offline" if cfg.is_offline(lab) else "online RL"
+            def get(m: str, lab: str = lab, gran: str = gran) -> Test:
+                return pooled[(f"{lab} - base", gran, m)]
+            up_i = get("intensity").stat.direction(cfg.alpha).value == "up"
+            up_e = get("normalized_entropy").stat.direction(cfg.alpha).value == "up"
+            conc = [get(m).stat.direction(cfg.alpha).value for m in CONCENTRATION]
+            out.append(
+                f"[{gran}] {lab} ({kind}) vs base: intensity {fmt(get('intensity'))}; normalized entropy "
+                f"{fmt(get('normalized_entropy'))}; concentration (gini, top_share_0.05, kurtosis): "
+                f"{', '.join(conc)}. Paper's claims (intensity up, entropy up, concentration down): "
+                f"{'holds' if up_i else 'not supported'} / {'holds' if up_e else 'not supported'} / "
+                f"{'holds' if all(c == 'down' for c in conc) else 'not supported'} here."
+            )
+        for a, b in itertools.product(online, offline):
+            key = f"({a} - base) - ({b} - base)" if labels.index(a) < labels.index(b) else f"({b} - base) - ({a} - base)"
+            for metric in ("intensity", "normalized_entropy"):
+                t = pooled.get((key, gran, metric))
+                if t is None:
+                    continue
+                sign = 1 if key.startswith(f"({a}") else -1  # orient the test as (a - base) - (b - base)
+                s = t.stat
+                lo, hi = sorted((sign * s.ci_low, sign * s.ci_high))
+                if not s.direction(cfg.alpha).detected:
+                    stronger = s.direction(cfg.alpha).value.replace("change", "difference")
+                else:  # a direction means the CI excludes 0, so the oriented mean's sign decides
+                    stronger = "stronger" if sign * s.mean > 0 else "weaker"
+                out.append(f"[{gran}] {metric}: change under {a} minus change under {b}: {sign * s.mean:+.4g} "
+                           f"[{lo:+.4g}, {hi:+.4g}], q={s.q_value:.3g}: {a}'s change is {stronger} "
+                           f"(the paper expects online RL to move it more than {b}).")
+    return out
