@@ -33,3 +33,15 @@ def model(family):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def perturbed(model, seed, scale=0.02):
+    """A stand-in for a tuned copy: the model with a little seeded noise on every weight."""
+    from circuitdyn.models import clone_model
+
+    m = clone_model(model)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in m.bridge.original_model.parameters():
+            p.add_(scale * p.std() * torch.randn(p.shape, generator=g))
+    return m

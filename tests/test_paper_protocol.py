@@ -11,11 +11,10 @@ import pytest
 import torch
 
 from circuitdyn.cli import main
-from circuitdyn.models import clone_model
 from circuitdyn.study import StudyConfig, StudyError, run_study
 from circuitdyn.study.pair_files import read_pair_file
 from circuitdyn.study.selection import FILTERS, RowLengths, select_rows
-from tests.conftest import zoo_model
+from tests.conftest import perturbed, zoo_model
 
 RULE = dict(small_coeff=0.5, big_coeff=1.5, balance_coeff=0.5, num_samples=100, sample_seed=42)
 
@@ -92,19 +91,10 @@ def test_pair_files_are_refused_by_row(tmp_path):
             read_pair_file(path, vocab_size=50)
 
 
-def noisy(base, seed, scale=0.02):
-    copy = clone_model(base)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in copy.bridge.original_model.parameters():
-            p.add_(scale * p.std() * torch.randn(p.shape, generator=g))
-    return copy
-
-
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     base = zoo_model("llama")
-    tuned = {"grpo": [noisy(base, 1), noisy(base, 2)], "dpo": noisy(base, 3)}
+    tuned = {"grpo": [perturbed(base, 1), perturbed(base, 2)], "dpo": perturbed(base, 3)}
     out = tmp_path_factory.mktemp("paper") / "study"
     result = run_study(base, tuned, "addition", samples=48, max_new_tokens=4, n_resamples=1000, cut_coeffs=(0.5, 1.0),
                        per_layer=False, out=out, progress=False)
@@ -151,7 +141,7 @@ def test_imported_files_give_the_scores_of_the_generated_study(generated, tmp_pa
 
 def test_the_common_protocol_keeps_one_set_for_every_model():
     base = zoo_model("llama")
-    result = run_study(base, {"t": noisy(base, 4)}, "addition", protocol="common", samples=24, max_new_tokens=4,
+    result = run_study(base, {"t": perturbed(base, 4)}, "addition", protocol="common", samples=24, max_new_tokens=4,
                        n_resamples=1000, per_layer=False, progress=False)
     assert not result.cells and len(result.kept) > 0 and result.test("t - base", "intensity").cut == ""
 

@@ -14,19 +14,12 @@ from circuitdyn.models import clone_model, load_model
 from circuitdyn.study import StudyConfig, StudyError, generate, run_study, scored_batch
 from circuitdyn.study.generation import encode_prompt
 from circuitdyn.tasks import Problem, TaskProblems, get_task
-from tests.conftest import zoo_model
+from tests.conftest import perturbed, zoo_model
 
 CHAT = ("{% for m in messages %}({{ m['role'] }}) {{ m['content'] }}{% endfor %}"
         "{% if add_generation_prompt %} (assistant){% endif %}")
 
 
-def perturbed(model, seed, scale=0.02):
-    m = clone_model(model)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in m.bridge.original_model.parameters():
-            p.add_(scale * p.std() * torch.randn(p.shape, generator=g))
-    return m
 
 
 class Anything:

@@ -20,14 +20,14 @@ import torch
 
 from circuitdyn.analysis.metrics import edge_vector
 from circuitdyn.analysis.stats import N_PERMUTATIONS, PairedStat, paired_stat
-from circuitdyn.attribution import Attribution, attribute
+from circuitdyn.attribution import Attribution
 from circuitdyn.graph import Graph
 from circuitdyn.study.config import StudyConfig, StudyError
 from circuitdyn.study.generation import Generation, pad_id, scored_batch
 from circuitdyn.study.pair_files import PairRow
 from circuitdyn.study.result import HEADLINE, Entry, Test
 from circuitdyn.study.selection import RowLengths, Selection, select_rows
-from circuitdyn.study.statistics import metric_table, paired_tests
+from circuitdyn.study.statistics import paired_tests, score
 
 DIVERSITY = "sample_diversity"
 
@@ -89,12 +89,9 @@ def run_cells(cfg: StudyConfig, entries: Sequence[Entry], rows: Mapping[str, lis
             attributions, metrics = {}, {}
             for e in members:
                 batch = scored_batch(gens[e.name], None, pad_id(e.model.tokenizer), cut_len=sel.cut_len(cut))
-                for gran, graph in graphs.items():
-                    attr = attribute(e.model, graph, batch, "answer_nll", ablation="zero", aggregation="sum",
-                                     per_example=True, batch_size=cfg.batch_size, progress=cfg.progress)
-                    attributions[(e.name, gran)] = attr
-                    for scope, table in metric_table(attr, cfg.per_layer).items():
-                        metrics[(e.name, gran, scope)] = table
+                scored = score(cfg, e.name, e.model, batch, graphs)
+                attributions.update(scored[0])
+                metrics.update(scored[1])
             cells.append(Cell(label, cut, sel.cut_len(cut), tuple(r.key for r in chosen), members, attributions, metrics))
     return cells
 

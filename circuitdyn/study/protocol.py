@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from circuitdyn.attribution import Attribution, attribute
+from circuitdyn.attribution import Attribution
 from circuitdyn.core.outputs import check_output_folder
 from circuitdyn.graph import Graph
 from circuitdyn.models import LoadedModel, load_model, weights_sha256
@@ -31,7 +31,7 @@ from circuitdyn.study.config import Protocol, StudyConfig, StudyError, check_lab
 from circuitdyn.study.generation import distinct_problems, generate, pad_id, scored_batch
 from circuitdyn.study.paper import run_paper
 from circuitdyn.study.result import Entry, StudyResult
-from circuitdyn.study.statistics import metric_table, paired_tests, state_claims, with_fdr
+from circuitdyn.study.statistics import paired_tests, score, state_claims, with_fdr
 from circuitdyn.tasks import ProblemSet, get_problem_set, problems_sha256
 from circuitdyn.train.trained import is_checkpoint, load_trained
 
@@ -199,12 +199,9 @@ def _run_common(cfg: StudyConfig, entries: Sequence[Entry], items: Sequence[Any]
     metrics: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
     for e in entries:
         batch = scored_batch([generations[e.name][i] for i in kept], cfg.fraction, pad_id(e.model.tokenizer))
-        for gran, graph in graphs.items():
-            attr = attribute(e.model, graph, batch, "answer_nll", ablation="zero", aggregation="sum",
-                             per_example=True, batch_size=cfg.batch_size, progress=cfg.progress)
-            attributions[(e.name, gran)] = attr
-            for scope, table in metric_table(attr, cfg.per_layer).items():
-                metrics[(e.name, gran, scope)] = table
+        scored = score(cfg, e.name, e.model, batch, graphs)
+        attributions.update(scored[0])
+        metrics.update(scored[1])
     seconds["attribute"] = time.perf_counter() - t2
     t3 = time.perf_counter()
     tests = with_fdr(paired_tests(cfg, entries, metrics))
