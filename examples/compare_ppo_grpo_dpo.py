@@ -96,8 +96,10 @@ def run_family(spec: str, family: str, args: argparse.Namespace, out: Path) -> d
     else:
         skipped = None
         cut = study.config.cut_coeffs[0]
-        for algo in tuned:  # each pair's own cell: its rows, its scored length
-            cell = study.cells[f"{algo}@{cut:g}"]
+        for algo in tuned:  # each pair's own cell: its rows, its scored length (none for a pair left out)
+            cell = study.cells.get(f"{algo}@{cut:g}")
+            if cell is None:
+                continue
             plot.delta_heatmap(cell.attributions[("base", "head")], cell.attributions[(f"{algo}#0", "head")],
                                fam_dir / f"delta_heatmap_{algo}_head.png",
                                title=f"{family}: {algo.upper()} (seed {args.seed}) - base, zero-ablation EAP, head graph")

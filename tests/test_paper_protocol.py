@@ -166,3 +166,16 @@ def test_the_command_line_runs_the_paper_protocol_from_files(generated, tmp_path
     assert code == 0
     printed = capsys.readouterr().out
     assert "rows scored per pair: dpo " in printed and "| dpo - base | 0.5 |" in printed
+
+
+def test_a_pair_with_too_few_rows_is_left_out_and_the_others_run(caplog):
+    base = zoo_model("llama")
+    broken = perturbed(base, 7, scale=3.0)  # answers nothing right
+    with caplog.at_level("WARNING"):
+        result = run_study(base, {"good": perturbed(base, 8), "broken": broken}, "addition", samples=32,
+                           max_new_tokens=4, n_resamples=1000, per_layer=False, progress=False)
+    assert "pair broken - base left out" in caplog.text
+    assert "fewer than min_kept=8" in result.protocol["pairs"]["broken"]["skipped"]
+    assert set(result.cells) == {"good@0.1"} and not any("broken" in t.comparison for t in result.tests)
+    with pytest.raises(StudyError, match="every pair has fewer selected rows than min_kept"):
+        run_study(base, {"broken": broken}, "addition", samples=8, max_new_tokens=4, progress=False)

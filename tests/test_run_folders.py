@@ -301,9 +301,10 @@ def test_study_inputs_are_refused_or_named_before_they_break(caplog):
         run_study(gpt2, {"t": gpt2}, "addition", n_resamples=1)
     caplog.clear()
     with caplog.at_level("WARNING"):
-        run_study(gpt2, {"same": gpt2}, Questions(*[f"{a}+1=" for a in range(10, 20)], "10+1="), samples=11,
-                  max_new_tokens=2, min_kept=1, n_resamples=1000, per_layer=False, progress=False)
+        null = run_study(gpt2, {"same": gpt2}, Questions(*[f"{a}+1=" for a in range(10, 20)], "10+1="), samples=11,
+                         max_new_tokens=2, min_kept=1, n_resamples=1000, per_layer=False, progress=False)
     assert "same#0 has the base's weights: its comparison is a null one" in caplog.text
+    assert all(t.stat.mean == 0 for t in null.tests if t.comparison == "same - base")  # every delta exactly 0
     assert "1 repeated question(s) dropped" in caplog.text
 
 

@@ -73,11 +73,6 @@ def select_pair(cfg: StudyConfig, rows: Sequence[PairRow]) -> Selection:
 def run_cells(cfg: StudyConfig, entries: Sequence[Entry], rows: Mapping[str, list[PairRow]],
               selections: Mapping[str, Selection], graphs: Mapping[str, Graph]) -> list[Cell]:
     """Attribute every (label, cut coefficient) cell: the base and each seed on the pair's rows."""
-    short = {lab: len(s.rows) for lab, s in selections.items() if len(s.rows) < cfg.min_kept}
-    if short:
-        raise StudyError(f"pairs with fewer selected rows than min_kept={cfg.min_kept}: {short} (of "
-                         f"{ {lab: s.n_rows for lab, s in selections.items()} } both-correct rows); generate more "
-                         "(samples), loosen the length filters (small_coeff, big_coeff, balance_coeff) or lower min_kept")
     by_name = {e.name: e for e in entries}
     cells = []
     for cut in cfg.cut_coeffs:
@@ -94,6 +89,16 @@ def run_cells(cfg: StudyConfig, entries: Sequence[Entry], rows: Mapping[str, lis
                 metrics.update(scored[1])
             cells.append(Cell(label, cut, sel.cut_len(cut), tuple(r.key for r in chosen), members, attributions, metrics))
     return cells
+
+
+def too_short(cfg: StudyConfig, selections: Mapping[str, Selection]) -> dict[str, str]:
+    """The pairs with fewer selected rows than min_kept, each with the reason; all of them: refused."""
+    short = {lab: f"{len(s.rows)} rows selected of {s.n_rows} both-correct, fewer than min_kept={cfg.min_kept}"
+             for lab, s in selections.items() if len(s.rows) < cfg.min_kept}
+    if short and len(short) == len(selections):
+        raise StudyError(f"every pair has fewer selected rows than min_kept={cfg.min_kept}: {short}; generate more "
+                         "(samples), loosen the length filters (small_coeff, big_coeff, balance_coeff) or lower min_kept")
+    return short
 
 
 def _diversity_stat(base: torch.Tensor, tuned: Sequence[torch.Tensor], resamples: int, seed: int) -> PairedStat:

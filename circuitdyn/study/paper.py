@@ -8,6 +8,7 @@ Benjamini-Hochberg family; the claims are stated per coefficient.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -17,9 +18,11 @@ from circuitdyn.graph import Graph
 from circuitdyn.study.config import StudyConfig
 from circuitdyn.study.generation import Generation
 from circuitdyn.study.pair_files import PairRow, pair_rows, read_pair_file, write_pair_files
-from circuitdyn.study.pairs import Cell, cell_tests, cross_tests, generated_rows, run_cells, select_pair
+from circuitdyn.study.pairs import Cell, cell_tests, cross_tests, generated_rows, run_cells, select_pair, too_short
 from circuitdyn.study.result import Entry, StudyResult, Test
 from circuitdyn.study.statistics import state_claims, with_fdr
+
+logger = logging.getLogger(__name__)
 
 
 def pair_inputs(cfg: StudyConfig, entries: Sequence[Entry], generations: Mapping[str, list[Generation]],
@@ -52,12 +55,16 @@ def run_paper(cfg: StudyConfig, entries: Sequence[Entry], generations: dict[str,
                 protocol["pairs"][label]["files"] = [p.name for p in write_pair_files(out / "generations", label,
                                                                                       rows[label])]
         write_protocol(out, protocol)
+    short = too_short(cfg, selections)  # left out, with the reason; the other pairs run
+    for label, reason in short.items():
+        protocol["pairs"][label]["skipped"] = reason
+        logger.warning("pair %s - base left out: %s", label, reason)
     t2 = time.perf_counter()
-    cells = run_cells(cfg, entries, rows, selections, graphs)
+    cells = run_cells(cfg, entries, rows, {k: s for k, s in selections.items() if k not in short}, graphs)
     seconds["attribute"] = time.perf_counter() - t2
     t3 = time.perf_counter()
     tests = with_fdr([t for c in cells for t in cell_tests(cfg, c)] + cross_tests(cfg, cells))
-    labels = list(selections)
+    labels = [label for label in selections if label not in short]
     claims = [f"[cut {cut:g}] {line}" for cut in cfg.cut_coeffs
               for line in state_claims(cfg, [t for t in tests if t.cut == f"{cut:g}"], labels)]
     seconds["statistics"] = time.perf_counter() - t3

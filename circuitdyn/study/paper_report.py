@@ -27,8 +27,9 @@ def _selection_lines(result: StudyResult) -> list[str]:
         pair = result.protocol["pairs"][label]
         source = "generated" if pair["source"] == "generated" else ", ".join(pair["source"])
         removed = " / ".join(str(v) for v in s.removed.values())
+        scored = f"{len(s.rows)}" + (" (pair left out: fewer than min_kept)" if "skipped" in pair else "")
         lines.append(f"| {label} - base | {source} | {s.n_rows} | {s.refer:.4g} | {removed} | {s.n_passed} | "
-                     f"{len(s.rows)} | " + " | ".join(str(s.cut_len(c)) for c in coeffs) + " |")
+                     f"{scored} | " + " | ".join(str(s.cut_len(c)) for c in coeffs) + " |")
     return lines
 
 
@@ -80,6 +81,8 @@ def paper_markdown(result: StudyResult) -> str:
         lines += [f"Problems: `{p['problems']['source']}` (sha256 {result.problems_hash[:12]}), {result.n_generated} "
                   f"generated per model, greedy, max {cfg.max_new_tokens} new tokens. Correct per model: "
                   + ", ".join(f"{k} {v}/{result.n_generated}" for k, v in result.correct.items()), ""]
+    for gran in cfg.granularities:
+        lines += [f"## Table 1 ({gran} graph): base -> tuned, delta [95% CI], q", ""] + table_one(result, gran) + [""]
     lines += ["## Pairs: rows and scored lengths", "",
               "Each tuned label is a pair with the base. Its rows are the problems both answer correctly; refer = "
               "min(mean base answer length, mean tuned answer length) over them; a row is kept when its prompts "
@@ -89,8 +92,6 @@ def paper_markdown(result: StudyResult) -> str:
               "scored on the first cut_len = max(int(refer x cut), 1) tokens of its own answer (the base once per "
               "pair: its cut length differs between pairs). (A - base) - (B - base) is tested on the rows both "
               "pairs kept, each delta at its own pair's length.", ""] + _selection_lines(result)
-    for gran in cfg.granularities:
-        lines += ["", f"## Table 1 ({gran} graph): base -> tuned, delta [95% CI], q", ""] + table_one(result, gran)
     lines += ["", "## The paper's claims, as measured", ""] + [f"- {c}" for c in result.claims]
     lines += ["", "Statistics: per-prompt paired differences (tuned: the mean over its seeds); mean, BCa bootstrap 95% CI "
               f"({cfg.n_resamples} resamples) and a sign-flip permutation p; sample diversity: the change of 1 - mean "

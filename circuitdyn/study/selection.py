@@ -18,6 +18,7 @@ seeds (one seed: the paper's rule exactly).
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -48,7 +49,8 @@ class Selection:
     n_passed: int = 0  # rows that passed every filter (before the sample)
 
     def cut_len(self, cut_coeff: float) -> int:
-        return max(int(self.refer * cut_coeff), 1)
+        """max(int(refer x cut_coeff), 1); 0 for a pair without rows (nothing to score)."""
+        return max(int(self.refer * cut_coeff), 1) if math.isfinite(self.refer) else 0
 
     def as_dict(self, cut_coeffs: Sequence[float]) -> dict[str, object]:
         return {"rows": list(self.rows), "refer": self.refer, "n_rows": self.n_rows, "n_passed": self.n_passed,
