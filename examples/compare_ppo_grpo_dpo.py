@@ -167,7 +167,10 @@ def write_report(out: Path, runs: list[dict[str, Any]], args: argparse.Namespace
         if study is None:
             lines += [f"## {r['family']}: study skipped", "", r["skipped"], ""]
             continue
-        rows = ", ".join(f"{label} {len(s.rows)} of {s.n_rows}" for label, s in study.selections.items())
+        pairs = study.protocol["pairs"]
+        rows = ", ".join(f"{label} {len(s.rows)} of {s.n_rows}" + (" (left out: fewer than min_kept)"
+                                                                   if "skipped" in pairs[label] else "")
+                         for label, s in study.selections.items())
         lines += [f"## {r['family']} (rows scored per pair: {rows}; of {study.n_generated} problems, correct: "
                   + ", ".join(f"{k} {v}" for k, v in study.correct.items()) + ")", ""]
         lines += [f"- {c}" for c in study.claims if "[head]" in c or "[layer]" in c]

@@ -106,9 +106,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_study(args: argparse.Namespace) -> int:
     from circuitdyn.study import run_study
 
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+    out = Path(args.out)  # run_study refuses a folder it cannot write before any work
     config = StudyConfig(**config_kwargs(args, StudyConfig))
     result = run_study(args.base, parse_tuned(args.tuned), args.task, config=config, out=out,
                        generations=parse_tuned(args.generations, "--generations", "LABEL=FILE"))

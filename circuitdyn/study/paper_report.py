@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 
+from circuitdyn.analysis.metrics import edge_vector, sample_diversity
 from circuitdyn.study.pairs import DIVERSITY
 from circuitdyn.study.result import StudyResult, Test
 
@@ -36,8 +37,6 @@ def _selection_lines(result: StudyResult) -> list[str]:
 def _means(view: StudyResult, gran: str, metric: str) -> tuple[float, float]:
     """Base and tuned (mean over seeds) means over the cell's rows; sample diversity of the whole set."""
     if metric == DIVERSITY:
-        from circuitdyn.analysis.metrics import edge_vector, sample_diversity
-
         values = {e.name: sample_diversity(edge_vector(view.attributions[(e.name, gran)], per_example=True))
                   for e in view.entries}
     else:
