@@ -38,6 +38,7 @@ from circuitdyn.models import LoadedModel, clone_model, load_model
 from circuitdyn.models.zoo import FAMILIES
 from circuitdyn.study import StudyError, run_study
 from circuitdyn.study.paper_report import pooled_lines, table_one
+from circuitdyn.study.result import CI_NOTE
 from circuitdyn.train import DPOConfig, GRPOConfig, PPOConfig, TrainConfig, train
 
 #: defaults by kind of model; a command-line option overrides its field
@@ -161,7 +162,7 @@ def write_report(out: Path, runs: list[dict[str, Any]], args: argparse.Namespace
               "the head graph. A label's per-prompt delta is the mean over its seeds. CIs: BCa bootstrap 95% of the "
               "mean; q: sign-flip permutation p, Benjamini-Hochberg adjusted over every test of that family's study "
               "(pooled and per layer); sample diversity by resampling rows. A direction is stated only when q < 0.05 "
-              "and the CI excludes 0.", ""]
+              "and the CI excludes 0. " + CI_NOTE, ""]
     for r in runs:
         study = r["study"]
         if study is None:

@@ -70,6 +70,11 @@ class PairedStat:
             return Direction.DOWN
         return Direction.NONE
 
+    def ci_only(self, alpha: float = ALPHA) -> bool:
+        """The CI excludes 0 but no direction is claimed: the CI is per test, while q corrects for the number
+        of tests (such a row is not a finding, and reports mark it)."""
+        return (self.ci_low > 0 or self.ci_high < 0) and not self.direction(alpha).detected
+
     def with_q(self, q: float) -> "PairedStat":
         return PairedStat(self.n, self.mean, self.ci_low, self.ci_high, self.p_value, self.median, self.wilcoxon_p, q,
                           self.extra)

@@ -10,7 +10,7 @@ import numpy as np
 
 from circuitdyn.analysis.metrics import edge_vector, sample_diversity
 from circuitdyn.study.pairs import DIVERSITY
-from circuitdyn.study.result import StudyResult, Test
+from circuitdyn.study.result import CI_MARK, CI_NOTE, StudyResult, Test
 
 TABLE_ONE = ("intensity", "entropy", "kurtosis", DIVERSITY)
 
@@ -58,8 +58,9 @@ def table_one(result: StudyResult, gran: str) -> list[str]:
                 continue
             base, tuned = _means(view, gran, metric)
             s = t.stat
+            mark = f" {CI_MARK}" if s.ci_only(alpha) else ""
             cells.append(f"{_g(base)} -> {_g(tuned)} ({s.mean:+.3g} [{s.ci_low:+.3g}, {s.ci_high:+.3g}], q={s.q_value:.2g}, "
-                         f"{s.direction(alpha).value})")
+                         f"{s.direction(alpha).value}{mark})")
         lines.append(f"| {label} - base | {cut} | {len(view.kept)} | " + " | ".join(cells) + " |")
     return lines
 
@@ -69,13 +70,14 @@ def pooled_lines(tests: list[Test], alpha: float) -> list[str]:
     for t in tests:
         s = t.stat
         lines.append(f"| {t.comparison} | {t.cut} | {t.metric} | {s.n} | {s.mean:+.4g} [{s.ci_low:+.4g}, "
-                     f"{s.ci_high:+.4g}] | {s.q_value:.3g} | {s.direction(alpha).value} |")
+                     f"{s.ci_high:+.4g}] | {s.q_value:.3g} | {s.direction(alpha).value}"
+                     f"{' ' + CI_MARK if s.ci_only(alpha) else ''} |")
     return lines
 
 
 def paper_markdown(result: StudyResult) -> str:
     cfg, p = result.config, result.protocol
-    lines = ["# RL-circuitry study (the paper's protocol, pair by pair)", ""]
+    lines = ["# RL-circuitry study (the paper's protocol, pair by pair)", "", CI_NOTE, ""]
     if result.n_generated:
         lines += [f"Problems: `{p['problems']['source']}` (sha256 {result.problems_hash[:12]}), {result.n_generated} "
                   f"generated per model, greedy, max {cfg.max_new_tokens} new tokens. Correct per model: "

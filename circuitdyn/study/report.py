@@ -20,7 +20,7 @@ from circuitdyn.attribution.files import save_attribution
 from circuitdyn.core.atomic import atomic_write_text
 from circuitdyn.core.outputs import safe_child
 from circuitdyn.study.paper_report import paper_markdown
-from circuitdyn.study.result import StudyResult
+from circuitdyn.study.result import CI_MARK, CI_NOTE, StudyResult
 
 PLOT_METRICS = ("intensity", "normalized_entropy", "gini")
 
@@ -74,7 +74,8 @@ def pooled_table(result: StudyResult, gran: str, metrics: Sequence[str] | None =
         s = t.stat
         seeds = f"{len(t.seed_means)}: {min(t.seed_means):+.3g}..{max(t.seed_means):+.3g}" if len(t.seed_means) > 1 else "-"
         lines.append(f"| {t.comparison} | {t.metric} | {s.n} | {_fmt(s.mean)} [{_fmt(s.ci_low)}, {_fmt(s.ci_high)}] "
-                     f"| {s.q_value:.3g} | {s.direction(alpha).value} | {seeds} | {_fmt(s.median)} | {s.wilcoxon_p:.3g} |")
+                     f"| {s.q_value:.3g} | {s.direction(alpha).value}{' ' + CI_MARK if s.ci_only(alpha) else ''} | "
+                     f"{seeds} | {_fmt(s.median)} | {s.wilcoxon_p:.3g} |")
     return lines
 
 
@@ -96,6 +97,7 @@ def markdown(result: StudyResult) -> str:
              f"q < {cfg.alpha} and the CI excludes 0. Secondary (not used for verdicts): median and Wilcoxon p.",
              "", "## The paper's claims, as measured", ""]
     lines += [f"- {c}" for c in result.claims]
+    lines += ["", CI_NOTE]
     for gran in cfg.granularities:
         lines += ["", f"## Pooled metrics, {gran} graph", ""] + pooled_table(result, gran)
     lines += ["", "Per-layer tests: `tests.csv` (scope column). Plots: `per_layer_<metric>_<granularity>.png`, "

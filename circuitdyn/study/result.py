@@ -17,6 +17,11 @@ from circuitdyn.study.selection import Selection
 HEADLINE = ("intensity", "entropy", "normalized_entropy", "effective_edges", "gini", "top_share_0.01",
             "top_share_0.05", "top_share_0.1", "kurtosis", "node_output_entropy")
 CONCENTRATION = ("gini", "top_share_0.05", "kurtosis")
+#: said once above every table of tests; rows it describes carry CI_MARK after their direction
+CI_MARK = "†"
+CI_NOTE = (f"The 95% CI is per test; q corrects for the number of tests (Benjamini-Hochberg). A row whose CI excludes "
+           f"0 while q is not below alpha (marked {CI_MARK}) is not a finding: across this many tests, that many such "
+           "intervals are expected by chance.")
 LAYER_METRICS = ("intensity", "normalized_entropy", "gini")  # tested per destination layer
 
 

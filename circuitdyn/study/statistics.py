@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from circuitdyn.analysis.metrics import circuit_metrics, per_layer_metrics
-from circuitdyn.analysis.stats import N_PERMUTATIONS, fdr_adjust, paired_stat
+from circuitdyn.analysis.stats import N_PERMUTATIONS, Direction, PairedStat, fdr_adjust, paired_stat
 from circuitdyn.attribution import Attribution, attribute
 from circuitdyn.graph import Graph
 from circuitdyn.study.config import StudyConfig, StudyError
@@ -88,6 +88,33 @@ def with_fdr(tests: Sequence[Test]) -> list[Test]:
     return [replace(t, stat=t.stat.with_q(q)) for t, q in zip(tests, qs)]
 
 
+def verdict(stat: PairedStat, expected: Direction, alpha: float) -> str:
+    """A claim that `expected` is the direction of change: "holds", "contradicted" (significant the other
+    way, with the estimate) or "not supported" (no detectable change, or too few pairs to test)."""
+    found = stat.direction(alpha)
+    if found is expected:
+        return "holds"
+    if found.detected:
+        return f"contradicted ({found.value}: {stat.mean:+.3g}, q={stat.q_value:.2g})"
+    return "not supported"
+
+
+def _moves(mean: float) -> str:
+    return "raises" if mean > 0 else "lowers" if mean < 0 else "leaves"
+
+
+def compare_arms(a: str, b: str, da: float, db: float, diff: PairedStat, alpha: float) -> str:
+    """How arm a's change compares with arm b's, by magnitude and direction: "both lower it; grpo lowers it
+    less", never a signed difference read as "stronger"."""
+    if not diff.direction(alpha).detected:
+        return (f"no detectable difference between the two changes ({a} {_moves(da)} it by {abs(da):.3g}, {b} "
+                f"{_moves(db)} it by {abs(db):.3g})" if diff.direction(alpha) is Direction.NONE else
+                diff.direction(alpha).value)
+    if np.sign(da) == np.sign(db) and da != 0:
+        return f"both {_moves(da)[:-1]} it; {a} {_moves(da)} it {'more' if abs(da) > abs(db) else 'less'}"
+    return f"{a} {_moves(da)} it ({da:+.3g}), {b} {_moves(db)} it ({db:+.3g})"
+
+
 def state_claims(cfg: StudyConfig, tests: Sequence[Test], labels: Sequence[str]) -> list[str]:
     """The paper's three directional claims, stated as measured (pooled scope, each granularity)."""
     out = []
@@ -104,15 +131,16 @@ def state_claims(cfg: StudyConfig, tests: Sequence[Test], labels: Sequence[str])
             kind = "offline" if cfg.is_offline(lab) else "online RL"
             def get(m: str, lab: str = lab, gran: str = gran) -> Test:
                 return pooled[(f"{lab} - base", gran, m)]
-            up_i = get("intensity").stat.direction(cfg.alpha).value == "up"
-            up_e = get("normalized_entropy").stat.direction(cfg.alpha).value == "up"
-            conc = [get(m).stat.direction(cfg.alpha).value for m in CONCENTRATION]
+            conc = [get(m).stat for m in CONCENTRATION]
+            concentration = "holds" if all(s.direction(cfg.alpha) is Direction.DOWN for s in conc) else next(
+                (verdict(s, Direction.DOWN, cfg.alpha) for s in conc if s.direction(cfg.alpha) is Direction.UP),
+                "not supported")
             out.append(
                 f"[{gran}] {lab} ({kind}) vs base: intensity {fmt(get('intensity'))}; normalized entropy "
                 f"{fmt(get('normalized_entropy'))}; concentration (gini, top_share_0.05, kurtosis): "
-                f"{', '.join(conc)}. Paper's claims (intensity up, entropy up, concentration down): "
-                f"{'holds' if up_i else 'not supported'} / {'holds' if up_e else 'not supported'} / "
-                f"{'holds' if all(c == 'down' for c in conc) else 'not supported'} here."
+                f"{', '.join(s.direction(cfg.alpha).value for s in conc)}. Paper's claims (intensity up, entropy up, "
+                f"concentration down): {verdict(get('intensity').stat, Direction.UP, cfg.alpha)} / "
+                f"{verdict(get('normalized_entropy').stat, Direction.UP, cfg.alpha)} / {concentration} here."
             )
         for a, b in itertools.product(online, offline):
             key = f"({a} - base) - ({b} - base)" if labels.index(a) < labels.index(b) else f"({b} - base) - ({a} - base)"
@@ -123,11 +151,9 @@ def state_claims(cfg: StudyConfig, tests: Sequence[Test], labels: Sequence[str])
                 sign = 1 if key.startswith(f"({a}") else -1  # orient the test as (a - base) - (b - base)
                 s = t.stat
                 lo, hi = sorted((sign * s.ci_low, sign * s.ci_high))
-                if not s.direction(cfg.alpha).detected:
-                    stronger = s.direction(cfg.alpha).value.replace("change", "difference")
-                else:  # a direction means the CI excludes 0, so the oriented mean's sign decides
-                    stronger = "stronger" if sign * s.mean > 0 else "weaker"
+                words = compare_arms(a, b, pooled[(f"{a} - base", gran, metric)].stat.mean,
+                                     pooled[(f"{b} - base", gran, metric)].stat.mean, s, cfg.alpha)
                 out.append(f"[{gran}] {metric}: change under {a} minus change under {b}: {sign * s.mean:+.4g} "
-                           f"[{lo:+.4g}, {hi:+.4g}], q={s.q_value:.3g}: {a}'s change is {stronger} "
-                           f"(the paper expects online RL to move it more than {b}).")
+                           f"[{lo:+.4g}, {hi:+.4g}], q={s.q_value:.3g}: {words} (the paper expects online RL to "
+                           f"move it more than {b}).")
     return out
