@@ -173,9 +173,12 @@ def test_a_pair_with_too_few_rows_is_left_out_and_the_others_run(caplog):
     broken = perturbed(base, 7, scale=3.0)  # answers nothing right
     with caplog.at_level("WARNING"):
         result = run_study(base, {"good": perturbed(base, 8), "broken": broken}, "addition", samples=32,
-                           max_new_tokens=4, n_resamples=1000, per_layer=False, progress=False)
+                           max_new_tokens=4, n_resamples=1000, per_layer=False, progress=False, cut_coeffs=(0.1, 0.2))
     assert "pair broken - base left out" in caplog.text
     assert "fewer than min_kept=8" in result.protocol["pairs"]["broken"]["skipped"]
-    assert set(result.cells) == {"good@0.1"} and not any("broken" in t.comparison for t in result.tests)
+    assert set(result.cells) == {"good@0.1", "good@0.2"} and not any("broken" in t.comparison for t in result.tests)
+    # both coefficients give the same length on the zoo's short answers: attributed once, shared
+    assert result.selections["good"].cut_len(0.1) == result.selections["good"].cut_len(0.2)
+    assert result.cells["good@0.1"].attributions is result.cells["good@0.2"].attributions
     with pytest.raises(StudyError, match="every pair has fewer selected rows than min_kept"):
         run_study(base, {"broken": broken}, "addition", samples=8, max_new_tokens=4, progress=False)

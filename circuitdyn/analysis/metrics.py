@@ -112,15 +112,25 @@ def node_output_entropy(s: Float[Tensor, "... E"], sources: Tensor) -> Tensor:
     return torch.stack(per_node, -1).nanmean(-1)
 
 
+def example_correlations(per_example: Float[Tensor, "N E"]) -> tuple[Tensor, Tensor]:
+    """The Pearson correlations `[N, N]` between examples' edge-score vectors, and which examples have any
+    (those whose scores are not constant); the rows and columns of the others are NaN."""
+    x = _check(per_example)
+    usable = x.std(-1) > 0
+    r = torch.full((x.shape[0], x.shape[0]), math.nan, dtype=torch.float64)
+    if int(usable.sum()) >= 2:
+        r[usable[:, None] & usable[None, :]] = torch.corrcoef(x[usable]).flatten()
+    return r, usable
+
+
 def sample_diversity(per_example: Float[Tensor, "N E"]) -> float:
     """1 - the mean Pearson correlation over all pairs of examples' edge-score vectors (examples whose scores
     are constant have no correlation and are left out). NaN with fewer than two usable examples."""
-    x = _check(per_example)
-    x = x[x.std(-1) > 0]
-    if x.shape[0] < 2:
+    r, usable = example_correlations(per_example)
+    n = int(usable.sum())
+    if n < 2:
         return math.nan
-    r = torch.corrcoef(x)
-    n = r.shape[0]
+    r = r[usable][:, usable]
     return float(1 - (r.sum() - r.diagonal().sum()) / (n * (n - 1)))
 
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from circuitdyn.analysis.metrics import edge_vector
+from circuitdyn.analysis.metrics import edge_vector, example_correlations
 from circuitdyn.analysis.stats import N_PERMUTATIONS, PairedStat, paired_stat
 from circuitdyn.attribution import Attribution
 from circuitdyn.graph import Graph
@@ -27,7 +28,7 @@ from circuitdyn.study.generation import Generation, pad_id, scored_batch
 from circuitdyn.study.pair_files import PairRow
 from circuitdyn.study.result import HEADLINE, Entry, Test
 from circuitdyn.study.selection import RowLengths, Selection, select_rows
-from circuitdyn.study.statistics import paired_tests, score
+from circuitdyn.study.statistics import paired_tests, score, seed_deltas
 
 DIVERSITY = "sample_diversity"
 
@@ -75,19 +76,23 @@ def run_cells(cfg: StudyConfig, entries: Sequence[Entry], rows: Mapping[str, lis
     """Attribute every (label, cut coefficient) cell: the base and each seed on the pair's rows."""
     by_name = {e.name: e for e in entries}
     cells = []
+    done: dict[tuple[str, int], tuple[dict[Any, Attribution], dict[Any, dict[str, np.ndarray]]]] = {}
     for cut in cfg.cut_coeffs:
         for label, sel in selections.items():
             chosen = [rows[label][i] for i in sel.rows]
             members = (by_name["base"], *[e for e in entries if e.label == label])
-            gens = {"base": [r.base for r in chosen], **{e.name: [r.tuned[e.replicate] for r in chosen]
-                                                          for e in members[1:]}}
-            attributions, metrics = {}, {}
-            for e in members:
-                batch = scored_batch(gens[e.name], None, pad_id(e.model.tokenizer), cut_len=sel.cut_len(cut))
-                scored = score(cfg, e.name, e.model, batch, graphs)
-                attributions.update(scored[0])
-                metrics.update(scored[1])
-            cells.append(Cell(label, cut, sel.cut_len(cut), tuple(r.key for r in chosen), members, attributions, metrics))
+            cut_len = sel.cut_len(cut)
+            if (label, cut_len) not in done:  # coefficients that give one length share its attributions
+                gens = {"base": [r.base for r in chosen], **{e.name: [r.tuned[e.replicate] for r in chosen]
+                                                              for e in members[1:]}}
+                attributions, metrics = {}, {}
+                for e in members:
+                    batch = scored_batch(gens[e.name], None, pad_id(e.model.tokenizer), cut_len=cut_len)
+                    scored = score(cfg, e.name, e.model, batch, graphs)
+                    attributions.update(scored[0])
+                    metrics.update(scored[1])
+                done[(label, cut_len)] = attributions, metrics
+            cells.append(Cell(label, cut, cut_len, tuple(r.key for r in chosen), members, *done[(label, cut_len)]))
     return cells
 
 
@@ -103,17 +108,15 @@ def too_short(cfg: StudyConfig, selections: Mapping[str, Selection]) -> dict[str
 
 def _diversity_stat(base: torch.Tensor, tuned: Sequence[torch.Tensor], resamples: int, seed: int) -> PairedStat:
     """tuned (mean over seeds) - base sample diversity, its percentile CI and two-sided bootstrap p-value by
-    resampling rows (pairs of one row drawn twice are left out of the mean correlation)."""
-    def corr(x: torch.Tensor) -> np.ndarray:
-        x = x.double()
-        x = (x - x.mean(-1, keepdim=True)) / x.std(-1, keepdim=True).clamp_min(1e-300)
-        return ((x @ x.T) / (x.shape[1] - 1)).numpy()
-
-    n = base.shape[0]
+    resampling rows (pairs of one row drawn twice are left out of the mean correlation). The correlations are
+    sample_diversity's; rows constant for any model are left out, as sample_diversity leaves them out."""
+    correlations = [example_correlations(x) for x in (base, *tuned)]
+    keep = np.logical_and.reduce([usable.numpy() for _, usable in correlations])
+    n = int(keep.sum())
     if n < 3:  # a correlation needs pairs of rows, a resample of them more than one
         nan = float("nan")
         return PairedStat(n, nan, nan, nan, nan, nan, nan)
-    matrices = [corr(base)] + [corr(t) for t in tuned]
+    matrices = [r.numpy()[np.ix_(keep, keep)] for r, _ in correlations]
 
     def delta(idx: np.ndarray) -> float:
         distinct = idx[:, None] != idx[None, :]
@@ -168,6 +171,5 @@ def cross_tests(cfg: StudyConfig, cells: Sequence[Cell]) -> list[Test]:
 
 
 def _label_delta(cell: Cell, gran: str, metric: str) -> np.ndarray:
-    base = cell.metrics[("base", gran, "pooled")][metric]
     seeds = [e.name for e in cell.entries if e.label != "base"]
-    return np.mean([cell.metrics[(name, gran, "pooled")][metric] - base for name in seeds], axis=0)
+    return seed_deltas(cell.metrics, seeds, gran, "pooled", metric).mean(0)

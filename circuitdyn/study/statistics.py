@@ -46,6 +46,13 @@ def metric_table(attribution: Attribution, per_layer: bool) -> dict[str, dict[st
     return {scope: {k: v.numpy() for k, v in table.items()} for scope, table in out.items()}
 
 
+def seed_deltas(metrics: Mapping[tuple[str, str, str], dict[str, np.ndarray]], names: Sequence[str], gran: str,
+                scope: str, metric: str) -> np.ndarray:
+    """Per seed (row) and prompt (column): the seed's metric minus the base's, `[seeds, prompts]`."""
+    base = metrics[("base", gran, scope)][metric]
+    return np.stack([metrics[(name, gran, scope)][metric] - base for name in names])
+
+
 def paired_tests(cfg: StudyConfig, entries: Sequence[Entry], metrics: dict[tuple[str, str, str], dict[str, np.ndarray]],
                  cut: str = "") -> list[Test]:
     """tuned - base for every label (the mean over its seeds, per prompt) and (A - base) - (B - base) for every
@@ -59,10 +66,9 @@ def paired_tests(cfg: StudyConfig, entries: Sequence[Entry], metrics: dict[tuple
             pooled = scope == "pooled"
             resamples = cfg.n_resamples if pooled else min(cfg.n_resamples, cfg.layer_resamples)
             for metric in HEADLINE if pooled else LAYER_METRICS:
-                base = metrics[("base", gran, scope)][metric]
                 deltas = {}
                 for lab in labels:
-                    per_rep = np.stack([metrics[(name, gran, scope)][metric] - base for name in reps[lab]])
+                    per_rep = seed_deltas(metrics, reps[lab], gran, scope, metric)
                     ok = np.isfinite(per_rep).all(0)
                     if not ok.all():  # an all-zero layer has no entropy: say so by testing fewer prompts
                         per_rep = per_rep[:, ok]
