@@ -282,3 +282,15 @@ def test_readme_shell_blocks_run_in_order_on_a_fresh_clone(tmp_path):
     assert (clone / "runs" / "demo" / "report.md").is_file()
     assert (clone / "runs" / "smollm2" / "report.md").is_file()
     assert (clone / "runs" / "cfrl_smollm2").is_dir()
+
+
+def test_wall_times_are_in_one_place():
+    """A wall time ("7 min 16 s") is written in the README's Measured times table and nowhere else, so two
+    figures of one thing cannot disagree; the one exception is the history of a run that was since improved."""
+    history = {"30 min 16 s"}  # docs/04: the CF-RL study before its memory leak was fixed
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index("## Measured times")
+    outside = readme[:start] + readme[readme.index("\n## ", start + 1):]
+    for path, text in [(ROOT / "README.md", outside)] + [(p, p.read_text()) for p in DOC_FILES[1:]]:
+        found = set(re.findall(r"\b\d+ min \d+ s\b", text)) - history
+        assert not found, f"{path.name}: {sorted(found)}: put wall times in the README's Measured times table"

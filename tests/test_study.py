@@ -156,6 +156,17 @@ def test_study_on_zoo_end_to_end(tmp_path):
     assert protocol["models"]["grpo#1"]["weights_sha256"] != protocol["models"]["base"]["weights_sha256"]
     assert protocol["dataset_sha256"] == result.problems_hash and protocol["n_kept"] == len(result.kept)
     assert "intensity_of_mean_scores" in (out / "model_metrics.csv").read_text()
+    # titles are wrapped to the figure: none is cut at its edge, whatever the family's name
+    from circuitdyn.study import plots
+
+    family = "a family whose name is long enough to overflow any single-line title"
+    for fig in (plots.ecdf(result, "layer", "intensity", tmp_path / "e.png", family),
+                plots.per_layer(result, "head", "intensity", tmp_path / "p.png", family),
+                plots.deltas(result, "layer", tmp_path / "d.png", family)):
+        renderer = fig.canvas.get_renderer()
+        for ax in fig.axes:
+            box = ax.title.get_window_extent(renderer)
+            assert 0 <= box.x0 and box.x1 <= fig.bbox.width, ax.title.get_text()
 
 
 def test_refusals_name_the_problem(tmp_path):
@@ -178,7 +189,7 @@ def test_tokenizer_mismatch_is_refused(chat_model):
         run_study(other, {"t": chat_model}, Anything(), samples=2, progress=False)
 
 
-def test_chat_template_model_end_to_end(chat_model, tmp_path):
+def test_chat_template_model_end_to_end(chat_model, tmp_path, capsys):
     """A tiny random HF model whose tokenizer has a chat template: prompts go through the template, and the
     study runs on its (meaningless) generations."""
     tok = chat_model.tokenizer
@@ -187,8 +198,12 @@ def test_chat_template_model_end_to_end(chat_model, tmp_path):
     assert encode_prompt(tok, "12+13=", chat_template=False) == tok("12+13=")["input_ids"]
     result = run_study(chat_model, {"tuned": perturbed(chat_model, 5)}, Anything(), protocol="common",
                        samples=6, max_new_tokens=6,
-                       min_kept=2, n_resamples=1000, granularities=("layer", "head"), progress=False,
+                       min_kept=2, n_resamples=1000, granularities=("layer", "head"), progress=True,
                        out=tmp_path / "chat")
+    said = capsys.readouterr().err  # every phase without a bar says what it does and how long it took
+    for phase in ("loading 2 model(s)", "building and probing the layer and head graph(s)", "statistics: paired tests",
+                  "writing tables and plots"):
+        assert f"{phase}" in said and said.count(phase) == 2, phase
     gens = result.generations["base"]
     assert all(g.prompt_ids == tuple(encode_prompt(tok, p, chat_template=True))
                for g, p in zip(gens, [q.question for q in Anything().problems(6)]))

@@ -34,6 +34,27 @@ def _finish(fig: "Figure", path: str | Path | None) -> "Figure":
     return fig
 
 
+def fit_title(ax: Any, text: str, fontsize: float | None = None) -> Any:
+    """`ax.set_title(text)` and `tight_layout()`, the title's lines wrapped at words until it lies inside the
+    figure (a long title is otherwise cut at the figure's edge). Call it once the axes are drawn."""
+    import textwrap
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = ax.figure
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    renderer = canvas.get_renderer()
+    lines = text.split("\n")
+    width = max(len(line) for line in lines)
+    while True:
+        title = ax.set_title("\n".join(textwrap.fill(line, width) for line in lines), fontsize=fontsize)
+        fig.tight_layout()
+        box = title.get_window_extent(renderer)
+        if (box.x0 >= 0 and box.x1 <= fig.bbox.width) or width <= 16:
+            return title
+        width = max(16, int(width * 0.85))
+
+
 def _masked(attribution: Any, scores: torch.Tensor | None = None) -> np.ndarray:
     s = (attribution.scores if scores is None else scores).numpy().astype(float)
     return np.where(attribution.graph.edge_mask.numpy(), s, np.nan)
@@ -43,13 +64,13 @@ def _heatmap(fig: "Figure", ax: Any, graph: Any, values: np.ndarray, title: str)
     lim = np.nanmax(np.abs(values)) or 1.0
     im = ax.imshow(values, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto", interpolation="nearest")
     fig.colorbar(im, ax=ax, shrink=0.8)
-    ax.set_title(title)
     ax.set_xlabel("destination (layer order)")
     ax.set_ylabel("source (layer order)")
     if graph.n_dst <= 40:
         ax.set_xticks(range(graph.n_dst), [d.name for d in graph.destinations], rotation=90, fontsize=6)
     if graph.n_src <= 40:
         ax.set_yticks(range(graph.n_src), [s.name for s in graph.sources], fontsize=6)
+    fit_title(ax, title)
 
 
 def score_heatmap(attribution: Any, path: str | Path | None = None, title: str = "edge scores") -> "Figure":
@@ -148,5 +169,5 @@ def draw_circuit(circuit: Circuit, scores: torch.Tensor | None = None, path: str
         ax.text(x, y, n, ha="center", va="center", fontsize=7, zorder=4)
     ax.set_yticks(range(-1, g.spec.n_layers + 1), ["input"] + [f"layer {l}" for l in range(g.spec.n_layers)] + ["logits"])
     ax.set_xticks([])
-    ax.set_title(f"{title} ({circuit.n_edges} edges)")
+    fit_title(ax, f"{title} ({circuit.n_edges} edges)")
     return _finish(fig, path)

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from circuitdyn.core.phases import phase
 from circuitdyn.graph import Graph
 from circuitdyn.study.config import StudyConfig
 from circuitdyn.study.generation import Generation
@@ -63,10 +64,11 @@ def run_paper(cfg: StudyConfig, entries: Sequence[Entry], generations: dict[str,
     cells = run_cells(cfg, entries, rows, {k: s for k, s in selections.items() if k not in short}, graphs)
     seconds["attribute"] = time.perf_counter() - t2
     t3 = time.perf_counter()
-    tests = with_fdr([t for c in cells for t in cell_tests(cfg, c)] + cross_tests(cfg, cells))
-    labels = [label for label in selections if label not in short]
-    claims = [f"[cut {cut:g}] {line}" for cut in cfg.cut_coeffs
-              for line in state_claims(cfg, [t for t in tests if t.cut == f"{cut:g}"], labels)]
+    with phase(f"statistics: paired tests of {len(cells)} cell(s), {cfg.n_resamples:,} resamples each", cfg.progress):
+        tests = with_fdr([t for c in cells for t in cell_tests(cfg, c)] + cross_tests(cfg, cells))
+        labels = [label for label in selections if label not in short]
+        claims = [f"[cut {cut:g}] {line}" for cut in cfg.cut_coeffs
+                  for line in state_claims(cfg, [t for t in tests if t.cut == f"{cut:g}"], labels)]
     seconds["statistics"] = time.perf_counter() - t3
     seconds["total"] = time.perf_counter() - t0
     protocol["seconds"] = {k: round(v, 2) for k, v in seconds.items()}

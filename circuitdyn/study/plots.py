@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from circuitdyn.analysis.plot import fit_title
 from circuitdyn.study.result import StudyResult
 
 ATTRIBUTION = "zero-ablation EAP, mean NLL of own response"
@@ -28,7 +29,7 @@ def _names(result: StudyResult) -> list[str]:
     return [e.name for e in result.entries]
 
 
-def per_layer(result: StudyResult, gran: str, metric: str, path: Path, family: str) -> None:
+def per_layer(result: StudyResult, gran: str, metric: str, path: Path, family: str) -> Any:
     """Mean over prompts of the per-prompt metric of each destination layer; whiskers: 95% normal CI of the mean."""
     scopes = sorted({s for (_, g, s) in result.metrics if g == gran and s != "pooled"},
                     key=lambda s: (s == "logits", int(s.split()[1]) if s != "logits" else 0))
@@ -46,14 +47,14 @@ def per_layer(result: StudyResult, gran: str, metric: str, path: Path, family: s
     ax.set_xticks(x, [s.replace("layer ", "L") for s in scopes], fontsize=7)
     ax.set_xlabel("destination layer")
     ax.set_ylabel(UNITS.get(metric, metric))
-    ax.set_title(f"{family}, {gran} graph: per-layer {metric} ({ATTRIBUTION})\nn = {len(result.kept)} prompts; "
-                 "whiskers: 95% CI of the mean over prompts", fontsize=8)
     ax.legend(fontsize=7)
-    fig.tight_layout()
+    fit_title(ax, f"{family}, {gran} graph: per-layer {metric} ({ATTRIBUTION})\nn = {len(result.kept)} prompts; "
+              "whiskers: 95% CI of the mean over prompts", fontsize=8)
     fig.savefig(str(path), dpi=120)
+    return fig
 
 
-def ecdf(result: StudyResult, gran: str, metric: str, path: Path, family: str) -> None:
+def ecdf(result: StudyResult, gran: str, metric: str, path: Path, family: str) -> Any:
     """Empirical CDF of the per-prompt metric, one line per model."""
     fig, ax = _figure((5.5, 3.8))
     for name in _names(result):
@@ -61,13 +62,13 @@ def ecdf(result: StudyResult, gran: str, metric: str, path: Path, family: str) -
         ax.step(v, np.arange(1, len(v) + 1) / len(v), where="post", label=name)
     ax.set_xlabel(f"per-prompt {metric}: {UNITS.get(metric, metric)}")
     ax.set_ylabel("fraction of prompts")
-    ax.set_title(f"{family}, {gran} graph: ECDF of {metric} ({ATTRIBUTION}), n = {len(result.kept)}", fontsize=8)
     ax.legend(fontsize=7)
-    fig.tight_layout()
+    fit_title(ax, f"{family}, {gran} graph: ECDF of {metric} ({ATTRIBUTION}), n = {len(result.kept)}", fontsize=8)
     fig.savefig(str(path), dpi=120)
+    return fig
 
 
-def deltas(result: StudyResult, gran: str, path: Path, family: str) -> None:
+def deltas(result: StudyResult, gran: str, path: Path, family: str) -> Any:
     """Mean paired delta (tuned - base) per metric, standardised by the base's sd across prompts; bars:
     95% BCa CI; * marks q < alpha (Benjamini-Hochberg over the study)."""
     per_prompt = result.metrics[("base", gran, "pooled")]  # set-level tests (sample diversity) are not drawn here
@@ -92,8 +93,8 @@ def deltas(result: StudyResult, gran: str, path: Path, family: str) -> None:
     ax.axhline(0, color="k", lw=0.5)
     ax.set_xticks(range(len(metrics)), metrics, rotation=20, fontsize=7)
     ax.set_ylabel("mean delta / sd of base (per prompt)")
-    ax.set_title(f"{family}, {gran} graph: tuned - base ({ATTRIBUTION}), n = {len(result.kept)}\n"
-                 f"bars: 95% BCa CI; *: q < {result.config.alpha} (BH-FDR)", fontsize=8)
     ax.legend(fontsize=7)
-    fig.tight_layout()
+    fit_title(ax, f"{family}, {gran} graph: tuned - base ({ATTRIBUTION}), n = {len(result.kept)}\n"
+              f"bars: 95% BCa CI; *: q < {result.config.alpha} (BH-FDR)", fontsize=8)
     fig.savefig(str(path), dpi=120)
+    return fig

@@ -25,6 +25,7 @@ import torch
 
 from circuitdyn.attribution import Attribution
 from circuitdyn.core.outputs import check_output_folder
+from circuitdyn.core.phases import phase
 from circuitdyn.graph import Graph
 from circuitdyn.models import LoadedModel, load_model, weights_sha256
 from circuitdyn.study.config import Protocol, StudyConfig, StudyError, check_label
@@ -105,7 +106,9 @@ def run_study(
     _check_request(cfg, tuned, files, problems)
     out = check_output_folder(out, "study output folder") if out is not None else None
     t0 = time.perf_counter()
-    entries = _entries(base, tuned)
+    with phase(f"loading {1 + sum(len(v) if isinstance(v, (list, tuple)) else 1 for v in tuned.values())} model(s)",
+               cfg.progress):
+        entries = _entries(base, tuned)
     seconds = {"load": time.perf_counter() - t0}
     t1 = time.perf_counter()
     generate_for = [e for e in entries if e.label not in files] if len(files) < len(tuned) else []
@@ -122,7 +125,8 @@ def run_study(
     seconds["generate"] = time.perf_counter() - t1
     correct = {name: sum(g.correct for g in gs) for name, gs in gens.items()}
     protocol = _protocol(cfg, entries, source, items, correct)
-    graphs = {g: Graph.from_model(entries[0].model, g) for g in cfg.granularities}
+    with phase(f"building and probing the {' and '.join(cfg.granularities)} graph(s)", cfg.progress):
+        graphs = {g: Graph.from_model(entries[0].model, g) for g in cfg.granularities}
     if cfg.protocol is Protocol.PAPER:
         result = run_paper(cfg, entries, gens, files, graphs, protocol, out, t0, seconds)
     else:
@@ -130,7 +134,8 @@ def run_study(
     if out is not None:
         from circuitdyn.study.report import write_study
 
-        write_study(result, out)
+        with phase(f"writing tables and plots to {out}", cfg.progress):
+            write_study(result, out)
     return result
 
 
@@ -204,9 +209,10 @@ def _run_common(cfg: StudyConfig, entries: Sequence[Entry], items: Sequence[Any]
         metrics.update(scored[1])
     seconds["attribute"] = time.perf_counter() - t2
     t3 = time.perf_counter()
-    tests = with_fdr(paired_tests(cfg, entries, metrics))
-    labels = list(dict.fromkeys(e.label for e in entries if e.label != "base"))
-    claims = state_claims(cfg, tests, labels)
+    with phase(f"statistics: paired tests, {cfg.n_resamples:,} resamples each", cfg.progress):
+        tests = with_fdr(paired_tests(cfg, entries, metrics))
+        labels = list(dict.fromkeys(e.label for e in entries if e.label != "base"))
+        claims = state_claims(cfg, tests, labels)
     seconds["statistics"] = time.perf_counter() - t3
     seconds["total"] = time.perf_counter() - t0
     protocol["seconds"] = {k: round(v, 2) for k, v in seconds.items()}
