@@ -37,6 +37,7 @@ from circuitdyn.core.outputs import safe_child
 from circuitdyn.models import LoadedModel, clone_model, load_model
 from circuitdyn.models.zoo import FAMILIES
 from circuitdyn.study import StudyError, run_study
+from circuitdyn.study.across_report import first_screen
 from circuitdyn.study.paper_report import pooled_lines, table_one
 from circuitdyn.study.result import CI_NOTE
 from circuitdyn.train import DPOConfig, GRPOConfig, PPOConfig, TrainConfig, train
@@ -50,8 +51,14 @@ PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+#: iterative DPO: steps trained on one round's pairs before the next round is sampled from the current policy
+ROUND_STEPS = 10
+
+
 def configs(args: argparse.Namespace, seed: int) -> dict[str, TrainConfig]:
-    """Matched budgets: the same steps, completions per step (`batch`; DPO: batch/2 pairs) and seed."""
+    """Matched budgets: the same steps, the same completions sampled and trained on per step (`batch`; DPO:
+    batch/2 pairs per step, and each round samples round_steps x batch completions from the current policy,
+    8 per prompt), the same seed."""
     peft = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear") if args.lora_r else None
     common: dict[str, Any] = dict(task=args.task, max_steps=args.steps, seed=seed, eval_steps=max(1, args.steps // 4),
                                   max_completion_length=args.completion_length, progress=True, peft=peft)
@@ -59,15 +66,20 @@ def configs(args: argparse.Namespace, seed: int) -> dict[str, TrainConfig]:
         common["learning_rate"] = args.learning_rate
     if args.eval_size is not None:
         common["eval_size"] = args.eval_size
+    rounds = min(ROUND_STEPS, args.steps)
+    dpo: dict[str, Any] = dict(per_device_train_batch_size=args.batch // 2, pair_generations=8, **common)
     arms: dict[str, TrainConfig] = {
         "ppo": PPOConfig(per_device_train_batch_size=args.batch, **common),
         "grpo": GRPOConfig(per_device_train_batch_size=args.batch, num_generations=8, **common),
-        # pure sigmoid DPO, as in the paper; its pairs are sampled from the base (8 per prompt, best vs worst)
-        "dpo": DPOConfig(per_device_train_batch_size=args.batch // 2, pair_prompts=4 * args.batch, **common),
+        # pure sigmoid DPO, iterative as the paper's DPO model (RLHFlow): best vs worst of 8 from the policy
+        "dpo": DPOConfig(pair_source="iterative", round_steps=rounds, pair_prompts=max(1, rounds * args.batch // 8),
+                         **dpo),
     }
+    if args.dpo_offline:  # the earlier arm: one set of pairs sampled from the base before training
+        arms["dpo_offline"] = DPOConfig(pair_source="offline", pair_prompts=4 * args.batch, **dpo)
     if args.dpo_rpo:  # DPO plus the NLL of the chosen answer (trl's RPO): keeps the chosen answer likely
-        arms["dpo_rpo"] = DPOConfig(per_device_train_batch_size=args.batch // 2, pair_prompts=4 * args.batch,
-                                    rpo_alpha=1.0, **common)
+        arms["dpo_rpo"] = DPOConfig(pair_source="iterative", round_steps=rounds,
+                                    pair_prompts=max(1, rounds * args.batch // 8), rpo_alpha=1.0, **dpo)
     return arms
 
 
@@ -90,7 +102,7 @@ def run_family(spec: str, family: str, args: argparse.Namespace, out: Path) -> d
         study = run_study(base, tuned, args.task, out=fam_dir, samples=args.probes, max_new_tokens=args.completion_length,
                           granularities=("layer", "head"), n_resamples=args.resamples, seed=args.seed, progress=False,
                           chat_template=False,  # the models were trained on the task's own prompts, so probe with them
-                          offline=("dpo", "dpo_rpo"))
+                          offline=("dpo", "dpo_rpo", "dpo_offline"))
     except StudyError as err:  # e.g. a collapsed arm leaves too few problems every model answers: report it, go on
         print(f"  [{family}] study skipped: {err}", flush=True)
         study, skipped = None, str(err)
@@ -139,12 +151,17 @@ def training_curves(results: dict[str, list[Any]], path: Path, family: str) -> N
 
 def write_report(out: Path, runs: list[dict[str, Any]], args: argparse.Namespace, seconds: float) -> Path:
     arms = list(runs[0]["accuracy"])
-    lines = ["# PPO vs GRPO vs DPO: circuit changes after RL fine-tuning", "",
+    lines: list[str] = ["# PPO vs GRPO vs DPO: circuit changes after RL fine-tuning", "",
              f"Task `{args.task}`, {args.steps} steps per algorithm ({args.batch} completions per step), {args.seeds} "
              f"training seeds from {args.seed}, {args.probes} probe problems, "
              + (f"LoRA r={args.lora_r} on every linear layer" if args.lora_r else "every weight trained")
-             + f"; wall time {seconds:.0f} s.", "",
-             "## Held-out accuracy (greedy), mean over seeds [min, max]", "",
+             + f"; wall time {seconds:.0f} s.", ""]
+    studies = {r["family"]: r["study"] for r in runs if r["study"] is not None}
+    accuracy = {r["family"]: {a: (sum(b for b, _ in v) / len(v), [f for _, f in v]) for a, v in r["accuracy"].items()}
+                for r in runs}
+    if studies:
+        lines += first_screen(studies, accuracy, out, n_resamples=args.resamples, seed=args.seed)
+    lines += ["## Held-out accuracy (greedy), mean over seeds [min, max]", "",
              "| family | base | " + " | ".join(a.upper() for a in arms) + " |", "|---" * (len(arms) + 2) + "|"]
     for r in runs:
         acc = r["accuracy"]
@@ -201,6 +218,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--eval-size", type=int, help="held-out problems per evaluation (zoo: 200, real: 100)")
     parser.add_argument("--resamples", type=int, default=100_000, help="bootstrap resamples per pooled test")
     parser.add_argument("--dpo-rpo", action="store_true", help="add a DPO+RPO arm (reported separately)")
+    parser.add_argument("--dpo-offline", action="store_true",
+                        help="add an offline DPO arm (pairs sampled once from the base), reported separately")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/compare_ppo_grpo_dpo")
     parser.add_argument("--quick", action="store_true", help="zoo: two families, 8 steps, 2 seeds, 64 probes; "

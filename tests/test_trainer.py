@@ -151,8 +151,9 @@ def test_training_is_deterministic():
 @pytest.mark.parametrize("config", [
     GRPOConfig(max_steps=40, eval_steps=40, per_device_train_batch_size=64, num_generations=8),
     PPOConfig(max_steps=40, eval_steps=40, per_device_train_batch_size=64),
-    DPOConfig(max_steps=40, eval_steps=40, per_device_train_batch_size=32, rpo_alpha=1.0),
-], ids=["grpo", "ppo", "dpo"])
+    DPOConfig(max_steps=40, eval_steps=40, per_device_train_batch_size=32, rpo_alpha=1.0, pair_source="offline",
+              pair_prompts=256),
+], ids=["grpo", "ppo", "dpo_rpo_offline"])
 def test_rl_raises_held_out_accuracy(config):
     result = train(fresh(), config)
     assert result.final_accuracy > result.base_accuracy + 0.03, (result.base_accuracy, result.final_accuracy)
@@ -207,7 +208,8 @@ def test_cfrl_switches_early_when_the_reward_criterion_is_met():
 
 def test_dpo_resumes_on_the_same_pairs(tmp_path):
     """DPO's preference pairs are checkpointed with the run, so a resumed run equals the uninterrupted one."""
-    cfg = DPOConfig(pair_prompts=32, **{**SMALL, "max_steps": 4, "save_steps": 2, "output_dir": str(tmp_path / "d")})
+    cfg = DPOConfig(pair_prompts=32, pair_source="offline",
+                    **{**SMALL, "max_steps": 4, "save_steps": 2, "output_dir": str(tmp_path / "d")})
     full = fresh()
     train(full, cfg)
     assert (tmp_path / "d" / "checkpoint-2" / "algorithm.safetensors").exists()

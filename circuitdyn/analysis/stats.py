@@ -75,6 +75,18 @@ class PairedStat:
         of tests (such a row is not a finding, and reports mark it)."""
         return (self.ci_low > 0 or self.ci_high < 0) and not self.direction(alpha).detected
 
+    def minimum_detectable_effect(self, alpha: float = ALPHA, power: float = 0.8, level: float = 0.95) -> float:
+        """The smallest |mean| this test would detect with probability `power` at two-sided `alpha`:
+        (z_{1-alpha/2} + z_power) x se, the standard error read from the CI's width (se = width / (2 z_level)),
+        the normal approximation. Beside "no detectable change", it says what could have been seen."""
+        from statistics import NormalDist
+
+        z = NormalDist().inv_cdf
+        if not (math.isfinite(self.ci_low) and math.isfinite(self.ci_high)) or self.n < 2:
+            return math.nan
+        se = (self.ci_high - self.ci_low) / (2 * z(0.5 + level / 2))
+        return (z(1 - alpha / 2) + z(power)) * se
+
     def with_q(self, q: float) -> "PairedStat":
         return PairedStat(self.n, self.mean, self.ci_low, self.ci_high, self.p_value, self.median, self.wilcoxon_p, q,
                           self.extra)

@@ -21,7 +21,7 @@ from circuitdyn.study.generation import Generation
 from circuitdyn.study.pair_files import PairRow, pair_rows, read_pair_file, write_pair_files
 from circuitdyn.study.pairs import Cell, cell_tests, cross_tests, generated_rows, run_cells, select_pair, too_short
 from circuitdyn.study.result import Entry, StudyResult, Test
-from circuitdyn.study.statistics import state_claims, with_fdr
+from circuitdyn.study.statistics import degraded_labels, state_claims, with_fdr
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +67,10 @@ def run_paper(cfg: StudyConfig, entries: Sequence[Entry], generations: dict[str,
     with phase(f"statistics: paired tests of {len(cells)} cell(s), {cfg.n_resamples:,} resamples each", cfg.progress):
         tests = with_fdr([t for c in cells for t in cell_tests(cfg, c)] + cross_tests(cfg, cells))
         labels = [label for label in selections if label not in short]
+        degraded = degraded_labels(protocol["correct"], labels)
+        protocol["degraded"] = degraded
         claims = [f"[cut {cut:g}] {line}" for cut in cfg.cut_coeffs
-                  for line in state_claims(cfg, [t for t in tests if t.cut == f"{cut:g}"], labels)]
+                  for line in state_claims(cfg, [t for t in tests if t.cut == f"{cut:g}"], labels, degraded)]
     seconds["statistics"] = time.perf_counter() - t3
     seconds["total"] = time.perf_counter() - t0
     protocol["seconds"] = {k: round(v, 2) for k, v in seconds.items()}

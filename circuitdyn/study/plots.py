@@ -3,12 +3,14 @@ whiskers and marks are explained in the figure."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from circuitdyn.analysis.plot import fit_title
+from circuitdyn.study.across import ArmEffect
 from circuitdyn.study.result import StudyResult
 
 ATTRIBUTION = "zero-ablation EAP, mean NLL of own response"
@@ -96,5 +98,34 @@ def deltas(result: StudyResult, gran: str, path: Path, family: str) -> Any:
     ax.legend(fontsize=7)
     fit_title(ax, f"{family}, {gran} graph: tuned - base ({ATTRIBUTION}), n = {len(result.kept)}\n"
               f"bars: 95% BCa CI; *: q < {result.config.alpha} (BH-FDR)", fontsize=8)
+    fig.savefig(str(path), dpi=120)
+    return fig
+
+
+def forest(effects: Sequence[ArmEffect], path: Path, title: str) -> Any:
+    """Each arm's standardized change (tuned - base, / the base's sd across the pair's prompts) with its 95%
+    BCa CI, one row per family and arm, one panel per metric; a degraded arm is drawn hollow and grey."""
+    metrics = list(dict.fromkeys(e.metric for e in effects))
+    rows = list(dict.fromkeys((e.family, e.arm) for e in effects))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(3.2 * max(1, len(metrics)) + 1.2, 1.2 + 0.24 * len(rows)))
+    FigureCanvasAgg(fig)
+    arms = list(dict.fromkeys(arm for _, arm in rows))
+    y = {row: len(rows) - 1 - k for k, row in enumerate(rows)}
+    for j, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), j + 1)
+        for e in (e for e in effects if e.metric == metric):
+            mean, lo, hi = e.standardized
+            color = "0.6" if e.degraded else f"C{arms.index(e.arm)}"
+            ax.errorbar(mean, y[(e.family, e.arm)], xerr=[[mean - lo], [hi - mean]], fmt="o", ms=4, capsize=2,
+                        color=color, mfc="none" if e.degraded else color, lw=1)
+        ax.axvline(0, color="k", lw=0.5)
+        ax.set_yticks(list(y.values()), [f"{f} {a}" for f, a in y] if j == 0 else [""] * len(y), fontsize=7)
+        ax.set_xlabel(f"{metric}: change / base sd", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
     fig.savefig(str(path), dpi=120)
     return fig

@@ -32,7 +32,7 @@ from circuitdyn.study.config import Protocol, StudyConfig, StudyError, check_lab
 from circuitdyn.study.generation import distinct_problems, generate, pad_id, scored_batch
 from circuitdyn.study.paper import run_paper
 from circuitdyn.study.result import Entry, StudyResult
-from circuitdyn.study.statistics import paired_tests, score, state_claims, with_fdr
+from circuitdyn.study.statistics import degraded_labels, paired_tests, score, state_claims, with_fdr
 from circuitdyn.tasks import ProblemSet, get_problem_set, problems_sha256
 from circuitdyn.train.trained import is_checkpoint, load_trained
 
@@ -212,7 +212,8 @@ def _run_common(cfg: StudyConfig, entries: Sequence[Entry], items: Sequence[Any]
     with phase(f"statistics: paired tests, {cfg.n_resamples:,} resamples each", cfg.progress):
         tests = with_fdr(paired_tests(cfg, entries, metrics))
         labels = list(dict.fromkeys(e.label for e in entries if e.label != "base"))
-        claims = state_claims(cfg, tests, labels)
+        protocol["degraded"] = degraded_labels(protocol["correct"], labels)
+        claims = state_claims(cfg, tests, labels, protocol["degraded"])
     seconds["statistics"] = time.perf_counter() - t3
     seconds["total"] = time.perf_counter() - t0
     protocol["seconds"] = {k: round(v, 2) for k, v in seconds.items()}

@@ -121,9 +121,28 @@ def compare_arms(a: str, b: str, da: float, db: float, diff: PairedStat, alpha: 
     return f"{a} {_moves(da)} it ({da:+.3g}), {b} {_moves(db)} it ({db:+.3g})"
 
 
-def state_claims(cfg: StudyConfig, tests: Sequence[Test], labels: Sequence[str]) -> list[str]:
-    """The paper's three directional claims, stated as measured (pooled scope, each granularity)."""
+def degraded_labels(correct: Mapping[str, int], labels: Sequence[str]) -> dict[str, str]:
+    """The tuned labels whose models answer fewer probe problems correctly than the base (mean over seeds),
+    each with the reason: a model that training broke says nothing about what RL does to circuits, so its
+    claims are withheld (its tests are still reported)."""
+    out = {}
+    for lab in labels:
+        seeds = [v for k, v in correct.items() if k.rsplit("#", 1)[0] == lab and "#" in k]
+        if "base" in correct and seeds and sum(seeds) / len(seeds) < correct["base"]:
+            out[lab] = (f"degraded: {lab} answers {sum(seeds) / len(seeds):.1f} probe problems correctly (mean over "
+                        f"{len(seeds)} seed(s)), the base {correct['base']}")
+    return out
+
+
+def state_claims(cfg: StudyConfig, tests: Sequence[Test], labels: Sequence[str],
+                 degraded: Mapping[str, str] | None = None) -> list[str]:
+    """The paper's three directional claims, stated as measured (pooled scope, each granularity). A label in
+    `degraded` gets one line with the reason instead, and no comparison with another arm."""
     out = []
+    degraded = degraded or {}
+    for gran in cfg.granularities:
+        out += [f"[{gran}] {lab} left out of the claims: {why}" for lab, why in degraded.items() if lab in labels]
+    labels = [lab for lab in labels if lab not in degraded]
     pooled = {(t.comparison, t.granularity, t.metric): t for t in tests if t.scope == "pooled"}
 
     def fmt(t: Test) -> str:

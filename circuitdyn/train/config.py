@@ -34,6 +34,13 @@ class LossType(str, Enum):
     DR_GRPO = "dr_grpo"  # sum over tokens / (sequences x max_completion_length)
 
 
+class PairSource(str, Enum):
+    """Where DPO's (chosen, rejected) pairs come from."""
+
+    ITERATIVE = "iterative"  # resampled from the current policy every round (RLHFlow's iterative DPO)
+    OFFLINE = "offline"  # sampled once from the reference model before training
+
+
 class Stage1Objective(str, Enum):
     RL = "rl"  # the algorithm's own objective on the classifier: classifier-first RL (CF-RL)
     SUPERVISED = "supervised"  # cross-entropy of the correct answers: linear probing, then fine-tuning (LP-FT)
@@ -258,16 +265,34 @@ class PPOConfig(TrainConfig):
 @no_type_check
 @dataclass(frozen=True)
 class DPOConfig(TrainConfig):
+    """Sigmoid DPO on best-vs-worst pairs. Iterative (default), as RLHFlow's iterative DPO that trained the
+    RL-circuitry paper's DPO model: every `round_steps` steps, `pair_prompts` prompts are sampled
+    `pair_generations` times from the CURRENT policy and graded by the task's reward; each prompt gives its
+    best and its worst sample as (chosen, rejected), and prompts whose samples all score the same (all correct
+    or all wrong) are skipped and counted. The reference stays the initial model throughout (RLHFlow passes
+    the initial model as `ref_model` in every iteration). Offline: one set of pairs sampled from the
+    reference before training."""
+
     beta: float = 0.1
     rpo_alpha: float = field(default=0.0,
         metadata={"help": "weight of the NLL of the chosen completion added to the DPO loss (trl's RPO)"})
-    pair_prompts: int = field(default=256,
-        metadata={"help": "prompts sampled from the reference model to build (chosen, rejected) pairs"})
+    pair_source: PairSource | str = field(default=PairSource.ITERATIVE,
+        metadata={"help": "iterative (pairs resampled from the current policy every round) or offline (once, from "
+                          "the reference)"})
+    round_steps: int = field(default=10,
+        metadata={"help": "iterative: steps trained on one round's pairs before the next round is sampled"})
+    pair_prompts: int = field(default=80,
+        metadata={"help": "prompts sampled per round (iterative) or once (offline) to build (chosen, rejected) pairs; "
+                          "80 x 8 generations = the 64 completions a step trains on, for each of 10 steps"})
     pair_generations: int = 8
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_positive(self, "beta", "pair_prompts", "pair_generations")
+        check_positive(self, "beta", "pair_prompts", "pair_generations", "round_steps")
+        object.__setattr__(self, "pair_source", parse_choice(PairSource, self.pair_source, "pair_source", ConfigError))
+        if self.pair_generations < 2:
+            raise ConfigError(f"pair_generations must be >= 2 (a best and a worst sample per prompt), got "
+                              f"{self.pair_generations}")
         if self.rpo_alpha < 0:
             raise ConfigError(f"rpo_alpha must be >= 0, got {self.rpo_alpha}")
         if self.classifier_first is not None and self.classifier_first.until_reward is not None:

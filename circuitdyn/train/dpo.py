@@ -1,12 +1,16 @@
-"""DPO on (chosen, rejected) completion pairs, sampled from the reference model or given as user data.
+"""DPO on (chosen, rejected) completion pairs: resampled from the current policy every round (iterative, the
+default), sampled once from the reference model (offline), or given as user data.
 
-The pairs and the reference's log-probabilities of them are built once and kept as the algorithm's state,
-so a resumed run continues on exactly the same pairs.
+A round's pairs, the reference's log-probabilities of them and the step its round began are the algorithm's
+state, so a run resumed mid-round continues on exactly the same pairs and samples the next round where an
+uninterrupted run would.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -14,7 +18,7 @@ from torch import Tensor
 
 from circuitdyn.train import losses as L
 from circuitdyn.train.algorithm import TrainingError, TrainingRun, check_loss, micro_batches
-from circuitdyn.train.config import DPOConfig
+from circuitdyn.train.config import DPOConfig, PairSource
 from circuitdyn.train.parallel import rank_world
 from circuitdyn.train.rewards import compute_rewards
 from circuitdyn.train.rollout import ROLLOUT_TENSORS, Rollout, completion_rollout, token_logprobs
@@ -29,22 +33,43 @@ def _reference_logprobs(run: TrainingRun, chosen: Rollout, rejected: Rollout) ->
     return chosen, rejected, ref_c, ref_r
 
 
-def sampled_pairs(run: TrainingRun, config: DPOConfig) -> Pairs:
-    """(chosen, rejected) completions sampled from the reference model, and its log-probs of both."""
+@dataclass(frozen=True)
+class RoundPairs:
+    """One round's best-vs-worst pairs, and the prompts that gave none because all their samples scored the same."""
+
+    pairs: Pairs | None
+    solved: int  # every sample correct (reward > 0.5): nothing to prefer
+    unsolved: int  # every sample wrong
+
+
+def best_vs_worst(rewards: Tensor) -> tuple[list[int], list[int], int, int]:
+    """Per row of [prompts, samples] rewards: the flat index of its first best and first worst sample, for the
+    rows whose samples do not all score the same; and the counts of tied rows above / at most 0.5."""
+    chosen, rejected, solved, unsolved = [], [], 0, 0
+    n = rewards.shape[1]
+    for i, row in enumerate(rewards):
+        hi, lo = int(torch.argmax(row)), int(torch.argmin(row))
+        if row[hi] > row[lo]:
+            chosen.append(i * n + hi)
+            rejected.append(i * n + lo)
+        elif row[hi] > 0.5:
+            solved += 1
+        else:
+            unsolved += 1
+    return chosen, rejected, solved, unsolved
+
+
+def sampled_pairs(run: TrainingRun, config: DPOConfig, policy: Any) -> RoundPairs:
+    """`pair_prompts` prompts, `pair_generations` samples of each from `policy`, graded; best vs worst of each
+    prompt, with the reference's log-probs of both."""
     examples = run.prompts(config.pair_prompts)
-    roll = run.rollout(examples, config.pair_generations, policy=run.reference_scorer)
+    roll = run.rollout(examples, config.pair_generations, policy=policy)
     rep = [ex for ex in examples for _ in range(config.pair_generations)]
-    rewards = compute_rewards(run.reward_fn, [e.clean for e in rep], roll.texts, rep, step=0).view(len(examples), -1)
-    chosen, rejected = [], []
-    for i in range(len(examples)):
-        good, bad = torch.nonzero(rewards[i] > 0.5).flatten(), torch.nonzero(rewards[i] <= 0.5).flatten()
-        if len(good) and len(bad):
-            chosen.append(i * config.pair_generations + int(good[0]))
-            rejected.append(i * config.pair_generations + int(bad[0]))
+    rewards = compute_rewards(run.reward_fn, [e.clean for e in rep], roll.texts, rep, step=run.step)
+    chosen, rejected, solved, unsolved = best_vs_worst(rewards.view(len(examples), -1))
     if not chosen:
-        raise TrainingError("DPO: no prompt gave both a correct and an incorrect completion from the reference "
-                            "model; raise pair_generations or temperature, or pass pairs from user data")
-    return _reference_logprobs(run, roll.select(chosen), roll.select(rejected))
+        return RoundPairs(None, solved, unsolved)
+    return RoundPairs(_reference_logprobs(run, roll.select(chosen), roll.select(rejected)), solved, unsolved)
 
 
 def _completion_rollout(run: TrainingRun, prompts: list[str], completions: list[str]) -> Rollout:
@@ -70,14 +95,44 @@ class DPO:
         self.extra_modules: dict[str, torch.nn.Module] = {}
         self.needs_reference = True
         self.pairs: Pairs | None = None
+        self.user_pairs = False
+        self.round_start = 0  # the step the current round's pairs were sampled at
+        self.skipped = {"solved": 0, "unsolved": 0}  # of the current round's prompts
 
     def use_preference_pairs(self, run: TrainingRun, pairs: Sequence[Sequence[str]]) -> None:
         self.pairs = pairs_from_data(run, pairs)
+        self.user_pairs = True
+
+    def _new_round(self, run: TrainingRun) -> bool:
+        cfg = self.config
+        if self.user_pairs:
+            return False
+        if cfg.pair_source is PairSource.OFFLINE:
+            return self.pairs is None
+        return self.pairs is None or run.step - self.round_start >= cfg.round_steps
+
+    def _sample_round(self, run: TrainingRun) -> None:
+        cfg = self.config
+        offline = cfg.pair_source is PairSource.OFFLINE
+        found = sampled_pairs(run, cfg, run.reference_scorer if offline else None)
+        self.skipped = {"solved": found.solved, "unsolved": found.unsolved}
+        if found.pairs is not None:
+            self.pairs, self.round_start = found.pairs, run.step
+            return
+        source = "the reference model" if offline else f"the policy at step {run.step}"
+        if self.pairs is None:
+            raise TrainingError(f"DPO: no prompt gave both a better and a worse completion from {source} "
+                                f"({found.solved} all correct, {found.unsolved} all wrong of {cfg.pair_prompts}); "
+                                "raise pair_generations, pair_prompts or temperature, or pass pairs from user data")
+        warnings.warn(f"DPO step {run.step}: no prompt gave a pair from {source} ({found.solved} all correct, "
+                      f"{found.unsolved} all wrong); training on the previous round's pairs", stacklevel=2)
+        self.round_start = run.step
 
     def step(self, run: TrainingRun) -> dict[str, Any]:
         cfg = self.config
-        if self.pairs is None:
-            self.pairs = sampled_pairs(run, cfg)
+        if self._new_round(run):
+            self._sample_round(run)
+        assert self.pairs is not None
         c, r, ref_c, ref_r = self.pairs
         n = cfg.per_device_train_batch_size
         idx = [run.index(len(c.texts)) for _ in range(n)]
@@ -97,7 +152,8 @@ class DPO:
             for k in stats:
                 stats[k] += float(st[k]) * weight
         grad_norm = run.optimizer_step("DPO loss")
-        return {"loss": total, "grad_norm": grad_norm, "pairs": len(c.texts), **stats}
+        return {"loss": total, "grad_norm": grad_norm, "pairs": len(c.texts), "round_start": self.round_start,
+                "prompts_all_correct": self.skipped["solved"], "prompts_all_wrong": self.skipped["unsolved"], **stats}
 
     def state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
         if self.pairs is None:
@@ -106,7 +162,8 @@ class DPO:
         tensors = {f"{side}.{k}": getattr(roll, k).contiguous() for side, roll in (("chosen", c), ("rejected", r))
                    for k in ROLLOUT_TENSORS}
         tensors |= {"chosen.reference_logprob": ref_c.contiguous(), "rejected.reference_logprob": ref_r.contiguous()}
-        return tensors, {"chosen_texts": list(c.texts), "rejected_texts": list(r.texts)}
+        return tensors, {"chosen_texts": list(c.texts), "rejected_texts": list(r.texts), "round_start": self.round_start,
+                         "skipped": dict(self.skipped), "user_pairs": self.user_pairs}
 
     def load_state(self, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
         if not tensors:
@@ -118,3 +175,6 @@ class DPO:
                            tuple(meta[f"{side}_texts"]))
         self.pairs = (roll("chosen"), roll("rejected"), tensors["chosen.reference_logprob"],
                       tensors["rejected.reference_logprob"])
+        self.round_start = int(meta.get("round_start", 0))
+        self.skipped = {k: int(v) for k, v in meta.get("skipped", {"solved": 0, "unsolved": 0}).items()}
+        self.user_pairs = bool(meta.get("user_pairs", False))
