@@ -24,6 +24,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,7 +279,9 @@ def test_readme_shell_blocks_run_in_order_on_a_fresh_clone(tmp_path):
     order = [b.key[1].split()[0] for b in blocks]
     assert order == ["make", "python3", ".venv/bin/circuitdyn", "python", "python"], order
     for block in blocks:
+        start = time.perf_counter()
         run_block(block, PLANS[block.key], clone, clone / ".venv" / "bin", timeout=3600)
+        print(f"{block}: {time.perf_counter() - start:.0f} s", flush=True)  # shown with -s: the Measured times
     assert (clone / "runs" / "demo" / "report.md").is_file()
     assert (clone / "runs" / "smollm2" / "report.md").is_file()
     assert (clone / "runs" / "cfrl_smollm2").is_dir()

@@ -117,6 +117,7 @@ def test_minimum_detectable_effect_closed_form():
     assert change_words(s) == "+0 [-0.1, +0.1] no detectable change (could have seen >= 0.14)"
     assert change_words(stat(0.3, 0.1, 0.5, p=0.001, q=0.001)) == "+0.3 [+0.1, +0.5] up"
     assert change_words(stat(0.3, 0.1, 0.5, n=3)) == "+0.3 [+0.1, +0.5] too few to test"
+    assert change_words(stat(0.3, 0.1, 0.5)).startswith("+0.3 [+0.1, +0.5] no detectable change \u2020 (could")
 
 
 def effect(family, arm, seeds, sd=2.0, degraded=None):

@@ -12,7 +12,7 @@ from pathlib import Path
 from circuitdyn.analysis.stats import Direction, PairedStat, fdr_adjust
 from circuitdyn.study import plots
 from circuitdyn.study.across import PER_PROMPT, ArmContrast, ArmEffect, arm_effects, online_vs_offline
-from circuitdyn.study.result import StudyResult
+from circuitdyn.study.result import CI_MARK, CI_NOTE, StudyResult
 
 ALPHA = 0.05
 
@@ -24,7 +24,8 @@ def change_words(stat: PairedStat, alpha: float = ALPHA, unit: str = "") -> str:
     if found is not Direction.NONE:  # up, down, or too few to test (then nothing could have been seen)
         return f"{ci} {found.value}"
     mde = stat.minimum_detectable_effect(alpha)
-    return f"{ci} {found.value}" + (f" (could have seen >= {mde:.2g}{unit})" if math.isfinite(mde) else "")
+    mark = f" {CI_MARK}" if stat.ci_only(alpha) else ""
+    return f"{ci} {found.value}{mark}" + (f" (could have seen >= {mde:.2g}{unit})" if math.isfinite(mde) else "")
 
 
 def _contrast_line(c: ArmContrast, q: float) -> str:
@@ -61,7 +62,7 @@ def first_screen(studies: Mapping[str, StudyResult], accuracy: Mapping[str, Mapp
              f"Per family and training seed, each arm's change (tuned - base) in units of the base's sd across its "
              f"pair's prompts; the test is over (family, seed) units of |online change| - |{offline} change| "
              f"(sign-flip permutation p, BCa CI, Benjamini-Hochberg over these {len(contrasts)} tests); 'could have "
-             "seen' is the change this test detects with probability 0.8 at alpha 0.05.", ""]
+             "seen' is the change this test detects with probability 0.8 at alpha 0.05.", "", CI_NOTE, ""]
     lines += [_contrast_line(c, q) for c, q in zip(contrasts, qs)]
     metrics = [*PER_PROMPT, "sample_diversity"]
     lines += ["", f"## Family x arm ({granularity} graph): accuracy and each metric's change, tuned - base", "",

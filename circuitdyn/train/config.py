@@ -9,41 +9,11 @@ from typing import Any, no_type_check
 from circuitdyn.core.choices import parse_choice
 from circuitdyn.core.fields import ConfigError, check_numbers, check_positive, config_help
 from circuitdyn.models.lora_config import LoraError, check_lora_config, lora_to_dict
+from circuitdyn.train.choices import Algorithm, LossType, PairSource, ScaleRewards, Stage1Objective
 from circuitdyn.train.memory import Precision
 
 __all__ = ["Algorithm", "CFRLConfig", "ClassifierFirst", "ConfigError", "DPOConfig", "GRPOConfig", "LossType",
-           "PPOConfig", "ScaleRewards", "Stage1Objective", "TrainConfig", "config_help"]
-
-
-class Algorithm(str, Enum):
-    GRPO = "grpo"
-    CFRL = "cfrl"
-    PPO = "ppo"
-    DPO = "dpo"
-
-
-class ScaleRewards(str, Enum):
-    GROUP = "group"  # (r - mean_g) / (std_g + eps)
-    BATCH = "batch"  # (r - mean_g) / (std over the batch + eps)
-    NONE = "none"  # r - mean_g (Dr. GRPO)
-
-
-class LossType(str, Enum):
-    GRPO = "grpo"  # mean over each sequence's tokens, then over sequences
-    DAPO = "dapo"  # mean over all tokens of the batch
-    DR_GRPO = "dr_grpo"  # sum over tokens / (sequences x max_completion_length)
-
-
-class PairSource(str, Enum):
-    """Where DPO's (chosen, rejected) pairs come from."""
-
-    ITERATIVE = "iterative"  # resampled from the current policy every round (RLHFlow's iterative DPO)
-    OFFLINE = "offline"  # sampled once from the reference model before training
-
-
-class Stage1Objective(str, Enum):
-    RL = "rl"  # the algorithm's own objective on the classifier: classifier-first RL (CF-RL)
-    SUPERVISED = "supervised"  # cross-entropy of the correct answers: linear probing, then fine-tuning (LP-FT)
+           "PPOConfig", "PairSource", "ScaleRewards", "Stage1Objective", "TrainConfig", "config_help"]
 
 
 @dataclass(frozen=True)
