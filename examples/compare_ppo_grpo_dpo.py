@@ -1,14 +1,18 @@
 """Fine-tune one base model with PPO, GRPO and DPO, then compare how each changes its circuits.
 
 For every model family (default: the five zoo families, offline), copies of the pre-trained base are
-fine-tuned with PPO, GRPO and pure DPO (the paper's setting), matched budgets (same steps, the same number
-of completions per step) and the same training seeds (default 3 on the zoo). Base and tuned models then go
-through the RL-circuitry paper's protocol (`circuitdyn.study.run_study`): each model answers the same probe
-problems greedily, only the problems that EVERY model answers correctly are kept (one common set), and each
-model is scored on its own response (mean NLL of the first 5% of its response tokens, at least one), by
-zero-ablation EAP on the q/k/v-split layer graph and on the head graph, summed over positions. The report
-gives accuracy before/after, tuned - base and (A - base) - (B - base) deltas with BCa CIs, permutation
-p-values under Benjamini-Hochberg control, seed-level spread, and the paper's claims stated as measured.
+fine-tuned with PPO, GRPO and iterative DPO (as the paper's DPO model: pairs of the best and worst of 8
+answers sampled from the current policy every few steps, the initial model the reference), matched budgets
+(the same steps, the same completions sampled and trained on per step) and the same training seeds (default
+3 on the zoo). Base and tuned models then go through the RL-circuitry paper's protocol pair by pair
+(`circuitdyn.study.run_study`): each model answers the same probe problems greedily; each algorithm is a
+pair with the base, holding the problems the base and every seed of it answer correctly, filtered and
+sampled by the paper's rules; each model is scored on its own answer (mean NLL of its first cut_len tokens)
+by zero-ablation EAP on the q/k/v-split layer graph and on the head graph, summed over positions. The report
+opens with one answer across families and seeds (does online RL move intensity, entropy, kurtosis more than
+DPO?), one table (family x arm) and a forest plot; then per family the paper's Table 1, tuned - base and
+(A - base) - (B - base) deltas with BCa CIs, permutation q-values under Benjamini-Hochberg control, and the
+paper's claims stated as measured (an arm that answers fewer probes than its base is left out of them).
 
 A real model (`--model smollm2-135m`) gets the real-model profile: LoRA adapters (r=16 on every linear
 layer, learning rate 5e-4), the `qa_addition` task (single-digit sums asked as a question), 24 steps of 32
@@ -18,6 +22,7 @@ completions, one seed, every one of the 60 held-out problems as probes.
     python examples/compare_ppo_grpo_dpo.py --model smollm2-135m --out runs/smollm2
     python examples/compare_ppo_grpo_dpo.py --quick --out runs/quick      # smoke test
     python examples/compare_ppo_grpo_dpo.py --dpo-rpo                     # also a DPO+RPO arm, reported apart
+    python examples/compare_ppo_grpo_dpo.py --dpo-offline                 # also offline DPO (pairs from the base)
 """
 
 from __future__ import annotations
