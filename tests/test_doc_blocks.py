@@ -69,14 +69,15 @@ class Plan:
     runner: Runner
     slow: bool = False
     overrides: tuple[Override, ...] = ()
-    prepare: Callable[[Path], None] | None = None
+    prepare: Callable[[Path], None] | None = None  # builds stand-in inputs in the block's folder
+    rewrite: Callable[[str], str] | None = None  # a change beyond substring overrides (stated beside the block)
 
     def code(self, block: Block) -> str:
         code = block.code
         for o in self.overrides:
             assert o.old in code, f"{block}: the override {o.old!r} no longer applies; update PLANS and the doc"
             code = code.replace(o.old, o.new)
-        return code
+        return self.rewrite(code) if self.rewrite else code
 
 
 def doc_blocks() -> list[Block]:
@@ -175,31 +176,19 @@ PLANS: dict[tuple[str, str], Plan] = {
                                                     "the study's smoke setting"),)),
     ("docs/05_rl_circuitry_study.md", "circuitdyn study --base ./Qwen2.5-Math-7B --tuned grpo=./Qwen2.5-Math-7B-GRPO "
                                       "--tuned dpo=./Qwen2.5-Math-7B-DPO \\"):
-        Plan("bash", slow=True, prepare=docs05_standins, overrides=(
+        Plan("bash", slow=True, prepare=docs05_standins, rewrite=docs05_pair_file, overrides=(
             Override("--samples 1000", "--samples 48", "the stand-in GSM8K file holds 48 problems"),
             Override("--num-samples 100", "--num-samples 20", "the stand-in pair file is small"))),
     ("docs/scale_out.md", "# one node, 8 GPUs (NCCL); in the script: dist.init_process_group(\"nccl\"),"):
-        Plan("bash", slow=True, prepare=torchrun_scripts, overrides=(
+        Plan("bash", slow=True, prepare=torchrun_scripts, rewrite=two_nodes_on_one_host, overrides=(
             Override("--nproc-per-node 8", "--nproc-per-node 2", "two CPU processes (gloo) stand in for 8 GPUs"),
             Override("HOST:29500", "localhost:29517", "both nodes on this host"))),
 }
-# code rewrites a plan needs beyond substring overrides, keyed like PLANS
-REWRITES: dict[tuple[str, str], Callable[[str], str]] = {
-    key: fn for key, fn in ((next(k for k in PLANS if k[0] == "docs/05_rl_circuitry_study.md"), docs05_pair_file),
-                            (next(k for k in PLANS if k[0] == "docs/scale_out.md"), two_nodes_on_one_host))
-}
-
 
 def plan_of(block: Block) -> Plan:
     if block.lang == "python" and block.path.parent.name == "docs" and block.path.name[:2].isdigit():
         return Plan("tutorial", slow=block.tag == "slow")
     return PLANS[block.key]
-
-
-def runnable(block: Block, plan: Plan) -> str:
-    code = plan.code(block)
-    rewrite = REWRITES.get(block.key)
-    return rewrite(code) if rewrite else code
 
 
 def environment(bin_dir: Path) -> dict[str, str]:
@@ -208,7 +197,7 @@ def environment(bin_dir: Path) -> dict[str, str]:
 
 
 def run_block(block: Block, plan: Plan, cwd: Path, bin_dir: Path, timeout: int = 1800) -> str:
-    code = runnable(block, plan)
+    code = plan.code(block)
     if plan.prepare:
         plan.prepare(cwd)
     if block.lang == "python":
