@@ -9,12 +9,10 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from circuitdyn.analysis.stats import Direction, PairedStat, fdr_adjust
+from circuitdyn.analysis.stats import ALPHA, Direction, PairedStat, fdr_adjust
 from circuitdyn.study import plots
 from circuitdyn.study.across import PER_PROMPT, ArmContrast, ArmEffect, arm_effects, online_vs_offline
 from circuitdyn.study.result import CI_MARK, CI_NOTE, StudyResult
-
-ALPHA = 0.05
 
 
 def change_words(stat: PairedStat, alpha: float = ALPHA, unit: str = "") -> str:
@@ -51,10 +49,9 @@ def first_screen(studies: Mapping[str, StudyResult], accuracy: Mapping[str, Mapp
                  n_resamples: int = 100_000, seed: int = 0) -> list[str]:
     """Markdown lines of the first screen; writes `forest_<granularity>.png` into `out`. `accuracy` maps a
     family to {arm: (base accuracy, final accuracy of each seed)}."""
-    effects: list[ArmEffect] = [e for family, study in studies.items()
-                                for e in arm_effects(family, study, granularity)]
-    diversity = {(family, e.arm): e for family, study in studies.items()
-                 for e in arm_effects(family, study, granularity, ("sample_diversity",))}
+    metrics = [*PER_PROMPT, "sample_diversity"]
+    every = [e for family, study in studies.items() for e in arm_effects(family, study, granularity, metrics)]
+    effects: list[ArmEffect] = [e for e in every if e.metric in PER_PROMPT]  # per-seed units: tested and drawn
     contrasts = [online_vs_offline(effects, arm, offline, metric, n_resamples=n_resamples, seed=seed)
                  for metric in PER_PROMPT for arm in online]
     qs = fdr_adjust([c.stat.p_value if c.stat is not None else math.nan for c in contrasts])
@@ -64,16 +61,13 @@ def first_screen(studies: Mapping[str, StudyResult], accuracy: Mapping[str, Mapp
              f"(sign-flip permutation p, BCa CI, Benjamini-Hochberg over these {len(contrasts)} tests); 'could have "
              "seen' is the change this test detects with probability 0.8 at alpha 0.05.", "", CI_NOTE, ""]
     lines += [_contrast_line(c, q) for c, q in zip(contrasts, qs)]
-    metrics = [*PER_PROMPT, "sample_diversity"]
     lines += ["", f"## Family x arm ({granularity} graph): accuracy and each metric's change, tuned - base", "",
               "| family | arm | held-out accuracy, base -> tuned (mean of seeds) | rows | " + " | ".join(metrics) + " |",
               "|---|---|---|---|" + "---|" * len(metrics)]
     for family, study in studies.items():
         for arm, (base_acc, finals) in accuracy.get(family, {}).items():
             acc = f"{base_acc:.3f} -> {sum(finals) / len(finals):.3f}" if finals else "-"
-            found = {e.metric: e for e in effects if e.family == family and e.arm == arm}
-            if (family, arm) in diversity:
-                found["sample_diversity"] = diversity[(family, arm)]
+            found = {e.metric: e for e in every if e.family == family and e.arm == arm}
             if not found:
                 why = study.protocol.get("pairs", {}).get(arm, {}).get("skipped", "no pair")
                 lines.append(f"| {family} | {arm} | {acc} | - | left out: {why} |" + " |" * (len(metrics) - 1))

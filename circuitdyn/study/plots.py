@@ -18,12 +18,18 @@ UNITS = {"intensity": "mean |score| (nats)", "normalized_entropy": "entropy / lo
          "kurtosis": "excess kurtosis"}
 
 
-def _figure(size: tuple[float, float]) -> tuple[Any, Any]:
+def _canvas(size: tuple[float, float]) -> Any:
+    """A Figure drawn by Agg (object API: no pyplot, no global state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=size)
     FigureCanvasAgg(fig)
+    return fig
+
+
+def _figure(size: tuple[float, float]) -> tuple[Any, Any]:
+    fig = _canvas(size)
     return fig, fig.add_subplot(1, 1, 1)
 
 
@@ -107,11 +113,7 @@ def forest(effects: Sequence[ArmEffect], path: Path, title: str) -> Any:
     BCa CI, one row per family and arm, one panel per metric; a degraded arm is drawn hollow and grey."""
     metrics = list(dict.fromkeys(e.metric for e in effects))
     rows = list(dict.fromkeys((e.family, e.arm) for e in effects))
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(3.2 * max(1, len(metrics)) + 1.2, 1.2 + 0.24 * len(rows)))
-    FigureCanvasAgg(fig)
+    fig = _canvas((3.2 * max(1, len(metrics)) + 1.2, 1.2 + 0.24 * len(rows)))
     arms = list(dict.fromkeys(arm for _, arm in rows))
     y = {row: len(rows) - 1 - k for k, row in enumerate(rows)}
     for j, metric in enumerate(metrics):
