@@ -4,9 +4,17 @@ The names below are the curated face; each lives in the submodule named beside i
 first used (`import circuitdyn` stays cheap and changes no global state).
 
     model = circuitdyn.load_model("zoo:llama")
-    scores = circuitdyn.attribute(model, "layer", examples, "answer_nll", ablation="zero", per_example=True)
-    circuit = circuitdyn.top_n(scores, 20)
-    circuitdyn.evaluate_circuit(model, circuit, examples)
+    examples = circuitdyn.get_task("addition").examples(32)
+    scores = circuitdyn.attribute(model, "head", examples, "logit_diff", method="eap-ig-inputs")
+    circuit = circuitdyn.top_n(scores, 20)  # remembers what it was selected by: logit_diff under noising
+    circuitdyn.evaluate_circuit(model, circuit, examples).faithfulness  # 0.95, measured the same way
+
+A circuit is measured under the objective and counterfactual it was selected by unless told otherwise (a
+named warning says when they differ). The RL-circuitry protocol's scores (`"answer_nll"`, `ablation="zero"`,
+`per_example=True`) are for reading intensity and entropy, not for finding circuits: zeroing most of the
+residual stream takes the model far from the run where first-order scores are taken, and there a top-20
+circuit keeps less than none of the gap (zoo:llama, addition with `answer_tokens=2`, head graph, top 20 of 82
+edges: faithfulness -0.66).
 
 One verb shares its name with its package, which Python binds on import, so it is called through it:
 `circuitdyn.train.train(model, config)`.

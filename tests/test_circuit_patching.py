@@ -139,3 +139,85 @@ def test_faithfulness_curve_reaches_one():
     curve = faithfulness_curve(m, a, data, [2, 5, a.graph.n_edges], selection="greedy")
     assert [c.n_edges for c in curve] == [2, 5, a.graph.n_edges]
     assert curve[-1].faithfulness == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_circuit_is_measured_under_what_it_was_selected_by(tmp_path):
+    """A circuit selected from an attribution carries its objective, counterfactual and method (through
+    pruning and a save/load of the attribution), and evaluate_circuit / faithfulness_curve use them by default:
+    the same numbers as naming them, where the old default (logit_diff under noising) measured another thing."""
+    from circuitdyn.attribution import load_attribution, save_attribution
+    from circuitdyn.circuits.circuit import Scoring
+
+    m = zoo_model("llama")
+    data = tokenize_pairs(m.tokenizer, Addition().examples(8, seed=3), answer_tokens=2)
+    a = attribute(m, "head", data, "answer_nll", ablation="zero")
+    save_attribution(a, tmp_path / "a.pt")
+    for scores in (a, load_attribution(tmp_path / "a.pt")):
+        circuit = top_n(scores, 20)
+        assert circuit.scoring == Scoring("answer_nll", "zero", "eap", 2)
+        assert prune(circuit).scoring == circuit.scoring and greedy(scores, 5).scoring == circuit.scoring
+        own = evaluate_circuit(m, circuit, data)
+        named = evaluate_circuit(m, Circuit(circuit.graph, circuit.edges), data, "answer_nll", ablation="zero")
+        assert (own.metric, own.ablation.value) == ("answer_nll", "zero")
+        assert own.faithfulness == pytest.approx(named.faithfulness, abs=1e-6)
+        assert own.metric_empty == pytest.approx(named.metric_empty) and own.metric_empty != pytest.approx(
+            evaluate_circuit(m, Circuit(circuit.graph, circuit.edges), data).metric_empty)
+        curve = faithfulness_curve(m, scores, data, [20])
+        assert curve[0].faithfulness == pytest.approx(own.faithfulness, abs=1e-6)
+    hand = evaluate_circuit(m, Circuit.full(a.graph), data)  # no scoring: logit_diff under noising
+    assert (hand.metric, hand.ablation.value) == ("logit_diff", "noising")
+
+
+def test_measuring_a_circuit_under_another_objective_warns_by_name():
+    from circuitdyn.circuits.patching import CircuitScoringWarning
+
+    m = zoo_model("llama")
+    data = tokenize_pairs(m.tokenizer, Addition().examples(6, seed=3))
+    circuit = top_n(attribute(m, "layer", data, "answer_nll", ablation="zero"), 5)
+    with pytest.warns(CircuitScoringWarning, match=r"selected by answer_nll under zero \(eap\).*metric 'logit_diff'"
+                      r" and noising ablation") as seen:
+        evaluate_circuit(m, circuit, data, "logit_diff", ablation="noising")
+    assert seen[0].filename == __file__  # the warning points at the caller's line
+    with pytest.warns(CircuitScoringWarning, match="mean ablation"):
+        faithfulness_curve(m, circuit, data, [5], ablation="mean")
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate_circuit(m, circuit, data, "answer_nll", ablation="zero")  # its own: no warning
+
+
+def test_a_circuit_from_a_custom_or_kl_objective_asks_for_a_metric():
+    from circuitdyn.attribution.objectives import ObjectiveError
+
+    m = zoo_model("llama")
+    data = tokenize_pairs(m.tokenizer, Addition().examples(6, seed=3))
+
+    def my_margin(logits, batch):
+        return logit_diff(logits, batch) * 2
+
+    custom = top_n(attribute(m, "layer", data, my_margin), 5)
+    with pytest.raises(ObjectiveError, match="custom metric 'my_margin': pass that function as metric="):
+        evaluate_circuit(m, custom, data)
+    assert evaluate_circuit(m, custom, data, my_margin).metric == "my_margin"
+    kl = top_n(attribute(m, "layer", data, "kl_to_clean", method="eap-ig-inputs", steps=2), 5)
+    with pytest.raises(ObjectiveError, match="kl_to_clean.*pass metric='logit_diff'"):
+        evaluate_circuit(m, kl, data)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        evaluate_circuit(m, kl, data, "logit_diff")  # a kl circuit can only be measured under another objective
+
+
+def test_the_face_docstring_example_is_faithful():
+    """The package's first example selects a circuit and measures it the way it was selected: faithful."""
+    import textwrap
+
+    import circuitdyn
+
+    block = next(p for p in circuitdyn.__doc__.split("\n\n") if p.startswith("    ")).splitlines()
+    code = textwrap.dedent("\n".join(block))
+    *setup, last = code.splitlines()
+    scope: dict = {"circuitdyn": circuitdyn}
+    exec("\n".join(setup), scope)
+    value = eval(last.split("#")[0], scope)
+    assert value > 0.9 and "0.95" in last and f"{value:.2f}" == "0.95"

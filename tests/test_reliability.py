@@ -397,3 +397,32 @@ def test_attribution_progress_ticks_per_destination_block(capsys):
     attribute(m, graph, data(m, n=4), "logit_diff", batch_size=2, progress=True)
     err = capsys.readouterr().err
     assert f"{2 * len(graph.dest_hooks)}/{2 * len(graph.dest_hooks)}" in err and "dest" in err
+
+
+def test_weights_with_nan_are_named_not_called_dead_hooks():
+    """A model whose weights hold NaN used to be refused as '14 hook point(s) ... are dead'."""
+    from circuitdyn.models import clone_model
+
+    m = clone_model(zoo_model("llama"))
+    name, param = next((n, p) for n, p in m.bridge.named_parameters() if "layers.1." in n and "q_proj" in n)
+    with torch.no_grad():
+        param[0, 0] = float("nan")
+    for build in (lambda: Graph.from_model(m, "layer"), lambda: Graph.from_model(m, "head")):
+        with pytest.raises(GraphError, match=r"logits are not finite because its weights are not: "
+                                             r"model\.layers\.1\.self_attn\.q_proj\.weight \(1 NaN, 0 inf of \d+\)"):
+            build()
+    graph = Graph.from_model(m, "layer", probe=False)
+    with pytest.raises(ObjectiveError, match=r"q_proj\.weight \(1 NaN.*Reload the weights"):
+        attribute(m, graph, data(m))
+
+
+def test_logits_that_overflow_with_finite_weights_say_so():
+    from circuitdyn.models import clone_model
+
+    m = clone_model(zoo_model("llama"))
+    name, param = next((n, p) for n, p in m.bridge.named_parameters() if n.endswith("model.norm._original_component"
+                                                                                   ".weight"))
+    with torch.no_grad():
+        param.fill_(3e38)  # the last norm's gain: every weight finite, the logits past float32's range
+    with pytest.raises(GraphError, match="logits are not finite though every weight is: an overflow"):
+        Graph.from_model(m, "layer")

@@ -40,11 +40,18 @@ from circuitdyn.attribution.errors import AttributionError
 from circuitdyn.attribution.exact import ExactPatching, FirstOrder
 from circuitdyn.attribution.intervention import Intervention, as_batch, source_means
 from circuitdyn.attribution.method import AttributionMethod, BatchJob, Method
-from circuitdyn.attribution.objectives import ObjectiveError, ObjectiveFn, kl_to_reference, resolve_objective
+from circuitdyn.attribution.objectives import (
+    NotFiniteError,
+    ObjectiveError,
+    ObjectiveFn,
+    kl_to_reference,
+    resolve_objective,
+)
 from circuitdyn.attribution.quadrature import Quadrature
 from circuitdyn.attribution.result import Attribution
 from circuitdyn.graph import Granularity, Graph
 from circuitdyn.models import LoadedModel, as_bridge
+from circuitdyn.models.finite import logits_finite, logits_not_finite
 from circuitdyn.models.weights import current_sha256, training_of
 from circuitdyn.tasks.base import PairBatch, TaskExample
 
@@ -77,6 +84,12 @@ def _model_provenance(model: Any, bridge: Any) -> dict[str, Any]:
     if loaded.get("weights_sha256") not in (None, now):
         out["loaded_weights_sha256"] = loaded["weights_sha256"]
     return out
+
+
+def _refuse_broken_model(bridge: Any) -> None:
+    """A non-finite metric or score whose cause is the model: say so, naming the broken weights."""
+    if not logits_finite(bridge):
+        raise ObjectiveError(logits_not_finite(bridge)) from None
 
 
 def attribute(
@@ -142,8 +155,12 @@ def attribute(
         for b, batch in enumerate(batches):
             fn = _with_reference(bridge, batch) if needs_reference else metric_fn
             weights = token_weights(batch, config.aggregation is Aggregation.PER_TOKEN, device)
-            result = method.run(BatchJob(bridge, graph, batch, fn, acc, intervention.counterfactual, means, weights,
-                                         config.steps, max_rows, Quadrature(config.quadrature)))
+            try:
+                result = method.run(BatchJob(bridge, graph, batch, fn, acc, intervention.counterfactual, means,
+                                             weights, config.steps, max_rows, Quadrature(config.quadrature)))
+            except NotFiniteError:
+                _refuse_broken_model(bridge)
+                raise
             if result.effects is not None:
                 effects_all.append(result.effects)
             acc.offset += len(batch)
@@ -159,6 +176,7 @@ def attribute(
         scores = (acc.total / n).cpu()
         per_example = acc.per_example.cpu() if acc.per_example is not None else None
     if not torch.isfinite(scores).all():
+        _refuse_broken_model(bridge)
         raise ObjectiveError("attribution produced non-finite scores: check the metric and the model dtype")
     scores = scores * graph.edge_mask
     provenance = {

@@ -25,6 +25,10 @@ class ObjectiveError(ValueError):
     """An unknown objective, or one that returned something other than one finite value per example."""
 
 
+class NotFiniteError(ObjectiveError):
+    """An objective that returned NaN or inf (the model's logits, or the objective itself)."""
+
+
 def _rows(batch: PairBatch, device: torch.device) -> Tensor:
     return torch.arange(len(batch), device=device)
 
@@ -103,5 +107,5 @@ def checked(values: Tensor, batch: PairBatch, name: str = "metric") -> Tensor:
         )
     if not torch.isfinite(values).all():
         bad = torch.nonzero(~torch.isfinite(values)).flatten().tolist()
-        raise ObjectiveError(f"{name} is not finite for examples {bad[:8]}: check the answers and the model")
+        raise NotFiniteError(f"{name} is not finite for examples {bad[:8]}: check the answers and the model")
     return values

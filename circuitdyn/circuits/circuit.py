@@ -8,21 +8,58 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
+from typing import no_type_check
 
 import torch
 from jaxtyping import Bool
 from torch import Tensor
 
+from circuitdyn.attribution.intervention import Ablation
+from circuitdyn.attribution.method import Method
 from circuitdyn.core.choices import parse_choice
 from circuitdyn.graph import Graph, GraphError
 
 
+# no_type_check: __post_init__ parses the string forms of the Enums (as AttributionConfig does)
+@no_type_check
+@dataclass(frozen=True)
+class Scoring:
+    """What a circuit's edges were ranked by: the attribution's objective, counterfactual and method.
+
+    `evaluate_circuit` and `faithfulness_curve` measure a circuit under its own objective and counterfactual
+    unless told otherwise: faithfulness under another one answers another question."""
+
+    metric: str
+    ablation: Ablation
+    method: Method
+    answer_tokens: int = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ablation", parse_choice(Ablation, self.ablation, "ablation", GraphError))
+        object.__setattr__(self, "method", parse_choice(Method, self.method, "method", GraphError))
+
+    @classmethod
+    def of(cls, scores: object) -> "Scoring | None":
+        """The scoring recorded in an Attribution's provenance; None for a plain tensor."""
+        provenance = getattr(scores, "provenance", None)
+        if not isinstance(provenance, dict) or not isinstance(provenance.get("config"), dict):
+            return None
+        config = provenance["config"]
+        return cls(str(provenance.get("metric", "logit_diff")), config.get("ablation", Ablation.NOISING),
+                   config.get("method", Method.EAP), int(config.get("answer_tokens", 1)))
+
+    def describe(self) -> str:
+        return f"{self.metric} under {self.ablation.value} ({self.method.value})"
+
+
 @dataclass(frozen=True, eq=False)
 class Circuit:
-    """A set of real edges of `graph`, as a boolean mask `[n_src, n_dst]`."""
+    """A set of real edges of `graph`, as a boolean mask `[n_src, n_dst]`, and what they were selected by
+    (`scoring`: None for a circuit built by hand)."""
 
     graph: Graph
     edges: Bool[Tensor, "n_src n_dst"]
+    scoring: Scoring | None = None
 
     def __post_init__(self) -> None:
         if tuple(self.edges.shape) != (self.graph.n_src, self.graph.n_dst):
@@ -96,13 +133,13 @@ def top_n(scores: Tensor | object, n: int, *, absolute: bool = True, graph: Grap
     flat = _ranked(s, g, absolute).flatten()
     mask = torch.zeros_like(flat, dtype=torch.bool)
     mask[torch.argsort(flat, descending=True, stable=True)[:n]] = True
-    return Circuit(g, mask.view_as(s))
+    return Circuit(g, mask.view_as(s), Scoring.of(scores))
 
 
 def threshold(scores: Tensor | object, tau: float, *, absolute: bool = True, graph: Graph | None = None) -> Circuit:
     """Every edge whose |score| (or score) is at least tau."""
     g, s = _graph(scores, graph), _scores(scores)
-    return Circuit(g, (_ranked(s, g, absolute) >= tau) & g.edge_mask)
+    return Circuit(g, (_ranked(s, g, absolute) >= tau) & g.edge_mask, Scoring.of(scores))
 
 
 def greedy(scores: Tensor | object, n: int, *, absolute: bool = True, graph: Graph | None = None) -> Circuit:
@@ -124,7 +161,7 @@ def greedy(scores: Tensor | object, n: int, *, absolute: bool = True, graph: Gra
             break
         chosen[i, j] = True
         live.add(g.sources[i].name)
-    return Circuit(g, chosen)
+    return Circuit(g, chosen, Scoring.of(scores))
 
 
 class Selection(str, Enum):
@@ -168,6 +205,6 @@ def prune(circuit: Circuit) -> Circuit:
             dst_ok = (not owners[j]) or bool(owners[j] & alive & useful)
             keep[i, j] = src_ok and dst_ok
         if torch.equal(keep, edges):
-            return Circuit(g, edges)
+            return Circuit(g, edges, circuit.scoring)
         edges = keep
 

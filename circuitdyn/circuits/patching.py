@@ -9,6 +9,7 @@ the full circuit the clean run exactly.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,9 +28,10 @@ from circuitdyn.attribution.intervention import (
     source_means,
     write_source,
 )
-from circuitdyn.attribution.objectives import ObjectiveError, ObjectiveFn, checked, resolve_objective
+from circuitdyn.attribution.objectives import KL_TO_CLEAN, OBJECTIVES, ObjectiveError, ObjectiveFn, checked, resolve_objective
 from circuitdyn.attribution.result import Attribution
-from circuitdyn.circuits.circuit import Circuit, Selection, prune, select
+from circuitdyn.circuits.circuit import Circuit, Scoring, Selection, prune, select
+from circuitdyn.core.caller import user_stacklevel
 from circuitdyn.graph import Graph
 from circuitdyn.models import as_bridge
 from circuitdyn.tasks.base import PairBatch, TaskExample
@@ -42,6 +44,45 @@ class Faithfulness:
     metric_full: float  # the clean run
     metric_empty: float  # every edge patched: the counterfactual run
     faithfulness: float  # (circuit - empty) / (full - empty)
+    metric: str = "logit_diff"  # the objective it was measured under
+    ablation: Ablation = Ablation.NOISING  # the counterfactual the edges outside the circuit carried
+
+
+class CircuitScoringWarning(UserWarning):
+    """A circuit evaluated under another objective or counterfactual than the attribution it was selected from."""
+
+
+Metric = str | Callable[[Tensor, PairBatch], Tensor]
+
+
+def _name(metric: Metric) -> str:
+    return metric if isinstance(metric, str) else getattr(metric, "__name__", "callable")
+
+
+def judged_by(scoring: Scoring | None, metric: Metric | None, ablation: Ablation | str | None,
+              answer_tokens: int | None) -> tuple[Metric, Ablation, int]:
+    """The objective, counterfactual and answer length to measure a circuit under: the ones given, else the
+    ones its edges were scored by, else logit_diff under noising. A given one that differs from the circuit's
+    own is measured as asked, with a CircuitScoringWarning that names both."""
+    if scoring is None:
+        return metric or "logit_diff", Intervention.of(ablation or Ablation.NOISING).ablation, answer_tokens or 1
+    if metric is None:
+        if scoring.metric == KL_TO_CLEAN:
+            raise ObjectiveError("this circuit was selected by kl_to_clean, which faithfulness cannot measure (it "
+                                 "compares with the clean run itself): pass metric='logit_diff' or an answer metric")
+        if scoring.metric not in OBJECTIVES:
+            raise ObjectiveError(f"this circuit was selected by the custom metric {scoring.metric!r}: pass that "
+                                 "function as metric= to measure it under its own objective")
+        metric = scoring.metric
+    chosen = Intervention.of(ablation).ablation if ablation is not None else scoring.ablation
+    other = [f"metric {_name(metric)!r}"] if _name(metric) != scoring.metric != KL_TO_CLEAN else []
+    other += [f"{chosen.value} ablation"] if chosen is not scoring.ablation else []
+    if other:
+        warnings.warn(CircuitScoringWarning(
+            f"this circuit was selected by {scoring.describe()} and is measured under {' and '.join(other)}: its "
+            "faithfulness then says how it serves another objective, not how well it was found; leave metric= and "
+            "ablation= out to measure it under its own"), stacklevel=user_stacklevel())
+    return metric, chosen, answer_tokens or scoring.answer_tokens
 
 
 def _patch_hooks(graph: Graph, bridge: Any, keep: Tensor, cf: Tensor, cur: Tensor) -> HookList:
@@ -134,39 +175,48 @@ def _prepared(model: Any, graph: Graph, data: PairBatch | Sequence[TaskExample],
     return bridge, batch, fn, plan, means
 
 
-def _faithfulness(value: float, full: float, empty: float, n_edges: int) -> Faithfulness:
-    gap = full - empty
-    return Faithfulness(n_edges, value, full, empty, (value - empty) / gap if gap else float("nan"))
-
-
 def evaluate_circuit(
-    model: Any, circuit: Circuit, data: PairBatch | Sequence[TaskExample],
-    metric: str | Callable[[Tensor, PairBatch], Tensor] = "logit_diff", *, ablation: Ablation | str = "noising",
-    answer_tokens: int = 1,
+    model: Any, circuit: Circuit, data: PairBatch | Sequence[TaskExample], metric: Metric | None = None, *,
+    ablation: Ablation | str | None = None, answer_tokens: int | None = None,
 ) -> Faithfulness:
-    """Faithfulness of a circuit: how much of the full-to-empty metric gap it keeps (means over examples)."""
-    return faithfulness_curve(model, circuit, data, [circuit.n_edges], metric, ablation=ablation,
-                              answer_tokens=answer_tokens)[0]
+    """Faithfulness of a circuit: how much of the full-to-empty metric gap it keeps (means over examples).
+
+    By default it is measured under the objective and counterfactual the circuit was selected by (a hand-built
+    circuit: logit_diff under noising); see `judged_by`."""
+    return _curve(model, circuit, data, [circuit.n_edges], metric, Selection.TOP_N, ablation, False,
+                  answer_tokens)[0]
 
 
 def faithfulness_curve(
     model: Any, scores: Attribution | Circuit, data: PairBatch | Sequence[TaskExample], sizes: Sequence[int],
-    metric: str | Callable[[Tensor, PairBatch], Tensor] = "logit_diff", *, selection: Selection | str = "top_n",
-    ablation: Ablation | str = "noising", prune_circuits: bool = False, answer_tokens: int = 1,
+    metric: Metric | None = None, *, selection: Selection | str = "top_n", ablation: Ablation | str | None = None,
+    prune_circuits: bool = False, answer_tokens: int | None = None,
 ) -> list[Faithfulness]:
     """Faithfulness of the circuits of each size selected from an attribution (Selection: "top_n" or
-    "greedy"); a Circuit is evaluated as given. The full and empty runs are computed once."""
-    selection = Selection.parse(selection)
+    "greedy"); a Circuit is evaluated as given. The full and empty runs are computed once. The objective and
+    counterfactual default to the attribution's own (see `judged_by`)."""
+    return _curve(model, scores, data, sizes, metric, Selection.parse(selection), ablation, prune_circuits,
+                  answer_tokens)
+
+
+def _curve(model: Any, scores: Attribution | Circuit, data: PairBatch | Sequence[TaskExample], sizes: Sequence[int],
+           metric: Metric | None, selection: Selection, ablation: Ablation | str | None, prune_circuits: bool,
+           answer_tokens: int | None) -> list[Faithfulness]:
     graph = scores.graph
-    bridge, batch, fn, plan, means = _prepared(model, graph, data, metric, ablation, answer_tokens)
+    scoring = scores.scoring if isinstance(scores, Circuit) else Scoring.of(scores)
+    metric, chosen, answer_tokens = judged_by(scoring, metric, ablation, answer_tokens)
+    bridge, batch, fn, plan, means = _prepared(model, graph, data, metric, chosen, answer_tokens)
 
     def run(c: Circuit) -> float:
         return _patched_run(bridge, c, batch, fn, plan.counterfactual, means).mean().item()
 
     full, empty = run(Circuit.full(graph)), run(Circuit.empty(graph))
+    gap = full - empty
     out = []
     for n in sizes:
         circuit = scores if isinstance(scores, Circuit) else select(scores, n, selection)
         circuit = prune(circuit) if prune_circuits else circuit
-        out.append(_faithfulness(run(circuit), full, empty, circuit.n_edges))
+        value = run(circuit)
+        out.append(Faithfulness(circuit.n_edges, value, full, empty, (value - empty) / gap if gap else float("nan"),
+                                _name(metric), chosen))
     return out

@@ -41,7 +41,7 @@ from circuitdyn.graph.nodes import (
     Source,
     SourceHook,
 )
-from circuitdyn.models import as_bridge
+from circuitdyn.models import as_bridge, logits_finite, logits_not_finite
 
 __all__ = ["Graph", "spec_from_model"]
 
@@ -179,6 +179,8 @@ class Graph:
                                  "supported bridge (the README lists the supported families)")
             dead = dead_hooks(bridge, graph.hook_probes(), graph.source_hooks[0].name) if probe else []
         if dead:
+            if not logits_finite(bridge):  # broken weights or an overflow kill every hook at once: say that
+                raise GraphError(f"{architecture}: {logits_not_finite(bridge)}")
             raise GraphError(
                 f"{architecture}: {len(dead)} hook point(s) of the {Granularity(graph.spec.granularity).value}-level graph are "
                 "dead, so every edge they carry would score exactly 0:\n  " + "\n  ".join(dead[:8]) +
