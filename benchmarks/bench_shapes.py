@@ -6,8 +6,10 @@ q/k/v at the bridge's per-head copies) run interleaved over several
 rounds in one process, at 1 thread and at the default thread count; min and median of each ratio are
 reported (this machine is noisy: compare ratios, never seconds).
 
-Shapes: a 16-layer GPT-2 shape (d_model 256, 8 heads) at 64 tokens, a 6-layer one at 256 tokens, and
-SmolLM2-135M (30 layers, GQA) on 32 IOI prompts when installed (`circuitdyn install-real`).
+Shapes: a 16-layer GPT-2 shape (d_model 256, 8 heads) at 64 tokens (`gpt2-16x64`: clean and corrupt differ
+in the last token; `gpt2-16x64-mid`: from the middle on), a 6-layer one at 256 tokens, and SmolLM2-135M
+(30 layers, GQA) on 32 IOI prompts when installed (`circuitdyn install-real`). Head-level EAP under zero
+ablation is timed against one bare fwd+bwd (it needs no corrupt forward).
 
     python benchmarks/bench_shapes.py [--rounds 5] [--json out.json] [--shapes gpt2-16x64,smollm2]
 """
@@ -57,14 +59,17 @@ def gpt2_shape(layers: int, d_model: int, heads: int, n_ctx: int) -> LoadedModel
     return load_model(str(folder), device="cpu")
 
 
-def digit_pairs(n: int, tokens: int, seed: int = 0) -> list[TaskExample]:
-    """Clean/corrupt digit strings of `tokens` characters (one token each) differing in their last digit."""
+def digit_pairs(n: int, tokens: int, seed: int = 0, *, differ_from: int | None = None) -> list[TaskExample]:
+    """Clean/corrupt digit strings of `tokens` characters (one token each) differing in their last digit, and
+    with `differ_from`, in every digit from that position on (the corrupt suffix drawn afresh)."""
     gen = torch.Generator().manual_seed(seed)
+    draw = lambda k: "".join(DIGITS[int(i)] for i in torch.randint(0, 10, (k,), generator=gen))
     out = []
     for _ in range(n):
-        body = "".join(DIGITS[int(i)] for i in torch.randint(0, 10, (tokens - 1,), generator=gen))
+        body = draw(tokens - 1)
         a, b = (int(x) for x in torch.randperm(10, generator=gen)[:2])
-        out.append(TaskExample(body + DIGITS[a], body + DIGITS[b], DIGITS[a], DIGITS[b]))
+        corrupt = body if differ_from is None else body[:differ_from] + draw(tokens - 1 - differ_from)
+        out.append(TaskExample(body + DIGITS[a], corrupt + DIGITS[b], DIGITS[a], DIGITS[b]))
     return out
 
 
@@ -74,6 +79,9 @@ def shapes(names: list[str]) -> dict[str, tuple[LoadedModel, Any]]:
         if name == "gpt2-16x64":
             m = gpt2_shape(16, 256, 8, 64)
             out[name] = (m, tokenize_pairs(m.tokenizer, digit_pairs(32, 64)))
+        elif name == "gpt2-16x64-mid":  # the same, the corrupt prompts differing from the middle on
+            m = gpt2_shape(16, 256, 8, 64)
+            out[name] = (m, tokenize_pairs(m.tokenizer, digit_pairs(32, 64, differ_from=32)))
         elif name == "gpt2-6x256":
             m = gpt2_shape(6, 256, 8, 256)
             out[name] = (m, tokenize_pairs(m.tokenizer, digit_pairs(16, 256)))
@@ -104,6 +112,9 @@ def contenders(model: LoadedModel, data: Any) -> dict[str, Callable[[], Any]]:
                                                 quadrature="right", batch_size=len(data), memory_budget=big),
         "eap_ig5_head_trapezoid": lambda: attribute(model, head, data, "logit_diff", method="eap-ig-inputs", steps=5,
                                                     quadrature="trapezoid", batch_size=len(data), memory_budget=big),
+        # zero ablation: no corrupt forward, so its floor is one bare fwd+bwd
+        "eap_head_zero": lambda: attribute(model, head, data, "logit_diff", ablation="zero", batch_size=len(data),
+                                           memory_budget=big),
         # the per-head residual copies the projected q/k/v gradients replace (destinations.py)
         "eap_head_split": lambda: attribute(model, head, data, "logit_diff", batch_size=len(data), memory_budget=big,
                                             qkv_gradients="split"),
@@ -128,7 +139,7 @@ def ratios(times: dict[str, list[float]]) -> dict[str, dict[str, float]]:
     out = {}
     for name, base in (("eap_head", "bare"), ("eap_layer", "bare"), ("eap_ig5_head", "fwd_bwd"),
                        ("eap_ig5_head_right", "fwd_bwd"), ("eap_ig5_head_trapezoid", "fwd_bwd"),
-                       ("eap_head_split", "bare")):
+                       ("eap_head_zero", "fwd_bwd"), ("eap_head_split", "bare")):
         per_round = [a / b for a, b in zip(times[name], times[base])]
         out[f"{name}_over_{base}"] = {"min": min(per_round), "median": statistics.median(per_round)}
     return out

@@ -3,39 +3,34 @@
 import os
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from safetensors.torch import load_file, save_file
+
+from tests.gloo import run_ranks
 
 CFG = dict(max_steps=1, eval_steps=0, per_device_train_batch_size=16, num_generations=4, learning_rate=1e-3,
            scale_rewards="batch", loss_type="dapo")
 
 
-def _worker(rank: int, init_file: str, out_dir: str) -> None:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        from circuitdyn.models import load_model
-        from circuitdyn.train import GRPOConfig, Trainer
+def _worker(rank: int, out_dir: str) -> None:
+    from circuitdyn.models import load_model
+    from circuitdyn.train import GRPOConfig, Trainer
 
-        torch.set_num_threads(1)
-        trainer = Trainer(load_model("zoo:llama", device="cpu"), GRPOConfig(**CFG))
-        trainer.optimizer.step = lambda *a, **k: None  # compare gradients, not Adam's sign-like first step
-        captured = {}
-        original = trainer.algorithm.update
+    torch.set_num_threads(1)
+    trainer = Trainer(load_model("zoo:llama", device="cpu"), GRPOConfig(**CFG))
+    trainer.optimizer.step = lambda *a, **k: None  # compare gradients, not Adam's sign-like first step
+    captured = {}
+    original = trainer.algorithm.update
 
-        def capture(run, roll, rewards, *, n_groups):
-            captured.update(roll=roll, rewards=rewards)
-            return original(run, roll, rewards, n_groups=n_groups)
-        trainer.algorithm.update = capture
-        trainer.train_step()
-        roll = captured["roll"]
-        tensors = {"prompt_ids": roll.prompt_ids, "prompt_mask": roll.prompt_mask, "completion_ids": roll.completion_ids,
-                   "completion_mask": roll.completion_mask, "rewards": captured["rewards"]}
-        tensors.update({f"grad.{n}": p.grad for n, p in trainer.bridge.named_parameters() if p.grad is not None})
-        save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(out_dir, f"rank{rank}.safetensors"))
-    finally:
-        dist.destroy_process_group()
+    def capture(run, roll, rewards, *, n_groups):
+        captured.update(roll=roll, rewards=rewards)
+        return original(run, roll, rewards, n_groups=n_groups)
+    trainer.algorithm.update = capture
+    trainer.train_step()
+    roll = captured["roll"]
+    tensors = {"prompt_ids": roll.prompt_ids, "prompt_mask": roll.prompt_mask, "completion_ids": roll.completion_ids,
+               "completion_mask": roll.completion_mask, "rewards": captured["rewards"]}
+    tensors.update({f"grad.{n}": p.grad for n, p in trainer.bridge.named_parameters() if p.grad is not None})
+    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(out_dir, f"rank{rank}.safetensors"))
 
 
 def _cat(a: torch.Tensor, b: torch.Tensor, fill) -> torch.Tensor:
@@ -49,7 +44,7 @@ def test_two_process_grpo_step_equals_one_process(tmp_path):
     from circuitdyn.train import GRPOConfig, Trainer
     from circuitdyn.train.rollout import Rollout
 
-    mp.spawn(_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    run_ranks(_worker, 2, tmp_path, str(tmp_path))
     r0, r1 = (load_file(str(tmp_path / f"rank{r}.safetensors")) for r in (0, 1))
     pad = 0
     roll = Rollout(_cat(r0["prompt_ids"], r1["prompt_ids"], pad), _cat(r0["prompt_mask"], r1["prompt_mask"], False),
@@ -69,21 +64,16 @@ def test_two_process_grpo_step_equals_one_process(tmp_path):
 TRAJECTORY = dict(CFG, max_steps=6, learning_rate=3e-3)
 
 
-def _run_worker(rank: int, init_file: str, out_dir: str) -> None:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        from circuitdyn.models import load_model
-        from circuitdyn.train import GRPOConfig, train
+def _run_worker(rank: int, out_dir: str) -> None:
+    from circuitdyn.models import load_model
+    from circuitdyn.train import GRPOConfig, train
 
-        torch.set_num_threads(1)
-        model = load_model("zoo:llama", device="cpu")
-        result = train(model, GRPOConfig(**TRAJECTORY))
-        tensors = {n: p.detach().contiguous() for n, p in model.bridge.named_parameters()}
-        tensors["rewards"] = torch.tensor([h["reward_mean"] for h in result.history])
-        save_file(tensors, os.path.join(out_dir, f"run{rank}.safetensors"))
-    finally:
-        dist.destroy_process_group()
+    torch.set_num_threads(1)
+    model = load_model("zoo:llama", device="cpu")
+    result = train(model, GRPOConfig(**TRAJECTORY))
+    tensors = {n: p.detach().contiguous() for n, p in model.bridge.named_parameters()}
+    tensors["rewards"] = torch.tensor([h["reward_mean"] for h in result.history])
+    save_file(tensors, os.path.join(out_dir, f"run{rank}.safetensors"))
 
 
 def test_a_two_process_run_follows_the_one_process_trajectory(tmp_path):
@@ -92,7 +82,7 @@ def test_a_two_process_run_follows_the_one_process_trajectory(tmp_path):
     from circuitdyn.models import load_model
     from circuitdyn.train import GRPOConfig, train
 
-    mp.spawn(_run_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    run_ranks(_run_worker, 2, tmp_path, str(tmp_path))
     r0, r1 = (load_file(str(tmp_path / f"run{r}.safetensors")) for r in (0, 1))
     model = load_model("zoo:llama", device="cpu")
     result = train(model, GRPOConfig(**TRAJECTORY))

@@ -3,27 +3,21 @@
 import os
 
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from circuitdyn.attribution.sharded import attribute_sharded, shard_bounds
+from tests.gloo import run_ranks
 
 
-def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        from circuitdyn.attribution.files import save_attribution
-        from circuitdyn.models import load_model
-        from circuitdyn.tasks import Addition, tokenize_pairs
+def _worker(rank: int, out_dir: str) -> None:
+    from circuitdyn.attribution.files import save_attribution
+    from circuitdyn.models import load_model
+    from circuitdyn.tasks import Addition, tokenize_pairs
 
-        torch.set_num_threads(1)
-        m = load_model("zoo:llama", device="cpu")
-        data = tokenize_pairs(m.tokenizer, Addition().examples(10, seed=4), answer_tokens=2)
-        a = attribute_sharded(m, "head", data, "answer_nll", ablation="zero", per_example=True)
-        save_attribution(a, os.path.join(out_dir, f"rank{rank}.safetensors"))
-    finally:
-        dist.destroy_process_group()
+    torch.set_num_threads(1)
+    m = load_model("zoo:llama", device="cpu")
+    data = tokenize_pairs(m.tokenizer, Addition().examples(10, seed=4), answer_tokens=2)
+    a = attribute_sharded(m, "head", data, "answer_nll", ablation="zero", per_example=True)
+    save_attribution(a, os.path.join(out_dir, f"rank{rank}.safetensors"))
 
 
 def test_two_gloo_processes_match_one(tmp_path):
@@ -32,7 +26,7 @@ def test_two_gloo_processes_match_one(tmp_path):
     from circuitdyn.models import load_model
     from circuitdyn.tasks import Addition, tokenize_pairs
 
-    mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True)
+    run_ranks(_worker, 2, tmp_path, str(tmp_path))
     m = load_model("zoo:llama", device="cpu")
     data = tokenize_pairs(m.tokenizer, Addition().examples(10, seed=4), answer_tokens=2)
     single = attribute(m, "head", data, "answer_nll", ablation="zero", per_example=True, batch_size=5)

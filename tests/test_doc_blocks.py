@@ -135,6 +135,7 @@ model = load_model("zoo:llama")
 data = tokenize_pairs(model.tokenizer, Addition().examples(8), answer_tokens=2)
 scores = attribute_sharded(model, Graph.from_model(model, "layer"), data, "logit_diff")
 assert scores.scores.shape[0] > 0
+dist.barrier()  # every rank done before any tears down
 dist.destroy_process_group()
 '''
 
