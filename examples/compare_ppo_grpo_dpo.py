@@ -111,7 +111,7 @@ def run_family(spec: str, family: str, args: argparse.Namespace, out: Path) -> d
         study = run_study(base, tuned, args.task, out=fam_dir, samples=args.probes, max_new_tokens=args.completion_length,
                           granularities=("layer", "head"), n_resamples=args.resamples, seed=args.seed, progress=False,
                           chat_template=False,  # the models were trained on the task's own prompts, so probe with them
-                          offline=("dpo", "dpo_rpo", "dpo_offline"))
+                          offline=("dpo", "dpo_rpo", "dpo_offline"), replace=True)  # a rerun replaces its study
     except StudyError as err:  # e.g. a collapsed arm leaves too few problems every model answers: report it, go on
         print(f"  [{family}] study skipped: {err}", flush=True)
         study, skipped = None, str(err)

@@ -45,3 +45,21 @@ def test_shard_bounds():
     from circuitdyn.attribution import AttributionError
     with pytest.raises(AttributionError, match="at least one per rank"):
         shard_bounds(1, 2)
+
+
+def _rank_one_fails(rank: int) -> None:
+    import torch.distributed as dist
+
+    dist.barrier()
+    if rank == 1:
+        raise ValueError("rank 1 broke on purpose")
+
+
+def test_a_failing_rank_is_reported_not_hung(tmp_path):
+    """The teardown helper (tests/gloo.py) re-raises a rank's error through mp.spawn, skipping the barrier
+    the other rank can no longer reach."""
+    import pytest
+    import torch.multiprocessing as mp
+
+    with pytest.raises(mp.ProcessRaisedException, match="rank 1 broke on purpose"):
+        run_ranks(_rank_one_fails, 2, tmp_path)

@@ -426,3 +426,123 @@ def test_logits_that_overflow_with_finite_weights_say_so():
         param.fill_(3e38)  # the last norm's gain: every weight finite, the logits past float32's range
     with pytest.raises(GraphError, match="logits are not finite though every weight is: an overflow"):
         Graph.from_model(m, "layer")
+
+
+# ---- the second audit: silent acceptances and raw errors ---------------------------------------------
+def test_an_output_folder_that_cannot_be_made_is_refused_before_any_work(tmp_path):
+    """/proc passes the permission check (root may write there) but no folder can be made in it."""
+    from circuitdyn.study import run_study
+
+    for bad in ("/proc/circuitdyn-test/run", "/proc/circuitdyn-test"):
+        with pytest.raises(ArtifactError, match="cannot create it"):
+            train(_fresh(), GRPOConfig(max_steps=1, output_dir=bad, **SMALL))
+        with pytest.raises(ArtifactError, match="cannot create it"):
+            run_study(zoo_model("llama"), {"t": _fresh()}, "addition", samples=8, out=bad)
+    from circuitdyn.core.outputs import check_output_folder
+
+    assert check_output_folder(tmp_path / "a" / "b") == tmp_path / "a" / "b"
+    assert not (tmp_path / "a").exists()  # the trial folders are removed again
+
+
+def test_a_learning_rate_above_one_is_refused():
+    from circuitdyn.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="learning_rate=1000: Adam moves every weight"):
+        GRPOConfig(learning_rate=1e3)
+    assert GRPOConfig(learning_rate=1).learning_rate == 1
+
+
+def test_stop_tokens_outside_the_vocabulary_are_refused():
+    from circuitdyn.train.algorithm import TrainingError
+
+    m = _fresh()
+    vocab = int(m.bridge.cfg.d_vocab)
+    with pytest.raises(TrainingError, match=rf"stop_token_ids \[{vocab}\] are outside the vocabulary"):
+        Trainer(m, GRPOConfig(max_steps=1, stop_token_ids=(3, vocab), **SMALL))
+
+
+def test_completions_past_a_learned_position_context_are_refused_and_warned_for_rotary():
+    from circuitdyn.models import clone_model
+    from circuitdyn.train.algorithm import TrainingError
+
+    gpt2 = clone_model(zoo_model("gpt2"))
+    n_ctx = int(gpt2.bridge.cfg.n_ctx)
+    with pytest.raises(TrainingError, match=rf"pass the model's context of {n_ctx} positions, and it has learned"):
+        Trainer(gpt2, GRPOConfig(max_steps=1, max_completion_length=n_ctx, **SMALL))
+    llama = _fresh()
+    with pytest.warns(UserWarning, match="beyond which it was never trained"):
+        Trainer(llama, GRPOConfig(max_steps=1, max_completion_length=int(llama.bridge.cfg.n_ctx), **SMALL))
+
+
+def test_dpo_pairs_whose_chosen_equals_rejected_are_refused():
+    from circuitdyn.train import DPOConfig
+    from circuitdyn.train.algorithm import TrainingError
+
+    pairs = [("1+1=", "2", "3"), ("2+2=", "4", "4 "), ("3+3=", "6", "6")]
+    with pytest.raises(TrainingError, match=r"preference pairs \[1, 2\] \(2 of 3\) have the same chosen and rejected"):
+        Trainer(_fresh(), DPOConfig(max_steps=1, eval_steps=0, per_device_train_batch_size=4), preference_pairs=pairs)
+
+
+def test_a_reward_that_never_varies_is_reported_once(caplog):
+    def constant(prompts, completions, **_):
+        return [1.0] * len(completions)
+    with caplog.at_level(logging.WARNING, logger="circuitdyn.train.grpo"):
+        Trainer(_fresh(), GRPOConfig(max_steps=3, **SMALL), reward=constant).train()
+    lines = [r.getMessage() for r in caplog.records if "every group's rewards are equal" in r.getMessage()]
+    assert len(lines) == 1 and "step 1" in lines[0] and "check the reward function" in lines[0]
+    assert "the weights do not move" in lines[0]
+
+
+def test_scientific_notation_answers_match():
+    from circuitdyn.tasks.problems import answers_match, normalize_answer
+
+    assert normalize_answer("1e3") == normalize_answer("1000") == normalize_answer("1,000")
+    assert answers_match("1e3", "so the answer is 1000") and answers_match("1000", "#### 1e3")
+    assert answers_match("0.25", "2.5e-1") and not answers_match("1e3", "100")
+    assert answers_match("3", "3eggs")  # a letter after a number is not an exponent
+
+
+def test_a_latin1_problem_file_is_named_with_its_line(tmp_path):
+    from circuitdyn.tasks import load_gsm8k
+
+    path = tmp_path / "gsm8k.jsonl"
+    lines = ['{"question": "What is 2+2?", "answer": "2+2=4 #### 4"}',
+             '{"question": "Caf\u00e9 bills: 3+3?", "answer": "#### 6"}']
+    path.write_bytes("\n".join(lines).encode("latin-1"))
+    with pytest.raises(TaskError, match=r"gsm8k.jsonl:2: not UTF-8 \(byte 0xe9.*iconv -f latin1"):
+        load_gsm8k(path).all_problems()
+
+
+@pytest.mark.parametrize("template, kind", [("{{ ''.__class__.__mro__ }}", "SecurityError"),
+                                           ("{% for m in messages %}{{ m['content'] }{% endfor %}",
+                                            "TemplateSyntaxError")])
+def test_a_chat_template_that_cannot_render_is_named(template, kind):
+    import copy
+
+    from circuitdyn.study import StudyError
+    from circuitdyn.study.generation import encode_prompt
+
+    tok = copy.deepcopy(zoo_model("llama").tokenizer)  # clones share the cached model's tokenizer: never edit it
+    tok.chat_template = template
+    with pytest.raises(StudyError, match=rf"chat template cannot be rendered \({kind}.*chat_template=False"):
+        encode_prompt(tok, "What is 2+2?", chat_template=True)
+
+
+class _Code:
+    def __reduce__(self):
+        return (os.getpid, ())
+
+
+def test_a_pickled_model_file_holding_code_is_refused_pointing_to_safetensors(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from circuitdyn.models.zoo import char_tokenizer
+
+    tok = char_tokenizer()
+    hf = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=1, n_head=2, n_positions=64))
+    hf.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save({**hf.state_dict(), "extra": _Code()}, tmp_path / "pytorch_model.bin")
+    with pytest.raises(ModelSpecError, match="a pickle \\(.bin\\) holding more than tensors.*never runs pickled code"):
+        load_model(str(tmp_path), device="cpu")

@@ -51,6 +51,7 @@ class Comparison:
     name: str
     deltas: tuple[MetricDelta, ...]
     pooled: dict[str, tuple[float, float]] = field(default_factory=dict)  # metric -> (base, tuned) on mean scores
+    lineage: str = ""  # what the provenance says about how tuned came from base ("" when it says nothing)
 
     def __getitem__(self, metric: str) -> MetricDelta:
         for d in self.deltas:
@@ -76,7 +77,32 @@ def _setting(attribution: Any) -> dict[str, Any]:
     return setting
 
 
+def _model(attribution: Any) -> dict[str, Any]:
+    model = attribution.provenance.get("model")
+    return model if isinstance(model, dict) else {}
+
+
+def lineage(base: Any, tuned: Any) -> str:
+    """What the attributions' provenance says about which model was trained from which: a sentence, or "".
+    Refuses a swapped pair (the "base" trained from the "tuned" weights): every delta's sign would flip."""
+    mb, mt = _model(base), _model(tuned)
+    tb, tt = mb.get("training") or {}, mt.get("training") or {}
+    if tb.get("base_weights_sha256") and tb.get("base_weights_sha256") == mt.get("weights_sha256"):
+        raise ComparisonError(
+            f"base and tuned are swapped: the 'base' attribution ran on weights trained ({tb.get('algorithm')}, "
+            f"{tb.get('step')} steps) from the 'tuned' one's weights, so every delta's sign would flip; call "
+            "compare(base, tuned) with the model before training first")
+    if tt.get("base_weights_sha256") and tt.get("base_weights_sha256") == mb.get("weights_sha256"):
+        return f"tuned was trained from base ({tt.get('algorithm')}, {tt.get('step')} steps)"
+    return ""
+
+
 def _check_pair(base: Any, tuned: Any) -> None:
+    db, dt = base.provenance.get("dtype"), tuned.provenance.get("dtype")
+    if db and dt and db != dt:
+        raise ComparisonError(
+            f"base was attributed in {db} and tuned in {dt}: the precision difference would read as a change "
+            "of the circuit; load both models in the same dtype (load_model(..., dtype=...)) and attribute again")
     sb, st = _setting(base), _setting(tuned)
     differ = {k: (sb[k], st.get(k)) for k in sb if sb[k] != st.get(k)}
     if differ:
@@ -131,8 +157,11 @@ def paired_delta(metric: str, base: np.ndarray, tuned: np.ndarray, *, n_resample
 
 def compare(base: Any, tuned: Any, *, name: str = "tuned - base", keep: Tensor | None = None,
             n_resamples: int = N_RESAMPLES, seed: int = 0) -> Comparison:
-    """Paired comparison of two Attributions on the same prompts (`keep`: boolean mask of examples)."""
+    """Paired comparison of two Attributions on the same prompts (`keep`: boolean mask of examples). The
+    result's `lineage` states which side was trained from which when the provenance says so; a swapped pair
+    is refused."""
     _check_pair(base, tuned)
+    story = lineage(base, tuned)
     if base is tuned or torch.equal(base.per_example, tuned.per_example):
         logger.warning("%s: the two attributions have identical per-example scores (the same file twice?): every "
                        "delta is 0 by construction", name)
@@ -145,7 +174,7 @@ def compare(base: Any, tuned: Any, *, name: str = "tuned - base", keep: Tensor |
                                  seed=seed) for m in METRIC_NAMES)
     pb, pt = circuit_metrics(base), circuit_metrics(tuned)
     pooled = {m: (float(pb[m]), float(pt[m])) for m in METRIC_NAMES}
-    return Comparison(name, deltas, pooled)
+    return Comparison(name, deltas, pooled, story)
 
 
 def compare_many(base: Any, tuned: Mapping[str, Any], **kw: Any) -> dict[str, Comparison]:
@@ -194,4 +223,4 @@ def cross_family_table(rows: Sequence[tuple[str, str, str, Any]]) -> list[dict[s
 
 
 __all__ = ["Comparison", "ComparisonError", "MetricDelta", "compare", "compare_many", "correct_mask",
-           "cross_family_table", "edge_diff", "edge_vector", "paired_delta"]
+           "cross_family_table", "edge_diff", "edge_vector", "lineage", "paired_delta"]

@@ -2,15 +2,20 @@
 
 A file holds the tensors `scores`, `metric_values` and optionally `per_example`, and in its metadata a
 JSON document with the schema name and version, the graph spec, the attribution config, provenance and
-the sha256 of the tensors. Saving refuses non-finite scores; loading validates the schema, the version,
-the tensors' hash (a changed value is refused) and every tensor's shape against the graph, and names the
-file in every error.
+one sha256 over the tensors AND the rest of that document. Saving refuses non-finite scores; loading
+validates the schema, the version, the hash (a changed value, metric, ablation, fingerprint or version
+is refused) and every tensor's shape against the graph, and names the file in every error. Files of
+earlier versions carry no hash over their metadata (versions 1 and 2 none at all): they are refused
+unless loaded with `verify=False`, which says what it could not check.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -24,7 +29,16 @@ from circuitdyn.graph import Granularity, Graph, GraphSpec
 from circuitdyn.models.weights import state_sha256
 
 SCHEMA = "circuitdyn.attribution"
-VERSION = 3  # 3: tensors' sha256; 2: the graph records `qkv`; 1: merged layer-level q/k/v (read as such)
+#: 4: one sha256 over tensors and metadata; 3: the tensors' sha256; 2: the graph records `qkv`; 1: merged
+#: layer-level q/k/v (read as such)
+VERSION = 4
+logger = logging.getLogger(__name__)
+
+
+def content_sha256(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
+    """The sha256 of the tensors and of the metadata document without its own hash field (canonical JSON)."""
+    body = json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256((state_sha256(tensors) + body).encode()).hexdigest()
 
 
 def save_attribution(attribution: Attribution, path: str | Path, *, per_example: bool = True) -> Path:
@@ -38,15 +52,18 @@ def save_attribution(attribution: Attribution, path: str | Path, *, per_example:
         if not torch.isfinite(tensor).all():
             raise ArtifactError(f"refusing to save {path}: its {name} contain NaN or inf (the attribution is "
                                 "broken: check the metric, the model dtype and the data)")
-    meta = {"schema": SCHEMA, "version": VERSION, "graph": attribution.graph.spec.as_dict(),
-            "config": attribution.config.as_dict(), "provenance": attribution.provenance,
-            "tensors_sha256": state_sha256(tensors)}
+    meta: dict[str, Any] = {"schema": SCHEMA, "version": VERSION, "graph": attribution.graph.spec.as_dict(),
+                            "config": attribution.config.as_dict(), "provenance": attribution.provenance}
+    meta = json.loads(json.dumps(meta))  # the document as it will be read back (tuples as lists)
+    meta["sha256"] = content_sha256(tensors, meta)
     with atomic_file(path) as tmp:
         save_file(tensors, str(tmp), metadata={"circuitdyn": json.dumps(meta)})
     return path
 
 
-def load_attribution(path: str | Path, *, expected_graph: Graph | None = None) -> Attribution:
+def load_attribution(path: str | Path, *, expected_graph: Graph | None = None, verify: bool = True) -> Attribution:
+    """Read an attribution file, verified against its hash. `verify=False` loads a file of an earlier version
+    (whose metadata no hash covers), with a warning naming what was not checked."""
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such file")
@@ -64,11 +81,9 @@ def load_attribution(path: str | Path, *, expected_graph: Graph | None = None) -
         meta = json.loads(raw_meta)
         if meta.get("schema") != SCHEMA:
             raise ArtifactError(f"{path}: schema {meta.get('schema')!r}, expected {SCHEMA!r}")
-        if meta.get("version") not in (1, 2, VERSION):
+        if meta.get("version") not in (1, 2, 3, VERSION):
             raise ArtifactError(f"{path}: version {meta.get('version')!r}; this circuitdyn reads versions 1 to {VERSION}")
-        if meta["version"] >= 3 and meta.get("tensors_sha256") != state_sha256(tensors):
-            raise ArtifactError(f"{path}: its tensors do not match the sha256 recorded when it was saved: the file "
-                                "was modified or damaged; recompute the attribution")
+        _verify(path, meta, tensors, verify)
         spec_d = dict(meta["graph"])
         if meta["version"] == 1 and spec_d.get("granularity") == "layer":
             spec_d["qkv"] = "merged"  # version 1 layer graphs had one attention destination per layer
@@ -101,3 +116,23 @@ def load_attribution(path: str | Path, *, expected_graph: Graph | None = None) -
     if not torch.isfinite(scores).all():
         raise ArtifactError(f"{path}: scores contain NaN or inf")
     return Attribution(scores, graph, values, config, per_example, meta.get("provenance", {}))
+
+
+def _verify(path: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor], verify: bool) -> None:
+    """Refuse a file whose content does not match its hash; an older file only with `verify=False`."""
+    version = meta["version"]
+    if version == VERSION:
+        if meta.get("sha256") != content_sha256(tensors, meta):
+            raise ArtifactError(f"{path}: its scores or metadata do not match the sha256 recorded when it was saved: "
+                                "the file was edited or damaged; recompute the attribution")
+        return
+    if version == 3 and meta.get("tensors_sha256") != state_sha256(tensors):
+        raise ArtifactError(f"{path}: its tensors do not match the sha256 recorded when it was saved: the file was "
+                            "modified or damaged; recompute the attribution")
+    unchecked = "its metadata (metric, ablation, provenance)" if version == 3 else "its scores and metadata"
+    if verify:
+        raise ArtifactError(f"{path}: a version {version} file, whose hash does not cover {unchecked}, so an edit "
+                            "there cannot be seen: recompute the attribution, or load it with verify=False to "
+                            "trust it as it is")
+    logger.warning("%s: a version %d file loaded with verify=False: %s not checked against a hash", path, version,
+                   unchecked)

@@ -91,6 +91,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     base, tuned = load_attribution(args.base), load_attribution(args.tuned)
     comp = compare(base, tuned, name=args.name, seed=args.seed)
+    if comp.lineage:
+        print(f"provenance: {comp.lineage}")
     print(markdown_table([comp]))
     print(json.dumps(edge_diff(base, tuned, min(args.top_k, base.graph.n_edges)), indent=1))
     if args.out:
@@ -108,7 +110,7 @@ def cmd_study(args: argparse.Namespace) -> int:
 
     out = Path(args.out)  # run_study refuses a folder it cannot write before any work
     config = StudyConfig(**config_kwargs(args, StudyConfig))
-    result = run_study(args.base, parse_tuned(args.tuned), args.task, config=config, out=out,
+    result = run_study(args.base, parse_tuned(args.tuned), args.task, config=config, out=out, replace=args.replace,
                        generations=parse_tuned(args.generations, "--generations", "LABEL=FILE"))
     print((out / "report.md").read_text())
     scored = ", ".join(f"{label} {len(s.rows)} of {s.n_rows}" for label, s in result.selections.items())
@@ -215,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", default="word_problems",
                    help="word_problems, gsm8k:FILE.jsonl, math:FILE.jsonl, or a task (addition, ...)")
     s.add_argument("--out", type=out_path, required=True, help="output folder")
+    s.add_argument("--replace", action="store_true", help="replace a study the output folder already holds")
     add_config_options(s, StudyConfig)
     s.set_defaults(fn=cmd_study)
 

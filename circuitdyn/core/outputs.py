@@ -26,11 +26,24 @@ def output_path(path: str | Path, what: str = "output") -> Path:
     return Path(path).expanduser()
 
 
-def _creatable(path: Path) -> None:
+def _creatable(path: Path, *, folder: bool = False) -> None:
+    """Refuse a path whose folders cannot be made: tried for real (what permission bits do not tell, e.g.
+    /proc or a read-only mount), and the folders made for the trial removed again."""
     parent = path.parent if str(path.parent) else Path(".")
     existing = next((p for p in (parent, *parent.parents) if p.exists()), Path("."))
     if not existing.is_dir() or not os.access(existing, os.W_OK):
         raise ArtifactError(f"{path}: cannot create it ({existing} is not a writable folder)")
+    chain = [p for p in ((path,) if folder else ()) + (parent, *parent.parents) if not p.exists()]
+    made: list[Path] = []
+    try:
+        for step in reversed(chain):
+            step.mkdir()
+            made.append(step)
+    except OSError as err:
+        raise ArtifactError(f"{path}: cannot create it ({err.strerror or err}); give a folder you can write") from None
+    finally:
+        for step in reversed(made):
+            step.rmdir()
 
 
 def check_output_folder(path: str | Path, what: str = "output folder") -> Path:
@@ -43,7 +56,7 @@ def check_output_folder(path: str | Path, what: str = "output folder") -> Path:
         if not os.access(path, os.W_OK):
             raise ArtifactError(f"{what} {path} is not writable")
     else:
-        _creatable(path)
+        _creatable(path, folder=True)
     return path
 
 

@@ -11,6 +11,7 @@ Specs:
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -106,6 +107,11 @@ def load_model(
     except SafetensorError as err:
         raise ModelSpecError(f"could not load model {spec!r}: its weights file is unreadable (truncated or corrupted? "
                              f"{err}); copy or download the model folder again") from None
+    except pickle.UnpicklingError as err:
+        raise ModelSpecError(f"could not load model {spec!r}: its weights are a pickle (.bin) holding more than tensors, "
+                             f"which torch refuses to unpickle safely ({str(err).splitlines()[0]}); circuitdyn never "
+                             "runs pickled code: get the model's safetensors weights, or convert the file where you "
+                             "trust it (transformers' save_pretrained writes model.safetensors)") from None
     except (OSError, ValueError) as err:
         raise ModelSpecError(f"could not load model {spec!r}: {err}. Valid specs: {_valid_specs()}") from err
     bridge.eval()

@@ -50,8 +50,15 @@ def pad_id(tokenizer: Any) -> int:
 
 def encode_prompt(tokenizer: Any, question: str, *, chat_template: bool) -> list[int]:
     if chat_template and getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                            tokenize=True)
+        from jinja2 import TemplateError
+
+        try:
+            ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
+                                                tokenize=True)
+        except TemplateError as err:  # a syntax error, or what the sandbox refuses (attribute access, imports)
+            raise StudyError(f"the tokenizer's chat template cannot be rendered ({type(err).__name__}: {err}): fix "
+                             "chat_template in its tokenizer_config.json, or study without it (chat_template=False, "
+                             "--no-chat-template)") from None
         ids = ids["input_ids"] if hasattr(ids, "keys") else ids
         return [int(i) for i in ids]
     return [int(i) for i in tokenizer(question, add_special_tokens=True)["input_ids"]]

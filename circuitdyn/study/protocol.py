@@ -13,10 +13,10 @@ the spread of the per-seed mean deltas is reported beside the prompt-level CI.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from circuitdyn.core.phases import phase
 from circuitdyn.graph import Graph
 from circuitdyn.models import LoadedModel, load_model, weights_sha256
 from circuitdyn.study.config import Protocol, StudyConfig, StudyError, check_label
+from circuitdyn.study.folder import study_folder
 from circuitdyn.study.generation import distinct_problems, generate, pad_id, scored_batch
 from circuitdyn.study.paper import run_paper
 from circuitdyn.study.result import Entry, StudyResult
@@ -83,6 +84,11 @@ def _check_compatible(entries: Sequence[Entry]) -> None:
         ours, theirs = e.model.bridge.cfg, base.model.bridge.cfg
         if ours.n_layers != theirs.n_layers or ours.d_model != theirs.d_model:
             raise StudyError(f"{e.name} has a different shape from the base; a study needs one graph for all models")
+        mine, its = (next(m.bridge.parameters()).dtype for m in (e.model, base.model))
+        if mine != its:
+            raise StudyError(f"{e.name} runs in {str(mine).replace('torch.', '')} and the base in "
+                             f"{str(its).replace('torch.', '')}: the precision difference would read as a change of "
+                             "the circuit; load every model in one dtype")
 
 
 def run_study(
@@ -93,6 +99,7 @@ def run_study(
     config: StudyConfig | None = None,
     out: str | Path | None = None,
     generations: Mapping[str, str | Path | Sequence[str | Path]] | None = None,
+    replace: bool = False,
     **overrides: Any,
 ) -> StudyResult:
     """Run the protocol (module docstring). `tuned` maps a label ("grpo") to a model or a list of models
@@ -100,11 +107,20 @@ def run_study(
     base, hub ids when online) or LoadedModels. `overrides` are StudyConfig fields. `generations` maps a
     label to the pair's generations file (the paper's all_correct.jsonl rows; one per seed), read instead of
     generating (paper protocol). With `out`, every table, plot and the protocol record are written there
-    (generations are saved before any refusal)."""
-    cfg = replace(config, **overrides) if config else StudyConfig(**overrides)
+    (generations are saved before any refusal); the folder is held by this study while it runs, and one
+    that holds another study is refused unless `replace` (study/folder.py)."""
+    cfg = dataclasses.replace(config, **overrides) if config else StudyConfig(**overrides)
     files = {label: [f] if isinstance(f, (str, Path)) else list(f) for label, f in (generations or {}).items()}
     _check_request(cfg, tuned, files, problems)
-    out = check_output_folder(out, "study output folder") if out is not None else None
+    if out is None:
+        return _run(cfg, base, tuned, problems, files, None)
+    out = check_output_folder(out, "study output folder")
+    with study_folder(out, list(tuned), replace=replace):
+        return _run(cfg, base, tuned, problems, files, out)
+
+
+def _run(cfg: StudyConfig, base: ModelLike, tuned: Mapping[str, ModelLike | Sequence[ModelLike]], problems: Any,
+         files: dict[str, list[Any]], out: Path | None) -> StudyResult:
     t0 = time.perf_counter()
     with phase(f"loading {1 + sum(len(v) if isinstance(v, (list, tuple)) else 1 for v in tuned.values())} model(s)",
                cfg.progress):

@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from circuitdyn.tasks.base import Task, TaskError, TaskExample, distinct_examples
 
-_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:[eE][+-]?\d+)?(?:\s*/\s*\d+)?|-?\.\d+")
 _FRAC = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
 
 
@@ -76,11 +76,11 @@ def boxed_content(text: str) -> str:
 
 
 def parse_number(text: str) -> Fraction | None:
-    """An exact rational for a number written as 1,234 / -3.5 / 3/4 / \\frac{3}{4} / $12 / 50%; else None."""
+    """An exact rational for a number written as 1,234 / -3.5 / 1e3 / 3/4 / \\frac{3}{4} / $12 / 50%; else None."""
     t = _FRAC.sub(r"(\1)/(\2)", text.strip())
     t = t.replace("$", "").replace("\\%", "").replace("%", "").replace("\\!", "").replace(" ", "")
     t = t.replace("{", "").replace("}", "").rstrip(".").replace("(", "").replace(")", "")
-    if not re.fullmatch(r"-?(\d[\d,]*(\.\d+)?|\.\d+)(/-?\d+(\.\d+)?)?", t):
+    if not re.fullmatch(r"-?(\d[\d,]*(\.\d+)?|\.\d+)([eE][+-]?\d+)?(/-?\d+(\.\d+)?)?", t):
         return None
     if "," in t and not re.fullmatch(r"-?\d{1,3}(,\d{3})+(\.\d+)?(/.*)?", t):
         return None  # "1,2" is a list, not a number

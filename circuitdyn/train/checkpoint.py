@@ -169,6 +169,13 @@ def load_checkpoint(folder: Path, *, modules: dict[str, torch.nn.Module], optimi
     return meta["state"]
 
 
+def verify_weights(folder: Path, recorded: str | None, now: str) -> None:
+    """Refuse a resumed run whose loaded weights do not hash to what the checkpoint recorded when it was saved."""
+    if recorded and recorded != now:
+        raise CheckpointError(f"{folder}: its weights hash to {now[:12]}, not to the {recorded[:12]} recorded when it "
+                              "was saved (the files were changed or damaged): resume from another checkpoint")
+
+
 def load_algorithm_tensors(folder: Path) -> dict[str, torch.Tensor]:
     """The algorithm's own tensors of a checkpoint ({} when it kept none)."""
     path = Path(folder) / ALGORITHM_FILE

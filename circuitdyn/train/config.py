@@ -91,6 +91,9 @@ class TrainConfig:
             raise ConfigError(f"classifier_steps must be in [0, max_steps={self.max_steps}], got {plan.steps}")
         check_positive(self, "max_steps", "learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps",
                   "max_completion_length", "temperature", "eval_size", "logging_steps")
+        if self.learning_rate > 1:
+            raise ConfigError(f"learning_rate={self.learning_rate:g}: Adam moves every weight by about the learning rate "
+                              "each step, so above 1 it overwrites the model; use <= 1 (fine-tuning: 1e-6 to 1e-3)")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"top_p must be in (0, 1], got {self.top_p}")
         if not isinstance(self.top_k, int) or self.top_k < 0:

@@ -82,6 +82,10 @@ def pairs_from_data(run: TrainingRun, pairs: Sequence[Sequence[str]]) -> Pairs:
     for i, p in enumerate(pairs):
         if len(p) != 3 or not all(isinstance(x, str) and x for x in p):
             raise TrainingError(f"preference pair {i} must be (prompt, chosen, rejected) non-empty strings, got {p!r}")
+    same = [i for i, p in enumerate(pairs) if p[1].strip() == p[2].strip()]
+    if same:
+        raise TrainingError(f"preference pairs {same[:8]} ({len(same)} of {len(pairs)}) have the same chosen and "
+                            "rejected completion: DPO's loss has no gradient there; drop them or fix the data")
     prompts = [p[0] for p in pairs]
     return _reference_logprobs(run, _completion_rollout(run, prompts, [p[1] for p in pairs]),
                                _completion_rollout(run, prompts, [p[2] for p in pairs]))

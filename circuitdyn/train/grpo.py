@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -14,12 +15,15 @@ from circuitdyn.train.parallel import all_reduce_grads, all_sum, rank_world
 from circuitdyn.train.rewards import compute_rewards
 from circuitdyn.train.rollout import Rollout, token_logprobs
 
+logger = logging.getLogger(__name__)
+
 
 class GRPO(Stateless):
     def __init__(self, config: GRPOConfig) -> None:
         self.config = config
         self.extra_modules = {}
         self.needs_reference = config.beta > 0
+        self.flat_seen = False  # a step whose every group had equal rewards was reported (once per run)
 
     def step(self, run: TrainingRun) -> dict[str, Any]:
         cfg = self.config
@@ -76,6 +80,13 @@ class GRPO(Stateless):
             grad_norm = run.optimizer_step("GRPO loss")
         stats = all_sum(stats) / cfg.num_iterations
         zero_std = all_sum(torch.tensor([float((rewards.view(P_local, G).std(1) == 0).sum())]))[0] / n_groups
+        if zero_std >= 1 and not self.flat_seen:
+            self.flat_seen = True
+            logger.warning("GRPO step %d: every group's rewards are equal (mean %.3g), so every advantage is 0 and "
+                           "the step has no policy gradient%s. Once the task is solved this is expected; from the start "
+                           "it means the reward cannot tell completions apart: check the reward function "
+                           "(reported once per run; frac_reward_zero_std in the log counts it)", run.step + 1,
+                           float(r_mean), "" if cfg.beta else " and no KL term (beta=0): the weights do not move")
         tok = max(n_tok, 1)
         return {"reward_mean": float(r_mean), "reward_std": float(r_std), "frac_reward_zero_std": float(zero_std),
                 "loss": float(stats[0]), "clip_ratio_low": float(stats[1]) / tok, "clip_ratio_high": float(stats[2]) / tok,

@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from tqdm.auto import tqdm
 
+from circuitdyn.core.lock import claim_folder
 from circuitdyn.core.outputs import check_output_folder
 from circuitdyn.models import LoadedModel
 from circuitdyn.models.export import save_hf_folder
@@ -37,6 +38,7 @@ from circuitdyn.train.checkpoint import (
     load_checkpoint,
     read_checkpoint_meta,
     save_checkpoint,
+    verify_weights,
 )
 from circuitdyn.train.config import TrainConfig
 from circuitdyn.train.lpft import supervised_step
@@ -45,7 +47,7 @@ from circuitdyn.train.policy import adapt, check_fits, frozen_copy, parameter_gr
 from circuitdyn.train.registry import build_algorithm, config_from_dict
 from circuitdyn.train.rewards import RewardFn, compute_rewards, task_reward
 from circuitdyn.train.rollout import Rollout, encode_prompts, row_seeds, sample
-from circuitdyn.train.run_folder import check_resume_folder, previous_run, truncate_log, warn_if_diverging
+from circuitdyn.train.run_folder import check_resume_folder, open_run_folder, warn_if_diverging
 
 #: config fields that do not change the trajectory: a resumed run may change them
 FREE_FIELDS = frozenset({"max_steps", "output_dir", "progress", "save_steps", "logging_steps", "eval_steps",
@@ -189,8 +191,9 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
         self.step += 1
         self.schedule.observe(stage, logs)
-        record_training(self.bridge, {"algorithm": cfg.algorithm.value, "step": self.step,
-                                      "base_spec": self.model.provenance.spec})
+        base = self.model.provenance
+        record_training(self.bridge, {"algorithm": cfg.algorithm.value, "step": self.step, "base_spec": base.spec,
+                                      "base_weights_sha256": base.weights_sha256})
         logs = {"step": self.step, "algorithm": cfg.algorithm.value, "stage": stage.value, "learning_rate": lr, **logs}
         if cfg.eval_steps and (self.step % cfg.eval_steps == 0 or self.step == cfg.max_steps):
             logs["eval_accuracy"] = self.accuracy()
@@ -200,19 +203,20 @@ class Trainer:
         return logs
 
     def train(self) -> TrainResult:
+        """Run to max_steps; with an output_dir, holding that folder (one run at a time) throughout."""
+        out_dir = Path(self.config.output_dir).expanduser() if self.config.output_dir else None
+        if out_dir is None:
+            return self._train(None)
+        with claim_folder(out_dir, "training run"):
+            open_run_folder(out_dir, resumed=self.resumed_from is not None, step=self.step)
+            return self._train(out_dir)
+
+    def _train(self, out_dir: Path | None) -> TrainResult:
         cfg = self.config
         t0 = time.perf_counter()
         if self.base_accuracy is None:
             self.base_accuracy = self.accuracy() if cfg.eval_steps else float("nan")
-        out_dir = Path(cfg.output_dir).expanduser() if cfg.output_dir else None
         log_file = (out_dir / "log.jsonl") if out_dir else None
-        if out_dir:
-            if self.resumed_from is None and previous_run(out_dir):
-                raise TrainingError(f"{out_dir} already holds a training run ({', '.join(previous_run(out_dir)[:3])}); "
-                                    "write to a new folder, or continue it with resume_from (circuitdyn train --resume)")
-            out_dir.mkdir(parents=True, exist_ok=True)
-            if log_file is not None and self.resumed_from is not None:
-                truncate_log(log_file, self.step)  # steps after the checkpoint are run again
         for cb in self.callbacks:
             if hasattr(cb, "on_train_begin"):
                 cb.on_train_begin(self)
@@ -281,6 +285,7 @@ class Trainer:
             raise CheckpointError(f"{folder}: saved with a different config; resume with the config it was saved with")
         state = load_checkpoint(folder, modules=self._modules(), optimizer=self.optimizer, generator=self.generator,
                                 py_random=self.py_random)
+        verify_weights(folder, state.get("weights_sha256"), current_sha256(self.bridge))
         tensors = {k: v.to(self.device) for k, v in load_algorithm_tensors(folder).items()}
         self.algorithm.load_state(tensors, state.get("algorithm", {}))
         self.step = int(state["step"])

@@ -98,6 +98,25 @@ def scorers(bridge: Any, reference: Any, config: TrainConfig) -> tuple[Any, Any,
     return policy, policy, reference_twin
 
 
+def check_lengths(bridge: Any, config: TrainConfig, prompt_tokens: int) -> None:
+    """Refuse stop tokens outside the vocabulary (they would never stop anything) and completions that cannot
+    fit the context of a model with learned positions (sampling would index past its position table)."""
+    vocab = int(bridge.cfg.d_vocab)
+    outside = [i for i in config.stop_token_ids if i >= vocab]
+    if outside:
+        raise TrainingError(f"stop_token_ids {outside} are outside the vocabulary (token ids 0 to {vocab - 1}): they "
+                            "would never stop a completion; give ids of this tokenizer (tokenizer.convert_tokens_to_ids)")
+    n_ctx = int(getattr(bridge.cfg, "n_ctx", 0) or 0)
+    if not n_ctx or prompt_tokens + config.max_completion_length <= n_ctx:
+        return
+    past = (f"prompts of up to {prompt_tokens} tokens plus max_completion_length={config.max_completion_length} pass "
+            f"the model's context of {n_ctx} positions")
+    if getattr(bridge.cfg, "positional_embedding_type", "") == "standard":
+        raise TrainingError(f"{past}, and it has learned positions, none beyond it: lower max_completion_length to "
+                            f"at most {max(n_ctx - prompt_tokens, 0)}")
+    warnings.warn(f"{past}, beyond which it was never trained (rotary positions run there, untrained)", stacklevel=4)
+
+
 def check_fits(bridge: Any, scorer: Any, reference: Any, config: TrainConfig, prompt_tokens: int,
                device: torch.device) -> dict[str, int]:
     """A step's estimated peak memory by part; refuses (naming the knobs) when it exceeds the device's free
@@ -105,6 +124,7 @@ def check_fits(bridge: Any, scorer: Any, reference: Any, config: TrainConfig, pr
     rows = config.per_device_train_batch_size // config.gradient_accumulation_steps
     tokens = prompt_tokens + config.max_completion_length
     vocab = int(bridge.cfg.d_vocab)
+    check_lengths(bridge, config, prompt_tokens)
     per_row = saved_bytes_per_row(scorer, tokens, vocab)
     ref = sum(p.numel() * p.element_size() for p in reference.parameters()) if reference is not None else 0
     params = list(bridge.parameters())

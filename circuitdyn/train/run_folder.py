@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from circuitdyn.core.atomic import atomic_write_text
+from circuitdyn.train.algorithm import TrainingError
 from circuitdyn.train.checkpoint import CheckpointError
 from circuitdyn.train.config import TrainConfig
 
@@ -60,6 +61,17 @@ def truncate_log(log_file: Path, step: int) -> None:
         return
     kept = [r for r in read_log(log_file) if r.get("step", 0) <= step]
     atomic_write_text(log_file, "".join(json.dumps(r) + "\n" for r in kept))
+
+
+def open_run_folder(out_dir: Path, *, resumed: bool, step: int) -> None:
+    """Ready a run's folder (the caller holds its lock): a new run refuses a folder that holds another run; a
+    resumed run cuts its log back to the checkpoint's step, whose later steps it runs again."""
+    if not resumed and previous_run(out_dir):
+        raise TrainingError(f"{out_dir} already holds a training run ({', '.join(previous_run(out_dir)[:3])}); "
+                            "write to a new folder, or continue it with resume_from (circuitdyn train --resume)")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if resumed:
+        truncate_log(out_dir / "log.jsonl", step)
 
 
 def check_resume_folder(out_dir: Path, checkpoint: Path) -> None:
