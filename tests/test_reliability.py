@@ -469,6 +469,11 @@ def test_completions_past_a_learned_position_context_are_refused_and_warned_for_
     n_ctx = int(gpt2.bridge.cfg.n_ctx)
     with pytest.raises(TrainingError, match=rf"pass the model's context of {n_ctx} positions, and it has learned"):
         Trainer(gpt2, GRPOConfig(max_steps=1, max_completion_length=n_ctx, **SMALL))
+    from circuitdyn.tasks import from_records
+
+    long = from_records([{"clean": "1+2=" * 12, "corrupt": "1+3=" * 12, "answer": "3", "foil": "4"}] * 8)
+    with pytest.raises(TrainingError, match="the prompts alone fill it: shorten them"):
+        Trainer(clone_model(zoo_model("gpt2")), GRPOConfig(max_steps=1, max_completion_length=2, **SMALL), task=long)
     llama = _fresh()
     with pytest.warns(UserWarning, match="beyond which it was never trained"):
         Trainer(llama, GRPOConfig(max_steps=1, max_completion_length=int(llama.bridge.cfg.n_ctx), **SMALL))

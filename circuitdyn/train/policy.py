@@ -112,8 +112,9 @@ def check_lengths(bridge: Any, config: TrainConfig, prompt_tokens: int) -> None:
     past = (f"prompts of up to {prompt_tokens} tokens plus max_completion_length={config.max_completion_length} pass "
             f"the model's context of {n_ctx} positions")
     if getattr(bridge.cfg, "positional_embedding_type", "") == "standard":
-        raise TrainingError(f"{past}, and it has learned positions, none beyond it: lower max_completion_length to "
-                            f"at most {max(n_ctx - prompt_tokens, 0)}")
+        fix = (f"lower max_completion_length to at most {n_ctx - prompt_tokens}" if prompt_tokens < n_ctx else
+               "the prompts alone fill it: shorten them or drop the longest")
+        raise TrainingError(f"{past}, and it has learned positions, none beyond it: {fix}")
     warnings.warn(f"{past}, beyond which it was never trained (rotary positions run there, untrained)", stacklevel=4)
 
 
