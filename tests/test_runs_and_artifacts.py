@@ -127,8 +127,44 @@ def test_resuming_from_changed_weights_is_refused(tmp_path):
     name = next(n for n in tensors if "embed_tokens" in n)
     tensors[name] = tensors[name] + 1e-3
     save_file(tensors, str(weights), metadata=meta)
+    with pytest.raises(CheckpointError, match="policy.safetensors: does not match the sha256 recorded"):
+        Trainer(clone_model(zoo_model("llama")), cfg, resume_from=run / "checkpoint-1")
+    # the file's hash forged as well: the loaded weights still do not hash to the trained ones
+    from circuitdyn.train.checkpoint import file_sha256, meta_sha256
+
+    record_path = run / "checkpoint-1" / "checkpoint.json"
+    record = json.loads(record_path.read_text())
+    record["files_sha256"]["policy.safetensors"] = file_sha256(weights)
+    record["sha256"] = meta_sha256(record)
+    record_path.write_text(json.dumps(record))
     with pytest.raises(CheckpointError, match="its weights hash to .* recorded when it was saved"):
         Trainer(clone_model(zoo_model("llama")), cfg, resume_from=run / "checkpoint-1")
+
+
+def test_a_checkpoint_with_an_edited_field_or_file_is_refused(tmp_path):
+    """Well-formed edits pass field validation; the hashes in checkpoint.json catch them before any load."""
+    run = tmp_path / "run"
+    cfg = GRPOConfig(max_steps=2, save_steps=1, output_dir=str(run), **SMALL)
+    Trainer(clone_model(zoo_model("llama")), GRPOConfig(max_steps=1, save_steps=1, output_dir=str(run), **SMALL)).train()
+    folder = run / "checkpoint-1"
+    meta_path = folder / "checkpoint.json"
+    saved = json.loads(meta_path.read_text())
+    assert set(saved["files_sha256"]) >= {"policy.safetensors", "optimizer.safetensors", "model.safetensors"}
+    edited = json.loads(json.dumps(saved))
+    edited["state"]["base_accuracy"] = 0.99
+    meta_path.write_text(json.dumps(edited))
+    with pytest.raises(CheckpointError, match="checkpoint.json: its content does not match the sha256"):
+        Trainer(clone_model(zoo_model("llama")), cfg, resume_from=folder)
+    meta_path.write_text(json.dumps({**saved, "version": 1}))
+    with pytest.raises(CheckpointError, match="version 1 carries no hashes"):
+        Trainer(clone_model(zoo_model("llama")), cfg, resume_from=folder)
+    meta_path.write_text(json.dumps(saved))
+    optimizer = load_file(str(folder / "optimizer.safetensors"))
+    key = next(k for k in optimizer if k != "__rng__")
+    optimizer[key] = optimizer[key] * 2
+    save_file(optimizer, str(folder / "optimizer.safetensors"))
+    with pytest.raises(CheckpointError, match="optimizer.safetensors: does not match the sha256"):
+        Trainer(clone_model(zoo_model("llama")), cfg, resume_from=folder)
 
 
 # ---- attribution files verified over tensors AND metadata --------------------------------------------

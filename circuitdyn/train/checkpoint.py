@@ -7,10 +7,14 @@ parameters, what a resumed run loads), optimizer, RNG and trainer state.
 
 Nothing is pickled. A checkpoint is a folder written under a temporary name and renamed into place, so a
 run killed mid-save leaves the previous checkpoint intact and no folder that loads as valid.
+`checkpoint.json` records the sha256 of every other file and one over its own content; a resumed run
+checks both before it loads anything, so an edited file or field is refused (version 1, from before the
+hashes, is refused: start a new run or resume with the circuitdyn that wrote it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Callable
@@ -24,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from circuitdyn.core.atomic import atomic_folder, recover_folder
 
 SCHEMA = "circuitdyn.checkpoint"
-VERSION = 1
+VERSION = 2  # 2: sha256 of every file and of checkpoint.json's content
 ALGORITHM_FILE = "algorithm.safetensors"
 
 
@@ -72,9 +76,42 @@ def save_checkpoint(folder: Path, *, modules: dict[str, torch.nn.Module], optimi
         save_file(tensors, str(tmp / "optimizer.safetensors"))
         py_state = py_random.getstate()
         meta = {"schema": SCHEMA, "version": VERSION, "state": state, "param_groups": opt["param_groups"],
-                "optimizer_scalars": scalars, "py_random": [py_state[0], list(py_state[1]), py_state[2]]}
+                "optimizer_scalars": scalars, "py_random": [py_state[0], list(py_state[1]), py_state[2]],
+                "files_sha256": {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}}
+        meta = json.loads(json.dumps(meta))  # as it will be read back
+        meta["sha256"] = meta_sha256(meta)
         (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=1))
     return folder
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def meta_sha256(meta: dict[str, Any]) -> str:
+    """The sha256 of checkpoint.json's content without its own hash field (canonical JSON)."""
+    body = json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def verify_files(folder: Path, meta: dict[str, Any], names: list[str]) -> None:
+    """Refuse a checkpoint whose checkpoint.json content or one of the files `names` does not match the hash
+    recorded when it was saved."""
+    if meta.get("sha256") != meta_sha256(meta):
+        raise CheckpointError(f"{folder}/checkpoint.json: its content does not match the sha256 recorded when it was "
+                              "saved: a field was edited or damaged; restore it, or resume from another checkpoint")
+    recorded = meta.get("files_sha256") if isinstance(meta.get("files_sha256"), dict) else {}
+    for name in names:
+        if not (folder / name).is_file():
+            raise CheckpointError(f"{folder / name}: missing (the checkpoint was saved with it); resume from another "
+                                  "checkpoint")
+        if recorded.get(name) != file_sha256(folder / name):
+            raise CheckpointError(f"{folder / name}: does not match the sha256 recorded when the checkpoint was saved "
+                                  "(edited, truncated or damaged); resume from another checkpoint")
 
 
 def load_module_weights(path: Path, module: torch.nn.Module) -> None:
@@ -99,7 +136,9 @@ def read_checkpoint_meta(folder: Path) -> dict[str, Any]:
         raise CheckpointError(f"{meta_path}: missing or not valid JSON ({err}); is {folder} a circuitdyn checkpoint?") from None
     if not isinstance(meta, dict) or meta.get("schema") != SCHEMA or meta.get("version") != VERSION:
         got = (meta.get("schema"), meta.get("version")) if isinstance(meta, dict) else type(meta).__name__
-        raise CheckpointError(f"{meta_path}: schema/version {got}, expected {SCHEMA}/{VERSION}")
+        why = " (version 1 carries no hashes, so its edits cannot be seen: start a new run)" if \
+            isinstance(meta, dict) and meta.get("version") == 1 else ""
+        raise CheckpointError(f"{meta_path}: schema/version {got}, expected {SCHEMA}/{VERSION}{why}")
     problem = _meta_problem(meta)
     if problem:
         raise CheckpointError(f"{meta_path}: {problem}; the file was edited or damaged (restore it, or resume from "
@@ -130,6 +169,9 @@ def _meta_problem(meta: dict[str, Any]) -> str | None:
     if not isinstance(scalars, dict) or not all(isinstance(k, str) and "." in k and k.split(".", 1)[0].isdigit()
                                                 for k in scalars):
         return "'optimizer_scalars' must map 'INDEX.name' to values"
+    hashes = meta.get("files_sha256")
+    if not isinstance(hashes, dict) or not all(isinstance(v, str) for v in hashes.values()):
+        return "'files_sha256' must map file names to sha256 digests"
     rng = meta.get("py_random")
     if not (isinstance(rng, list) and len(rng) == 3 and isinstance(rng[0], int) and isinstance(rng[1], list)
             and len(rng[1]) == MT_STATE_WORDS and all(isinstance(w, int) for w in rng[1])
@@ -143,6 +185,9 @@ def load_checkpoint(folder: Path, *, modules: dict[str, torch.nn.Module], optimi
     """Restore modules, optimizer and RNG states in place; returns the saved trainer state."""
     folder = Path(folder)
     meta = read_checkpoint_meta(folder)
+    extra = [ALGORITHM_FILE] if (folder / ALGORITHM_FILE).exists() or ALGORITHM_FILE in meta["files_sha256"] else []
+    verify_files(recover_folder(folder), meta, [f"{name}.safetensors" for name in modules] + ["optimizer.safetensors"]
+                 + extra)
     for name, module in modules.items():
         load_module_weights(folder / f"{name}.safetensors", module)
     try:
