@@ -104,7 +104,8 @@ def verify_files(folder: Path, meta: dict[str, Any], names: list[str]) -> None:
     if meta.get("sha256") != meta_sha256(meta):
         raise CheckpointError(f"{folder}/checkpoint.json: its content does not match the sha256 recorded when it was "
                               "saved: a field was edited or damaged; restore it, or resume from another checkpoint")
-    recorded = meta.get("files_sha256") if isinstance(meta.get("files_sha256"), dict) else {}
+    hashes = meta.get("files_sha256")
+    recorded: dict[str, Any] = hashes if isinstance(hashes, dict) else {}
     for name in names:
         if not (folder / name).is_file():
             raise CheckpointError(f"{folder / name}: missing (the checkpoint was saved with it); resume from another "
