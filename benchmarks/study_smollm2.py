@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> dict:
     tuned = perturbed(base, 1, args.scale)
     problems = WordProblems(levels=(0, 1), instruction="Answer with just the number.")
     result = run_study(base, {"perturbed": tuned}, problems, samples=args.samples, max_new_tokens=args.max_new_tokens,
-                       min_kept=args.min_kept, n_resamples=args.resamples, out=args.out)
+                       min_kept=args.min_kept, n_resamples=args.resamples, out=args.out,
+                       replace=True)  # a rerun of the benchmark replaces its own study
     total = time.perf_counter() - t0
     summary = {"seconds_total": round(total, 1), "seconds": {k: round(v, 1) for k, v in result.seconds.items()},
                "correct": result.correct, "scored": {label: len(s.rows) for label, s in result.selections.items()}
