@@ -130,12 +130,12 @@ def test_resuming_from_changed_weights_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="policy.safetensors: does not match the sha256 recorded"):
         Trainer(clone_model(zoo_model("llama")), cfg, resume_from=run / "checkpoint-1")
     # the file's hash forged as well: the loaded weights still do not hash to the trained ones
-    from circuitdyn.train.checkpoint import file_sha256, meta_sha256
+    from circuitdyn.core.digest import document_sha256, file_sha256
 
     record_path = run / "checkpoint-1" / "checkpoint.json"
     record = json.loads(record_path.read_text())
     record["files_sha256"]["policy.safetensors"] = file_sha256(weights)
-    record["sha256"] = meta_sha256(record)
+    record["sha256"] = document_sha256(record)
     record_path.write_text(json.dumps(record))
     with pytest.raises(CheckpointError, match="its weights hash to .* recorded when it was saved"):
         Trainer(clone_model(zoo_model("llama")), cfg, resume_from=run / "checkpoint-1")

@@ -45,6 +45,7 @@ from circuitdyn.attribution.objectives import (
     ObjectiveError,
     ObjectiveFn,
     kl_to_reference,
+    objective_name,
     resolve_objective,
 )
 from circuitdyn.attribution.quadrature import Quadrature
@@ -183,7 +184,7 @@ def attribute(
         "model": _model_provenance(model, bridge),
         "graph": graph.spec.as_dict(),
         "config": config.as_dict(),
-        "metric": metric if isinstance(metric, str) else getattr(metric, "__name__", "callable"),
+        "metric": objective_name(metric),
         "n_examples": n,
         "dataset_sha256": given.fingerprint(),
         "dtype": str(next(bridge.parameters()).dtype).replace("torch.", ""),

@@ -11,7 +11,6 @@ unless loaded with `verify=False`, which says what it could not check.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -24,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from circuitdyn.attribution.config import AttributionConfig
 from circuitdyn.attribution.result import Attribution
 from circuitdyn.core.atomic import atomic_file
+from circuitdyn.core.digest import document_sha256
 from circuitdyn.core.outputs import ArtifactError
 from circuitdyn.graph import Granularity, Graph, GraphSpec
 from circuitdyn.models.weights import state_sha256
@@ -37,8 +37,7 @@ logger = logging.getLogger(__name__)
 
 def content_sha256(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> str:
     """The sha256 of the tensors and of the metadata document without its own hash field (canonical JSON)."""
-    body = json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256((state_sha256(tensors) + body).encode()).hexdigest()
+    return document_sha256(meta, extra=state_sha256(tensors))
 
 
 def save_attribution(attribution: Attribution, path: str | Path, *, per_example: bool = True) -> Path:

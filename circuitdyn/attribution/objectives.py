@@ -80,6 +80,11 @@ ObjectiveFn = Callable[[Tensor, PairBatch], Tensor]
 KL_TO_CLEAN = "kl_to_clean"
 
 
+def objective_name(metric: str | ObjectiveFn) -> str:
+    """How an objective is recorded: its name, or a callable's __name__."""
+    return metric if isinstance(metric, str) else getattr(metric, "__name__", "callable")
+
+
 def objective_function(metric: str | ObjectiveFn) -> ObjectiveFn:
     if callable(metric):
         return metric

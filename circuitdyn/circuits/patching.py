@@ -28,7 +28,15 @@ from circuitdyn.attribution.intervention import (
     source_means,
     write_source,
 )
-from circuitdyn.attribution.objectives import KL_TO_CLEAN, OBJECTIVES, ObjectiveError, ObjectiveFn, checked, resolve_objective
+from circuitdyn.attribution.objectives import (
+    KL_TO_CLEAN,
+    OBJECTIVES,
+    ObjectiveError,
+    ObjectiveFn,
+    checked,
+    objective_name,
+    resolve_objective,
+)
 from circuitdyn.attribution.result import Attribution
 from circuitdyn.circuits.circuit import Circuit, Scoring, Selection, prune, select
 from circuitdyn.core.caller import user_stacklevel
@@ -55,10 +63,6 @@ class CircuitScoringWarning(UserWarning):
 Metric = str | Callable[[Tensor, PairBatch], Tensor]
 
 
-def _name(metric: Metric) -> str:
-    return metric if isinstance(metric, str) else getattr(metric, "__name__", "callable")
-
-
 def judged_by(scoring: Scoring | None, metric: Metric | None, ablation: Ablation | str | None,
               answer_tokens: int | None) -> tuple[Metric, Ablation, int]:
     """The objective, counterfactual and answer length to measure a circuit under: the ones given, else the
@@ -75,7 +79,7 @@ def judged_by(scoring: Scoring | None, metric: Metric | None, ablation: Ablation
                                  "function as metric= to measure it under its own objective")
         metric = scoring.metric
     chosen = Intervention.of(ablation).ablation if ablation is not None else scoring.ablation
-    other = [f"metric {_name(metric)!r}"] if _name(metric) != scoring.metric != KL_TO_CLEAN else []
+    other = [f"metric {objective_name(metric)!r}"] if objective_name(metric) != scoring.metric != KL_TO_CLEAN else []
     other += [f"{chosen.value} ablation"] if chosen is not scoring.ablation else []
     if other:
         warnings.warn(CircuitScoringWarning(
@@ -218,5 +222,5 @@ def _curve(model: Any, scores: Attribution | Circuit, data: PairBatch | Sequence
         circuit = prune(circuit) if prune_circuits else circuit
         value = run(circuit)
         out.append(Faithfulness(circuit.n_edges, value, full, empty, (value - empty) / gap if gap else float("nan"),
-                                _name(metric), chosen))
+                                objective_name(metric), chosen))
     return out

@@ -14,7 +14,6 @@ hashes, is refused: start a new run or resume with the circuitdyn that wrote it)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from circuitdyn.core.atomic import atomic_folder, recover_folder
+from circuitdyn.core.digest import document_sha256, file_sha256
 
 SCHEMA = "circuitdyn.checkpoint"
 VERSION = 2  # 2: sha256 of every file and of checkpoint.json's content
@@ -79,29 +79,15 @@ def save_checkpoint(folder: Path, *, modules: dict[str, torch.nn.Module], optimi
                 "optimizer_scalars": scalars, "py_random": [py_state[0], list(py_state[1]), py_state[2]],
                 "files_sha256": {p.name: file_sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}}
         meta = json.loads(json.dumps(meta))  # as it will be read back
-        meta["sha256"] = meta_sha256(meta)
+        meta["sha256"] = document_sha256(meta)
         (tmp / "checkpoint.json").write_text(json.dumps(meta, indent=1))
     return folder
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def meta_sha256(meta: dict[str, Any]) -> str:
-    """The sha256 of checkpoint.json's content without its own hash field (canonical JSON)."""
-    body = json.dumps({k: v for k, v in meta.items() if k != "sha256"}, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(body.encode()).hexdigest()
 
 
 def verify_files(folder: Path, meta: dict[str, Any], names: list[str]) -> None:
     """Refuse a checkpoint whose checkpoint.json content or one of the files `names` does not match the hash
     recorded when it was saved."""
-    if meta.get("sha256") != meta_sha256(meta):
+    if meta.get("sha256") != document_sha256(meta):
         raise CheckpointError(f"{folder}/checkpoint.json: its content does not match the sha256 recorded when it was "
                               "saved: a field was edited or damaged; restore it, or resume from another checkpoint")
     hashes = meta.get("files_sha256")
