@@ -32,8 +32,9 @@ _FACE = {
     "circuitdyn.models": ("LoadedModel", "clone_model", "load_model"),
     "circuitdyn.graph": ("Graph",),
     "circuitdyn.attribution": ("Attribution", "AttributionConfig", "attribute", "load_attribution", "save_attribution"),
-    "circuitdyn.circuits": ("Circuit", "evaluate_circuit", "faithfulness_curve", "greedy", "select", "top_n"),
-    "circuitdyn.analysis": ("Comparison", "circuit_metrics", "compare", "edge_diff", "per_layer_metrics"),
+    "circuitdyn.circuits": ("Circuit", "evaluate_circuit", "export_attribution", "faithfulness_curve", "greedy",
+                            "import_eap_ig_json", "select", "top_n"),
+    "circuitdyn.analysis": ("Comparison", "circuit_metrics", "compare", "edge_diff", "per_layer_metrics", "view"),
     "circuitdyn.train": ("CFRLConfig", "ClassifierFirst", "DPOConfig", "GRPOConfig", "PPOConfig", "Trainer"),
     "circuitdyn.dynamics": ("confidence", "diversity", "entk"),
     "circuitdyn.study": ("StudyConfig", "run_study"),
@@ -43,8 +44,9 @@ __all__ = [
     "Attribution", "AttributionConfig", "CFRLConfig", "Circuit", "ClassifierFirst", "Comparison", "DPOConfig",
     "GRPOConfig", "Graph", "LoadedModel", "PPOConfig", "StudyConfig", "Trainer", "attribute",
     "circuit_metrics", "clone_model", "compare", "confidence", "diversity", "edge_diff", "entk", "evaluate_circuit",
-    "faithfulness_curve", "get_problem_set", "get_task", "greedy", "load_attribution", "load_model",
-    "per_layer_metrics", "run_study", "save_attribution", "select", "tokenize_pairs", "top_n",
+    "export_attribution", "faithfulness_curve", "get_problem_set", "get_task", "greedy", "import_eap_ig_json",
+    "load_attribution", "load_model", "per_layer_metrics", "run_study", "save_attribution", "select",
+    "tokenize_pairs", "top_n", "view",
 ]
 
 
@@ -61,9 +63,18 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
-    from circuitdyn.analysis import Comparison, circuit_metrics, compare, edge_diff, per_layer_metrics
+    from circuitdyn.analysis import Comparison, circuit_metrics, compare, edge_diff, per_layer_metrics, view
     from circuitdyn.attribution import Attribution, AttributionConfig, attribute, load_attribution, save_attribution
-    from circuitdyn.circuits import Circuit, evaluate_circuit, faithfulness_curve, greedy, select, top_n
+    from circuitdyn.circuits import (
+        Circuit,
+        evaluate_circuit,
+        export_attribution,
+        faithfulness_curve,
+        greedy,
+        import_eap_ig_json,
+        select,
+        top_n,
+    )
     from circuitdyn.dynamics import confidence, diversity, entk
     from circuitdyn.graph import Graph
     from circuitdyn.models import LoadedModel, clone_model, load_model

@@ -1,4 +1,5 @@
-"""Command line: `circuitdyn attribute | compare | study | train | report`, mirroring the Python API.
+"""Command line: `circuitdyn attribute | compare | study | train | report` (and `view | export | import`:
+circuit_files.py), mirroring the Python API.
 
     circuitdyn study --base zoo:llama --tuned grpo=runs/grpo/final --tuned dpo=runs/dpo/final \
         --task addition --samples 100 --out runs/study
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from circuitdyn.attribution.config import AttributionConfig
+from circuitdyn.cli.circuit_files import add_commands
 from circuitdyn.cli.inputs import (
     DTYPES,
     HelpFormatter,
@@ -253,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="markdown table from comparison records (JSON)", formatter_class=HelpFormatter)
     r.add_argument("records")
     r.set_defaults(fn=cmd_report)
+    add_commands(sub)
     return parser
 
 
