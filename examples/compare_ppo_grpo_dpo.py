@@ -207,7 +207,9 @@ def write_report(out: Path, runs: list[dict[str, Any]], args: argparse.Namespace
             lines += ["", f"### {gran} graph", ""] + table_one(study, gran) + [""] + pooled_lines(cross, 0.05)
         lines.append("")
     lines += ["Per family: `<family>/report.md` (every metric), `tests.csv` (per layer too), `per_layer_*.png`, "
-              "`ecdf_intensity_*.png`, `deltas_*.png`, `delta_heatmap_<algo>_head.png`, `training_curves.png`.", ""]
+              "`ecdf_intensity_*.png`, `deltas_*.png`, `delta_heatmap_<algo>_head.png`, `training_curves.png`, and one "
+              "interactive page per pair (`view_<algo>_seed<s>_cut<c>_<granularity>.html`: base and tuned circuits "
+              "on one layout, their change, the metric deltas; open it in a browser).", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

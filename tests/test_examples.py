@@ -30,6 +30,8 @@ def test_main_job_quick(tmp_path):
                     "delta_heatmap_dpo_head.png", "ecdf_intensity_layer_dpo_cut0.1.png"):
             assert (tmp_path / family / png).stat().st_size > 5000
         assert (tmp_path / family / "tests.csv").read_text().count("\n") > 50
+        page = (tmp_path / family / "view_dpo_seed0_cut0.1_layer.html").read_text()
+        assert '"labels":["base","dpo#0"]' in page and "<script src" not in page
     assert "total wall time" in stdout
 
 

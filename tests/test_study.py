@@ -158,7 +158,7 @@ def test_study_on_zoo_end_to_end(tmp_path):
     out = tmp_path / "study"
     for name in ("report.md", "tests.csv", "tests.json", "model_metrics.csv", "protocol.json", "generations.jsonl",
                  "per_layer_intensity_layer.png", "ecdf_intensity_head.png", "deltas_layer.png",
-                 "attributions/grpo_seed0_head.safetensors"):
+                 "attributions/grpo_seed0_head.safetensors", "view_grpo_seed1_layer.html", "view_dpo_seed0_head.html"):
         assert (out / name).is_file(), name
     protocol = json.loads((out / "protocol.json").read_text())
     assert protocol["models"]["grpo#1"]["weights_sha256"] != protocol["models"]["base"]["weights_sha256"]

@@ -19,6 +19,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+from circuitdyn.analysis.stats import N_RESAMPLES
 from circuitdyn.analysis.viewer_data import page_data
 from circuitdyn.core.atomic import atomic_write_text
 from circuitdyn.core.outputs import ArtifactError
@@ -56,12 +57,13 @@ def _script_json(data: dict[str, Any]) -> str:
 
 
 def render_view(base: Any, tuned: Any | None = None, *, labels: tuple[str, str] = ("base", "tuned"), title: str = "",
-                top: int = 30, max_edges: int = 1000) -> str:
+                top: int = 30, max_edges: int = 1000, n_resamples: int = N_RESAMPLES) -> str:
     """The page as HTML text: `base` alone, or `base` and `tuned` (Attributions or attribution files) over
-    one graph. `top` edges are drawn at first; the page holds the top `max_edges` of each ranking."""
+    one graph. `top` edges are drawn at first; the page holds the top `max_edges` of each ranking; the metric
+    changes' CIs take `n_resamples` bootstrap resamples (the study's pooled tests take as many)."""
     a = _attribution(base, "base")
     b = None if tuned is None else _attribution(tuned, "tuned")
-    data = page_data(a, b, labels=labels, title=title, max_edges=max_edges, top=top)
+    data = page_data(a, b, labels=labels, title=title, max_edges=max_edges, top=top, n_resamples=n_resamples)
     note = NOTE.format(max_edges=max_edges) if b is not None else \
         f"The page holds the top {max_edges} edges by |score|."
     return Template(_asset("viewer.html")).substitute(
@@ -70,14 +72,15 @@ def render_view(base: Any, tuned: Any | None = None, *, labels: tuple[str, str] 
 
 
 def view(base: Any, tuned: Any | None = None, *, out: str | Path, labels: tuple[str, str] = ("base", "tuned"),
-         title: str = "", top: int = 30, max_edges: int = 1000) -> Path:
+         title: str = "", top: int = 30, max_edges: int = 1000, n_resamples: int = N_RESAMPLES) -> Path:
     """Write the viewer page for `base` (and `tuned`) to `out` (an .html file, written atomically)."""
     path = Path(out)
     if path.suffix.lower() not in (".html", ".htm"):
         raise ArtifactError(f"{path}: the page must be an .html file, e.g. {path.with_suffix('.html')}")
     if path.is_dir():
         raise ArtifactError(f"{path} is a folder; give a file name, e.g. {path / 'circuit.html'}")
-    atomic_write_text(path, render_view(base, tuned, labels=labels, title=title, top=top, max_edges=max_edges))
+    atomic_write_text(path, render_view(base, tuned, labels=labels, title=title, top=top, max_edges=max_edges,
+                                        n_resamples=n_resamples))
     return path
 
 

@@ -22,6 +22,7 @@ import torch
 
 from circuitdyn.analysis.comparison import ComparisonError, paired_delta
 from circuitdyn.analysis.metrics import circuit_metrics, edge_vector, sample_diversity
+from circuitdyn.analysis.stats import N_RESAMPLES
 
 #: the metrics the page shows beside the graph, with their labels
 VIEW_METRICS = {"intensity": ("intensity", "mean |score| over the edges"),
@@ -49,12 +50,18 @@ def node_layout(graph: Any) -> list[dict[str, Any]]:
     return nodes
 
 
-def _spread(values: torch.Tensor) -> dict[str, float]:
-    """Mean, sd, 10th / 50th / 90th percentiles and the share of positive values of one edge over examples."""
+def spreads(values: torch.Tensor) -> list[dict[str, Any]]:
+    """Per column of `[n_examples, n_edges]`: mean, sd, 10th / 50th / 90th percentiles and the share of
+    positive values over the examples."""
     v = values.double()
-    q = torch.quantile(v, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64)).tolist() if len(v) else [math.nan] * 3
-    return {"mean": float(v.mean()), "sd": float(v.std()) if len(v) > 1 else 0.0, "p10": q[0], "p50": q[1],
-            "p90": q[2], "positive": float((v > 0).double().mean()), "n": len(v)}
+    n = v.shape[0]
+    if n == 0:
+        return [{"mean": None, "sd": None, "p10": None, "p50": None, "p90": None, "positive": None, "n": 0}
+                for _ in range(v.shape[1])]
+    q = torch.quantile(v, torch.tensor([0.1, 0.5, 0.9], dtype=torch.float64), dim=0)
+    sd = v.std(0) if n > 1 else torch.zeros(v.shape[1], dtype=torch.float64)
+    columns = zip(v.mean(0).tolist(), sd.tolist(), *q.tolist(), (v > 0).double().mean(0).tolist())
+    return [{"mean": m, "sd": d, "p10": a, "p50": b, "p90": c, "positive": p, "n": n} for m, d, a, b, c, p in columns]
 
 
 def _check(base: Any, tuned: Any | None) -> None:
@@ -96,8 +103,11 @@ def edge_records(base: Any, tuned: Any | None = None, *, max_edges: int = 1000) 
                 seen.add(e)
                 chosen.append(e)
     per_example = [a.per_example[:, src[chosen], dst[chosen]] if a.per_example is not None else None for a in sides]
-    paired = len(per_example) == 2 and all(p is not None for p in per_example) and \
-        per_example[0].shape[0] == per_example[1].shape[0]  # type: ignore[union-attr]
+    spread = [spreads(p) if p is not None else [None] * len(chosen) for p in per_example]
+    change_spread: list[Any] = [None] * len(chosen)
+    if len(per_example) == 2 and per_example[0] is not None and per_example[1] is not None and \
+            per_example[0].shape[0] == per_example[1].shape[0]:
+        change_spread = spreads(per_example[1] - per_example[0])
     records = []
     for k, e in enumerate(chosen):
         i, j = pairs[e]
@@ -105,12 +115,12 @@ def edge_records(base: Any, tuned: Any | None = None, *, max_edges: int = 1000) 
         record: dict[str, Any] = {"name": f"{g.sources[i].name}->{d.name}", "source": g.sources[i].name,
                                   "destination": d.name, "kind": d.kind, "owners": list(g.owners(j)) or ["logits"],
                                   "v": [float(s[e]) for s in scores],
-                                  "spread": [_spread(p[:, k]) if p is not None else None for p in per_example]}
+                                  "spread": [side[k] for side in spread]}
         if tuned is not None and relative is not None:
             record["change"] = float(scores[1][e] - scores[0][e])
             record["relative"] = float(relative[e])
-            if paired:
-                record["change_spread"] = _spread(per_example[1][:, k] - per_example[0][:, k])  # type: ignore[index]
+            if change_spread[k] is not None:
+                record["change_spread"] = change_spread[k]
         records.append(record)
     return records, len(pairs)
 
@@ -125,7 +135,8 @@ def _diversity(attribution: Any) -> float:
     return sample_diversity(edge_vector(attribution, per_example=True))
 
 
-def metric_rows(base: Any, tuned: Any | None = None, *, seed: int = 0) -> list[dict[str, Any]]:
+def metric_rows(base: Any, tuned: Any | None = None, *, n_resamples: int = N_RESAMPLES, seed: int = 0
+                ) -> list[dict[str, Any]]:
     """One row per metric: the mean over examples of each example's metric (the scores' own metric when there
     are no per-example scores), per side; with two attributions that have per-example scores on as many
     examples, the paired change (examples paired by index) with its 95% BCa CI and permutation p. Sample
@@ -141,7 +152,7 @@ def metric_rows(base: Any, tuned: Any | None = None, *, seed: int = 0) -> list[d
         row: dict[str, Any] = {"metric": metric, "label": label, "meaning": meaning,
                                "values": [_finite(float(np.nanmean(a))) if np.isfinite(a).any() else None for a in arrays]}
         if paired:
-            d = paired_delta(metric, arrays[0], arrays[1], seed=seed)
+            d = paired_delta(metric, arrays[0], arrays[1], n_resamples=n_resamples, seed=seed)
             row.update(delta=_finite(d.delta), ci=[_finite(d.ci_low), _finite(d.ci_high)], p=_finite(d.p_value), n=d.n)
         elif tuned is not None and all(v is not None for v in row["values"]):
             row["delta"] = row["values"][1] - row["values"][0]
@@ -170,14 +181,15 @@ def describe(attribution: Any) -> dict[str, Any]:
 
 
 def page_data(base: Any, tuned: Any | None = None, *, labels: tuple[str, str] = ("base", "tuned"), title: str = "",
-              max_edges: int = 1000, top: int = 30) -> dict[str, Any]:
+              max_edges: int = 1000, top: int = 30, n_resamples: int = N_RESAMPLES) -> dict[str, Any]:
     """Everything the page needs, as one JSON-able dict."""
     edges, n_edges = edge_records(base, tuned, max_edges=max_edges)
     spec = base.graph.spec.as_dict()
     sides = [a for a in (base, tuned) if a is not None]
     return {"title": title or (f"{labels[1]} vs {labels[0]}" if tuned is not None else labels[0]),
             "labels": list(labels[: len(sides)]), "graph": spec, "n_edges": n_edges, "nodes": node_layout(base.graph),
-            "edges": edges, "top": max(1, min(top, len(edges))), "metrics": metric_rows(base, tuned),
+            "edges": edges, "top": max(1, min(top, len(edges))), "metrics": metric_rows(base, tuned, n_resamples=n_resamples),
+            "n_resamples": n_resamples,
             "sources": [describe(a) for a in sides], "relative_floor": RELATIVE_FLOOR}
 
 

@@ -101,7 +101,8 @@ def paper_markdown(result: StudyResult) -> str:
     for gran in cfg.granularities:
         pooled = [t for t in result.tests if t.granularity == gran and t.scope == "pooled"]
         lines += ["", f"## Every pooled test, {gran} graph", ""] + pooled_lines(pooled, cfg.alpha)
-    lines += ["", "Per-layer tests: `tests.csv`. Plots per pair and cut: `*_<label>_cut<c>.png`. Pair files: "
-              "`generations/<label>.jsonl` (the paper's all_correct.jsonl schema).", "",
+    lines += ["", "Per-layer tests: `tests.csv`. Plots per pair and cut: `*_<label>_cut<c>.png`. Circuits, base beside "
+              "each tuned model, per pair and cut (open in a browser): `view_<model>_cut<c>_<granularity>.html`. "
+              "Pair files: `generations/<label>.jsonl` (the paper's all_correct.jsonl schema).", "",
               f"Wall time: {json.dumps(p.get('seconds', {}))}", ""]
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from circuitdyn.analysis import viewer
 from circuitdyn.analysis.metrics import circuit_metrics
 from circuitdyn.analysis.report import save_records, to_csv
 from circuitdyn.attribution.files import save_attribution
@@ -23,6 +24,7 @@ from circuitdyn.study.paper_report import paper_markdown
 from circuitdyn.study.result import CI_MARK, CI_NOTE, StudyResult
 
 PLOT_METRICS = ("intensity", "normalized_entropy", "gini")
+PAGE_EDGES = 300  # edges a study's viewer page holds per ranking
 
 
 def write_generations(out: Path, problems: Sequence[Any], generations: dict[str, list[Any]], kept: Sequence[int],
@@ -101,7 +103,8 @@ def markdown(result: StudyResult) -> str:
     for gran in cfg.granularities:
         lines += ["", f"## Pooled metrics, {gran} graph", ""] + pooled_table(result, gran)
     lines += ["", "Per-layer tests: `tests.csv` (scope column). Plots: `per_layer_<metric>_<granularity>.png`, "
-              "`ecdf_intensity_<granularity>.png`, `deltas_<granularity>.png`.", "",
+              "`ecdf_intensity_<granularity>.png`, `deltas_<granularity>.png`. Circuits, base beside each tuned model "
+              "(open in a browser): `view_<model>_<granularity>.html`.", "",
               f"Wall time: {json.dumps(result.protocol.get('seconds', {}))}", ""]
     return "\n".join(lines)
 
@@ -131,7 +134,19 @@ def _write_views(result: StudyResult, out: Path) -> list[dict[str, Any]]:
                 plots.per_layer(view, gran, metric, out / f"per_layer_{metric}_{gran}{suffix}.png", family)
             plots.ecdf(view, gran, "intensity", out / f"ecdf_intensity_{gran}{suffix}.png", family)
             plots.deltas(view, gran, out / f"deltas_{gran}{suffix}.png", family)
+            where = f"{family}, {cell}" if cell else family
+            _write_pages(view, gran, out, f"_cut{cell.partition('@')[2]}" if cell else "", where)
     return models
+
+
+def _write_pages(result: StudyResult, gran: str, out: Path, suffix: str, where: str) -> None:
+    """One viewer page per tuned model and graph: its circuit beside the base's, with the change."""
+    base = result.attributions[("base", gran)]
+    for (name, g), tuned in result.attributions.items():
+        if g == gran and name != "base":
+            viewer.view(base, tuned, out=safe_child(out, f"view_{name.replace('#', '_seed')}{suffix}_{gran}.html"),
+                 labels=("base", name), title=f"{name} vs base: {gran} graph ({where})", max_edges=PAGE_EDGES,
+                 n_resamples=result.config.layer_resamples)
 
 
 def write_study(result: StudyResult, out: Path) -> Path:

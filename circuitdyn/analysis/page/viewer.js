@@ -11,7 +11,7 @@
   const D = JSON.parse(document.getElementById("circuitdyn-data").textContent);
   const NS = "http://www.w3.org/2000/svg";
   const diff = D.labels.length === 2;
-  const ROW = 64, PAD = 48, PORT = { q: -7, k: 0, v: 7 };
+  const ROW = 64, PAD = 48, KV_DROP = 17, PORT = { q: -7, k: 0, v: 7 };
   const DASH = { q: "", k: "6 3", v: "1.5 3" };
   const nRows = 2 * D.graph.n_layers + 2;
   const width = Math.max(760, D.graph.n_heads * 46 + 2 * PAD);
@@ -64,6 +64,19 @@
     return g;
   });
 
+  // grouped-query attention: a bar under the query heads that share a key/value head; its k/v edges end there
+  const group = D.graph.n_heads / D.graph.n_kv_heads;
+  if (D.graph.granularity === "head" && group > 1) {
+    D.nodes.filter(function (n) { return n.kind === "head" && Number(n.name.split(".h")[1]) % group === 0; })
+      .forEach(function (first) {
+        const last = D.nodes[nodeIndex[first.name.split(".h")[0] + ".h" + (Number(first.name.split(".h")[1]) + group - 1)]];
+        const y = py(first) + KV_DROP;
+        el("line", { x1: px(first) - 12, x2: px(last) + 12, y1: y, y2: y, class: "kv-bar" }, nodeLayer);
+        el("text", { x: px(last) + 16, y: y + 3, class: "kv-label" }, nodeLayer).textContent =
+          "kv" + Number(first.name.split(".h")[1]) / group;
+      });
+  }
+
   const tip = document.getElementById("tip");
   function spreadText(s, name) {
     if (!s) return name + ": no per-example scores";
@@ -96,7 +109,7 @@
       used[e.source] = true;
       e.owners.forEach(function (o) { used[o] = true; });
       const x1 = ends.reduce(function (m, n) { return m + px(n); }, 0) / ends.length + (PORT[e.kind] || 0);
-      const y1 = py(ends[0]) + 10, x0 = px(s), y0 = py(s) - 10, ym = (y0 + y1) / 2;
+      const y1 = py(ends[0]) + (ends.length > 1 ? KV_DROP : 10), x0 = px(s), y0 = py(s) - 10, ym = (y0 + y1) / 2;
       const path = el("path", {
         class: "edge " + (v >= 0 ? "pos" : "neg"), "data-edge": e.name, "data-kind": e.kind,
         d: "M" + x0 + "," + y0 + " C" + x0 + "," + ym + " " + x1 + "," + ym + " " + x1 + "," + y1,
@@ -156,6 +169,9 @@
       row.insertCell().textContent = m.p === undefined || m.p === null ? "" : m.p.toFixed(3);
     }
   });
+  document.getElementById("metrics-note").textContent = "Each value: the mean over examples of each example's metric" +
+    (diff ? "; change: " + D.labels[1] + " - " + D.labels[0] + ", examples paired by index, 95% BCa CI from " +
+      D.n_resamples.toLocaleString("en-US") + " bootstrap resamples, sign-flip permutation p. Hover a metric for its definition." : ".");
   const about = document.getElementById("about");
   D.sources.forEach(function (s, k) {
     const li = document.createElement("li");
