@@ -182,3 +182,22 @@ def test_in_chromium_a_page_error_is_seen(tmp_path):
         browser.open(page)
         assert any("undefinedFunction" in e.get("message", "") for e in browser.console() if e.get("level") == "SEVERE")
         assert _blank(browser.screenshot())  # and the blank check sees a page with next to nothing on it
+
+
+def test_a_page_of_mean_scores_only(pair, tmp_path):
+    """An imported attribution (EAP-IG's JSON: no per-example scores, no examples) draws; its metrics are the
+    mean scores' own, and a change beside a per-example attribution is the plain difference, without a CI."""
+    from circuitdyn.circuits.formats import export_attribution, import_eap_ig_json
+
+    base, tuned = pair
+    imported = import_eap_ig_json(export_attribution(base, tmp_path / "b.json"), base.graph)
+    data = page_data(imported, tuned)
+    assert all(r["spread"][0] is None and r["spread"][1]["n"] == 8 for r in data["edges"])
+    assert "change_spread" not in data["edges"][0]
+    rows = {r["metric"]: r for r in data["metrics"]}
+    pooled = [float(circuit_metrics(a)["intensity"]) for a in (imported, tuned)]
+    assert rows["intensity"]["values"] == pytest.approx(pooled) and "ci" not in rows["intensity"]
+    assert rows["intensity"]["delta"] == pytest.approx(pooled[1] - pooled[0])
+    assert rows["sample_diversity"]["values"][0] is None and "delta" not in rows["sample_diversity"]
+    assert data["sources"][0]["imported"]["format"] == "eap-ig-json" and data["sources"][0]["examples"] == 0
+    assert "circuitdyn-data" in render_view(imported)

@@ -86,9 +86,7 @@ def edge_records(base: Any, tuned: Any | None = None, *, max_edges: int = 1000) 
     if max_edges < 1:
         raise ValueError(f"max_edges must be at least 1, got {max_edges}")
     g = base.graph
-    pairs = list(g.edges())
-    src = torch.tensor([i for i, _ in pairs], dtype=torch.long)
-    dst = torch.tensor([j for _, j in pairs], dtype=torch.long)
+    dst, src = torch.nonzero(g.edge_mask.T, as_tuple=True)  # destination-major, the order of graph.edges()
     sides = [a for a in (base, tuned) if a is not None]
     scores = [a.scores[src, dst].float() for a in sides]
     relative = None
@@ -110,7 +108,7 @@ def edge_records(base: Any, tuned: Any | None = None, *, max_edges: int = 1000) 
         change_spread = spreads(per_example[1] - per_example[0])
     records = []
     for k, e in enumerate(chosen):
-        i, j = pairs[e]
+        i, j = int(src[e]), int(dst[e])
         d = g.destinations[j]
         record: dict[str, Any] = {"name": f"{g.sources[i].name}->{d.name}", "source": g.sources[i].name,
                                   "destination": d.name, "kind": d.kind, "owners": list(g.owners(j)) or ["logits"],
@@ -122,7 +120,7 @@ def edge_records(base: Any, tuned: Any | None = None, *, max_edges: int = 1000) 
             if change_spread[k] is not None:
                 record["change_spread"] = change_spread[k]
         records.append(record)
-    return records, len(pairs)
+    return records, len(src)
 
 
 def _finite(x: float) -> float | None:
