@@ -99,3 +99,10 @@ def test_qa_addition_pairs_align_differ_and_split():
     assert not train & test and len(train) == 140 and len(test) == 60
     problems = TaskProblems(QAAddition()).problems(100)  # distinct problems only: all 60 held-out ones
     assert len(problems) == len({p.question for p in problems}) == 60
+    # the real-model main job's probes: the same 200 problems, 160 held out, the 60 among them
+    wide = get_task("qa_addition_160")
+    wide_test = {(e.meta["a"], e.meta["b"]) for e in wide.examples(4000, split="test")}
+    wide_train = {(e.meta["a"], e.meta["b"]) for e in wide.examples(4000, split="train")}
+    assert len(wide_test) == 160 and len(wide_train) == 40 and test <= wide_test and not wide_train & wide_test
+    with pytest.raises(TaskError, match="held_out must be in"):
+        QAAddition(held_out=1.0)

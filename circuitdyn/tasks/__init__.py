@@ -16,12 +16,12 @@ from circuitdyn.tasks.problems import (
     normalize_answer,
     problems_sha256,
 )
-from circuitdyn.tasks.qa_addition import QAAddition
+from circuitdyn.tasks.qa_addition import QAAddition, qa_addition_160
 from circuitdyn.tasks.user_data import UserTask, from_jsonl, from_records
 from circuitdyn.tasks.word_problems import WordProblems
 
 TASKS: dict[str, Callable[[], Task]] = {"addition": Addition, "ioi": IOI, "greater_than": GreaterThan,
-                                        "qa_addition": QAAddition}
+                                        "qa_addition": QAAddition, "qa_addition_160": qa_addition_160}
 
 
 def get_task(name: str) -> Task:

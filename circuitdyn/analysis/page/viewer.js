@@ -110,9 +110,13 @@
       e.owners.forEach(function (o) { used[o] = true; });
       const x1 = ends.reduce(function (m, n) { return m + px(n); }, 0) / ends.length + (PORT[e.kind] || 0);
       const y1 = py(ends[0]) + (ends.length > 1 ? KV_DROP : 10), x0 = px(s), y0 = py(s) - 10, ym = (y0 + y1) / 2;
+      // an edge between nodes one above the other bows sideways, by how many rows it spans, so that long
+      // edges along the middle column do not hide behind each other and the nodes they pass
+      const span = Math.abs(y0 - y1) / ROW;
+      const bow = Math.abs(x1 - x0) < 4 && span > 1.5 ? Math.min(14 * span, 300) * (e.kind === "logits" ? 1 : -1) : 0;
       const path = el("path", {
         class: "edge " + (v >= 0 ? "pos" : "neg"), "data-edge": e.name, "data-kind": e.kind,
-        d: "M" + x0 + "," + y0 + " C" + x0 + "," + ym + " " + x1 + "," + ym + " " + x1 + "," + y1,
+        d: "M" + x0 + "," + y0 + " C" + (x0 + bow) + "," + ym + " " + (x1 + bow) + "," + ym + " " + x1 + "," + y1,
         "stroke-width": (0.6 + 5.4 * Math.abs(v) / top).toFixed(2),
         "stroke-opacity": (0.3 + 0.65 * Math.abs(v) / top).toFixed(2),
       }, edgeLayer);
@@ -166,7 +170,7 @@
     if (diff) {
       row.insertCell().textContent = m.delta === undefined ? "n/a" : fmt(m.delta);
       row.insertCell().textContent = m.ci ? "[" + fmt(m.ci[0]) + ", " + fmt(m.ci[1]) + "]" : "";
-      row.insertCell().textContent = m.p === undefined || m.p === null ? "" : m.p.toFixed(3);
+      row.insertCell().textContent = m.p === undefined || m.p === null ? "" : m.p < 0.001 ? "<0.001" : m.p.toFixed(3);
     }
   });
   document.getElementById("metrics-note").textContent = "Each value: the mean over examples of each example's metric" +
