@@ -135,3 +135,14 @@ def test_online_vs_offline_contrasts_magnitudes_per_family_and_seed():
     assert c.left_out == ("c: degraded: dpo answers less", "d: no dpo pair")
     assert math.isclose(c.stat.mean, float(np.mean(expected)), rel_tol=1e-12)
     assert c.stat == paired_stat(np.asarray(expected), n_resamples=2000)
+
+
+def test_an_untested_contrast_says_which_units_it_had():
+    from circuitdyn.study.across import ArmContrast
+    from circuitdyn.study.across_report import contrast_line
+
+    one = contrast_line(ArmContrast("ppo", "dpo", "intensity", None, ("smollm2-135m seed 0",), ()), math.nan)
+    assert one == ("- intensity: |ppo| - |dpo|: not tested (fewer than two family-seed units: only smollm2-135m "
+                   "seed 0; more seeds or families give more units)")
+    none = contrast_line(ArmContrast("ppo", "dpo", "intensity", None, (), ("neox: no dpo pair",)), math.nan)
+    assert "units: none; neox: no dpo pair; more" in none

@@ -26,10 +26,11 @@ def change_words(stat: PairedStat, alpha: float = ALPHA, unit: str = "") -> str:
     return f"{ci} {found.value}{mark}" + (f" (could have seen >= {mde:.2g}{unit})" if math.isfinite(mde) else "")
 
 
-def _contrast_line(c: ArmContrast, q: float) -> str:
+def contrast_line(c: ArmContrast, q: float) -> str:
     if c.stat is None:
-        return (f"- {c.metric}: |{c.online}| - |{c.offline}|: not tested (fewer than two family-seed units; "
-                + "; ".join(c.left_out) + ")")
+        have = f"only {', '.join(c.units)}" if c.units else "none"
+        return (f"- {c.metric}: |{c.online}| - |{c.offline}|: not tested (fewer than two family-seed units: "
+                + "; ".join([have, *c.left_out]) + "; more seeds or families give more units)")
     s = c.stat
     found = s.with_q(q).direction(ALPHA)
     if found.detected:
@@ -60,7 +61,7 @@ def first_screen(studies: Mapping[str, StudyResult], accuracy: Mapping[str, Mapp
              f"pair's prompts; the test is over (family, seed) units of |online change| - |{offline} change| "
              f"(sign-flip permutation p, BCa CI, Benjamini-Hochberg over these {len(contrasts)} tests); 'could have "
              "seen' is the change this test detects with probability 0.8 at alpha 0.05.", "", CI_NOTE, ""]
-    lines += [_contrast_line(c, q) for c, q in zip(contrasts, qs)]
+    lines += [contrast_line(c, q) for c, q in zip(contrasts, qs)]
     lines += ["", f"## Family x arm ({granularity} graph): accuracy and each metric's change, tuned - base", "",
               "| family | arm | held-out accuracy, base -> tuned (mean of seeds) | rows | " + " | ".join(metrics) + " |",
               "|---|---|---|---|" + "---|" * len(metrics)]
