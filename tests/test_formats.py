@@ -112,6 +112,8 @@ def test_import_refuses_another_model_a_layer_graph_and_broken_files(tmp_path):
         import_eap_ig_json(_write(tmp_path / "keys.json", {"cfg": {}}), a.graph)
     with pytest.raises(ArtifactError, match="export format"):
         export_attribution(a, tmp_path / "x.svg", "svg")
+    with pytest.raises(ArtifactError, match=r"must be a \.graphml file"):
+        export_attribution(a, tmp_path / "x.xml", "graphml")
     with pytest.raises(ArtifactError, match="another graph"):
         export_attribution(a, tmp_path / "x.json", circuit=Circuit.full(other))
 

@@ -111,8 +111,10 @@ def test_bad_input_is_refused_by_name(pair, tmp_path):
                       per_example=True)
     with pytest.raises(ComparisonError, match="different graphs"):
         render_view(base, other)
-    with pytest.raises(ArtifactError, match=r"must be an \.html file"):
+    with pytest.raises(ArtifactError, match=r"must be a \.html file"):
         view(base, out=tmp_path / "page.png")
+    with pytest.raises(ArtifactError, match="is a folder"):
+        view(base, out=tmp_path)
     with pytest.raises(ArtifactError, match="expected an Attribution"):
         render_view(torch.zeros(3))
     with pytest.raises(ValueError, match="max_edges"):

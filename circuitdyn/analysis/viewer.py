@@ -22,7 +22,7 @@ from typing import Any
 from circuitdyn.analysis.stats import N_RESAMPLES
 from circuitdyn.analysis.viewer_data import page_data
 from circuitdyn.core.atomic import atomic_write_text
-from circuitdyn.core.outputs import ArtifactError
+from circuitdyn.core.outputs import ArtifactError, check_output_file
 
 NOTE = ("The page holds the top {max_edges} edges of each ranking (base, tuned, change, relative change); the "
         "relative change divides by max(|base|, 1% of the largest |base|).")
@@ -74,11 +74,7 @@ def render_view(base: Any, tuned: Any | None = None, *, labels: tuple[str, str] 
 def view(base: Any, tuned: Any | None = None, *, out: str | Path, labels: tuple[str, str] = ("base", "tuned"),
          title: str = "", top: int = 30, max_edges: int = 1000, n_resamples: int = N_RESAMPLES) -> Path:
     """Write the viewer page for `base` (and `tuned`) to `out` (an .html file, written atomically)."""
-    path = Path(out)
-    if path.suffix.lower() not in (".html", ".htm"):
-        raise ArtifactError(f"{path}: the page must be an .html file, e.g. {path.with_suffix('.html')}")
-    if path.is_dir():
-        raise ArtifactError(f"{path} is a folder; give a file name, e.g. {path / 'circuit.html'}")
+    path = check_output_file(out, ".html")  # before any work: a path that cannot be written costs nothing
     atomic_write_text(path, render_view(base, tuned, labels=labels, title=title, top=top, max_edges=max_edges,
                                         n_resamples=n_resamples))
     return path

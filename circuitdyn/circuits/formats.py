@@ -27,7 +27,7 @@ from circuitdyn.circuits.circuit import Circuit
 from circuitdyn.core.atomic import atomic_file, atomic_write_text
 from circuitdyn.core.choices import parse_choice
 from circuitdyn.core.digest import file_sha256
-from circuitdyn.core.outputs import ArtifactError
+from circuitdyn.core.outputs import ArtifactError, check_output_file
 from circuitdyn.graph import Granularity, Graph
 
 #: the cfg keys EAP-IG's Graph.from_model reads, and the GraphSpec fields they come from
@@ -122,9 +122,7 @@ def export_attribution(attribution: Attribution, path: str | Path, fmt: ExportFo
                        *, circuit: Circuit | None = None) -> Path:
     """Write `attribution` (and `circuit` as in_graph) in another tool's format; the write is atomic."""
     fmt = parse_choice(ExportFormat, fmt, "export format", ArtifactError)
-    path = Path(path)
-    if path.is_dir():
-        raise ArtifactError(f"{path} is a folder; give a file name, e.g. {path / ('circuit' + SUFFIX[fmt])}")
+    path = check_output_file(path, SUFFIX[fmt])
     if fmt is ExportFormat.EAP_IG_JSON:
         atomic_write_text(path, json.dumps(eap_ig_dict(attribution, circuit)))
     elif fmt is ExportFormat.DOT:
