@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import html
 import json
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 from string import Template
 from typing import Any
@@ -23,6 +23,7 @@ from circuitdyn.analysis.stats import N_RESAMPLES
 from circuitdyn.analysis.viewer_data import page_data
 from circuitdyn.core.atomic import atomic_write_text
 from circuitdyn.core.outputs import ArtifactError, check_output_file
+from circuitdyn.core.version import package_version
 
 NOTE = ("The page holds the top {max_edges} edges of each ranking (base, tuned, change, relative change); the "
         "relative change divides by max(|base|, 1% of the largest |base|).")
@@ -30,13 +31,6 @@ NOTE = ("The page holds the top {max_edges} edges of each ranking (base, tuned, 
 
 def _asset(name: str) -> str:
     return (resources.files("circuitdyn.analysis") / "page" / name).read_text(encoding="utf-8")
-
-
-def _version() -> str:
-    try:
-        return metadata.version("circuitdyn")
-    except metadata.PackageNotFoundError:
-        return "(not installed)"
 
 
 def _attribution(value: Any, role: str) -> Any:
@@ -67,7 +61,7 @@ def render_view(base: Any, tuned: Any | None = None, *, labels: tuple[str, str] 
     note = NOTE.format(max_edges=max_edges) if b is not None else \
         f"The page holds the top {max_edges} edges by |score|."
     return Template(_asset("viewer.html")).substitute(
-        VERSION=html.escape(_version()), TITLE=html.escape(data["title"]), NOTE=html.escape(note),
+        VERSION=html.escape(package_version()), TITLE=html.escape(data["title"]), NOTE=html.escape(note),
         CSS=_asset("viewer.css"), DATA=_script_json(data), JS=_asset("viewer.js"))
 
 

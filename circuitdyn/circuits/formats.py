@@ -162,7 +162,11 @@ def _check_cfg(path: Path, cfg: dict[str, Any], graph: Graph) -> None:
                             f"with those settings (e.g. granularity={theirs.get('granularity')!r})")
 
 
-def _edges(path: Path, doc: dict[str, Any], graph: Graph) -> dict[tuple[int, int], dict[str, Any]]:
+def _file_edges(path: Path, graph: Graph) -> dict[tuple[int, int], dict[str, Any]]:
+    """Every edge entry of an EAP-IG graph JSON file written for `graph`, by its (source, destination) index,
+    each with a finite score; refuses another model's or another graph's file, and missing or unknown edges."""
+    doc = _read(path)
+    _check_cfg(path, doc["cfg"], graph)
     names = {name: ij for name, ij in zip(graph.edge_names(), graph.edges())}
     given = doc["edges"]
     unknown = [n for n in given if n not in names]
@@ -188,10 +192,8 @@ def import_eap_ig_json(path: str | Path, graph: Graph) -> Attribution:
     the file's). It holds the mean scores only (no per-example scores, no metric values); its provenance names
     the file and its sha256, and has no attribution config: a circuit selected from it has no recorded scoring."""
     path = Path(path)
-    doc = _read(path)
-    _check_cfg(path, doc["cfg"], graph)
     scores = torch.zeros(graph.n_src, graph.n_dst)
-    for (i, j), info in _edges(path, doc, graph).items():
+    for (i, j), info in _file_edges(path, graph).items():
         scores[i, j] = float(info["score"])
     provenance = {"imported": {"format": ExportFormat.EAP_IG_JSON.value, "file": str(path), "sha256": file_sha256(path)}}
     return Attribution(scores, graph, torch.zeros(0), AttributionConfig(), provenance=provenance)
@@ -199,11 +201,8 @@ def import_eap_ig_json(path: str | Path, graph: Graph) -> Attribution:
 
 def import_eap_ig_circuit(path: str | Path, graph: Graph) -> Circuit:
     """The edges EAP-IG's graph JSON marks `in_graph`, as a Circuit of `graph` (no recorded scoring)."""
-    path = Path(path)
-    doc = _read(path)
-    _check_cfg(path, doc["cfg"], graph)
     mask = torch.zeros(graph.n_src, graph.n_dst, dtype=torch.bool)
-    for (i, j), info in _edges(path, doc, graph).items():
+    for (i, j), info in _file_edges(Path(path), graph).items():
         mask[i, j] = bool(info.get("in_graph", False))
     return Circuit(graph, mask)
 

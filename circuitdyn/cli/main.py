@@ -178,14 +178,10 @@ def _train_fields() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from importlib.metadata import PackageNotFoundError, version
+    from circuitdyn.core.version import package_version
 
-    try:
-        ours = version("circuitdyn")
-    except PackageNotFoundError:
-        ours = "unknown (not installed)"
     parser = argparse.ArgumentParser(prog="circuitdyn", description=__doc__, formatter_class=HelpFormatter)
-    parser.add_argument("--version", action="version", version=f"circuitdyn {ours}")
+    parser.add_argument("--version", action="version", version=f"circuitdyn {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("attribute", help="edge scores of a model on a task (saved as safetensors)",
