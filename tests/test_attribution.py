@@ -181,7 +181,8 @@ def test_bad_inputs_fail_clearly():
 def test_memory_budget_chunks_automatically_and_holds():
     """The budget counts the difference buffers, the activations autograd keeps (probed) and the buffered
     gradients; a budget of two examples' worth runs in chunks of two, with the same scores."""
-    from circuitdyn.attribution.engine import frozen_parameters, peak_estimate, saved_activation_bytes
+    from circuitdyn.attribution.engine import frozen_parameters, peak_estimate
+    from circuitdyn.attribution.kept import saved_activation_bytes
 
     m = zoo_model("gpt2")
     data = data_for(m, n=6)

@@ -12,6 +12,7 @@ of each single-edge patch, which is what `aggregation="sum"` EAP approximates.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -22,23 +23,25 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from circuitdyn.attribution.budget import memory_budget
 from circuitdyn.attribution.config import Aggregation, AttributionConfig
 from circuitdyn.attribution.destinations import QKVGradients, destination_reader
 from circuitdyn.attribution.eap import EAP
 from circuitdyn.attribution.eap_ig import EAPIGActivations, EAPIGInputs
 from circuitdyn.attribution.engine import (
     RETAINED_BETWEEN_PASSES,
+    MemoryBudgetError,
     ScoreAccumulator,
     examples_per_chunk,
     frozen_parameters,
     peak_estimate,
-    saved_activation_bytes,
     stackable_rows,
     token_weights,
 )
 from circuitdyn.attribution.errors import AttributionError
 from circuitdyn.attribution.exact import ExactPatching, FirstOrder
 from circuitdyn.attribution.intervention import Intervention, as_batch, source_means
+from circuitdyn.attribution.kept import saved_activations
 from circuitdyn.attribution.method import AttributionMethod, BatchJob, Method
 from circuitdyn.attribution.objectives import (
     NotFiniteError,
@@ -49,9 +52,11 @@ from circuitdyn.attribution.objectives import (
     resolve_objective,
 )
 from circuitdyn.attribution.quadrature import Quadrature
+from circuitdyn.attribution.recompute import recomputed_blocks
 from circuitdyn.attribution.result import Attribution
 from circuitdyn.graph import Granularity, Graph
 from circuitdyn.models import LoadedModel, as_bridge
+from circuitdyn.models.attention import AttentionKernel, efficient_attention
 from circuitdyn.models.finite import logits_finite, logits_not_finite
 from circuitdyn.models.weights import current_sha256, training_of
 from circuitdyn.tasks.base import PairBatch, TaskExample
@@ -85,6 +90,12 @@ def _model_provenance(model: Any, bridge: Any) -> dict[str, Any]:
     if loaded.get("weights_sha256") not in (None, now):
         out["loaded_weights_sha256"] = loaded["weights_sha256"]
     return out
+
+
+def _with_passes(activations: int, method: AttributionMethod, config: AttributionConfig) -> int:
+    """What several backward passes (EAP-IG's steps) hold beyond one pass's activations (engine.py)."""
+    return int(activations * (1 + RETAINED_BETWEEN_PASSES)) if method.integrates_path and config.steps > 1 \
+        else activations
 
 
 def _refuse_broken_model(bridge: Any) -> None:
@@ -135,17 +146,30 @@ def attribute(
     t0 = time.perf_counter()
     reader = destination_reader(bridge, graph, QKVGradients(config.qkv_gradients),
                                 patches_destinations=method.patches_destinations)
-    with graph.enable_hooks(bridge, split_qkv=not reader.projected), frozen_parameters(bridge):
+    kernel = AttentionKernel(config.attention) is AttentionKernel.SDPA
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(graph.enable_hooks(bridge, split_qkv=not reader.projected))
+        stack.enter_context(frozen_parameters(bridge))
+        attention_use = stack.enter_context(efficient_attention(bridge, kernel))
         seq = batch_all.clean.shape[1]
-        activations = saved_activation_bytes(bridge, graph, batch_all.clean[:1], batch_all.mask[:1]) \
-            + reader.kept_bytes_per_token() * seq
-        if method.integrates_path and config.steps > 1:
-            activations = int(activations * (1 + RETAINED_BETWEEN_PASSES))
+        budget = memory_budget(device, config.memory_budget)
         copies = method.buffer_copies(graph, reader, config.steps)
-        chunk = min(n, config.batch_size, examples_per_chunk(graph, seq, config.memory_budget,
-                                                          copies, activations))
+        kept = saved_activations(bridge, graph, batch_all.clean[:1], batch_all.mask[:1])
+        activations = _with_passes(kept.total + reader.kept_bytes_per_token() * seq, method, config)
+        # recomputation saves memory only where a backward reads the activations: EAP and EAP-IG
+        recompute = peak_estimate(graph, 1, seq, copies, activations) > budget.bytes and not method.patches_destinations
+        if recompute:
+            activations = _with_passes(kept.recomputed + reader.kept_bytes_per_token() * seq, method, config)
+            logger.info("one example of %d tokens does not fit in %s with every activation kept: recomputing "
+                        "activations block by block (checkpointing)", seq, budget.describe())
+        try:
+            chunk = min(n, config.batch_size, examples_per_chunk(graph, seq, budget, copies, activations))
+        except MemoryBudgetError as err:
+            raise MemoryBudgetError(f"even with activations recomputed block by block (checkpointing), {err}"
+                                    if recompute else str(err)) from None
+        stack.enter_context(recomputed_blocks(bridge, recompute))
         batches = [batch_all[i:i + chunk] for i in range(0, len(batch_all), chunk)]
-        max_rows = stackable_rows(graph, chunk, seq, copies, activations, config.memory_budget)
+        max_rows = stackable_rows(graph, chunk, seq, copies, activations, budget.bytes)
         means = source_means(bridge, graph, batches) if intervention.needs_means else None
         acc = ScoreAccumulator(graph, n if config.per_example else None, device, reader)
         values_all, effects_all = [], []
@@ -191,6 +215,9 @@ def attribute(
         "seconds": round(time.perf_counter() - t0, 3),
         "batch_chunk": chunk,
         "qkv_gradients": ("projected" if reader.projected else "split") if graph.projection_hooks else None,
+        "attention_calls": attention_use.as_dict(),
+        "memory_budget": budget.describe(),
+        "recompute": "blocks" if recompute else "none",
         "peak_bytes_estimate": peak_estimate(graph, chunk, seq, copies, activations),
         "torch": torch.__version__,
     }

@@ -13,6 +13,7 @@ from circuitdyn.attribution.method import Method
 from circuitdyn.attribution.quadrature import Quadrature
 from circuitdyn.core.choices import parse_choice
 from circuitdyn.core.fields import check_numbers, check_positive
+from circuitdyn.models.attention import AttentionKernel
 
 
 class Aggregation(str, Enum):
@@ -36,11 +37,15 @@ class AttributionConfig:
         "help": "per_token: a prompt's sum over positions / its tokens; sum: the raw sum"})
     batch_size: int = field(default=32, metadata={"help": "prompts per pass (memory_budget may lower it)"})
     per_example: bool = field(default=False, metadata={"cli": False})
-    memory_budget: int = field(default=2 * 2**30, metadata={
-        "help": "bytes one pass may hold: difference buffers, kept activations, gradients"})
+    memory_budget: int | None = field(default=None, metadata={"type": int, "help":
+        "bytes one pass may hold (difference buffers, kept activations, gradients); default: 90% of a CUDA "
+        "device's free memory, or 50% of the available RAM"})
     answer_tokens: int = field(default=1, metadata={
         "help": "answer tokens scored by NLL / log-prob metrics when tokenizing examples"})
     progress: bool = field(default=False, metadata={"cli": False})
+    attention: AttentionKernel | str = field(default=AttentionKernel.SDPA, metadata={
+        "help": "sdpa: memory-efficient attention where the model's attention allows it (no [T, T] pattern kept); "
+                "eager: the bridge's own attention"})
     qkv_gradients: QKVGradients | str = field(default=QKVGradients.AUTO, metadata={
         "help": "how q/k/v destination gradients are read: auto, projected (at the projections) or split"})
 
@@ -51,10 +56,14 @@ class AttributionConfig:
                                                              AttributionError))
         object.__setattr__(self, "qkv_gradients", parse_choice(QKVGradients, self.qkv_gradients, "qkv_gradients",
                                                                AttributionError))
+        object.__setattr__(self, "attention", parse_choice(AttentionKernel, self.attention, "attention",
+                                                           AttributionError))
         object.__setattr__(self, "quadrature", parse_choice(Quadrature, self.quadrature, "quadrature",
                                                             AttributionError))
         check_numbers(self, AttributionError)
-        check_positive(self, "steps", "batch_size", "memory_budget", "answer_tokens", error=AttributionError)
+        check_positive(self, "steps", "batch_size", "answer_tokens", error=AttributionError)
+        if self.memory_budget is not None:
+            check_positive(self, "memory_budget", error=AttributionError)
         rule = Quadrature(self.quadrature)
         if self.steps < rule.min_steps:
             raise AttributionError(f"quadrature={rule.value!r} evaluates both ends of the path, so it needs steps >= "

@@ -33,6 +33,7 @@ from circuitdyn.attribution.qkv_projections import (
     projection_module,
     projection_refusal,
 )
+from circuitdyn.attribution.recompute import observer
 from circuitdyn.graph import DestHook, Graph, ProjectionHook
 from circuitdyn.graph.head_forks import weight_out_in
 
@@ -58,6 +59,7 @@ def _as_head_major(dh: DestHook, on_grad: OnGrad) -> Callable[[Tensor], None]:
 
 
 def _read_at(name: str, receive: Callable[[Tensor], None]) -> tuple[str, Callable[..., Any]]:
+    @observer
     def fn(act: Tensor, hook: Any) -> Tensor:
         if not act.requires_grad:
             return act
@@ -131,6 +133,7 @@ def _projected_hooks(bridge: Any, projections: list[ProjectionHook], norms: dict
     for layer in sorted({p.dest.layer for p in projections if p.norm_input is not None}):
         name = next(p.norm_input for p in projections if p.dest.layer == layer and p.norm_input)
 
+        @observer
         def keep(act: Tensor, hook: Any, layer: int = layer) -> Tensor:
             inputs[layer] = act.detach()
             return act
@@ -187,6 +190,7 @@ def _factored_hook(bridge: Any, p: ProjectionHook, n: int, normalised: _Normalis
     dh = p.dest
     norm = normalised.norms.get(dh.layer)
 
+    @observer
     def fn(act: Tensor, hook: Any) -> Tensor:
         if not act.requires_grad:
             return act

@@ -35,6 +35,7 @@ from circuitdyn.attribution.method import BatchJob, BatchResult, Method
 from circuitdyn.attribution.objectives import checked
 from circuitdyn.attribution.qkv_projections import norm_vjp
 from circuitdyn.attribution.quadrature import quadrature_points
+from circuitdyn.attribution.recompute import observer
 from circuitdyn.graph import Graph
 from circuitdyn.graph.hook_flags import per_head_flag_off
 
@@ -184,7 +185,7 @@ class EAPIGActivations:
                 outs[layer] = out.detach()
                 return out
             hooks = _interpolating_hooks(graph, deltas, alpha, store) + job.accumulator.hooks(keep) + \
-                [(ph.name, lambda out, hook, layer=ph.layer: record(out, hook, layer)) for ph, _ in post]
+                [(ph.name, observer(lambda out, hook, layer=ph.layer: record(out, hook, layer))) for ph, _ in post]
             with torch.enable_grad():
                 out = checked(job.metric(forward(bridge, batch.clean, batch.mask, hooks), batch), batch)
                 backward_to(out, store["leaf"])

@@ -16,10 +16,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from circuitdyn.attribution.budget import Budget
 from circuitdyn.attribution.destinations import DestinationReader, HookList
 from circuitdyn.attribution.head_gradients import FactoredGradient
+from circuitdyn.attribution.recompute import installed
 from circuitdyn.core.grads import requires_grad
-from circuitdyn.core.saved_tensors import saved_tensor_storages
 from circuitdyn.graph import Graph
 from circuitdyn.tasks.base import PairBatch
 
@@ -44,17 +45,6 @@ def gradient_bytes(graph: Graph, batch: int, seq: int) -> int:
     return (group + hook) * batch * seq * graph.spec.d_model * 4
 
 
-def saved_activation_bytes(bridge: Any, graph: Graph, ids: Tensor, mask: Tensor) -> int:
-    """Bytes autograd keeps for the backward of one run forward of `ids` with the graph's hooks on (call it
-    inside `graph.enable_hooks` and `frozen_parameters`): every saved tensor's storage, once, parameters
-    excluded. Measured, so it holds for any architecture and hook flag."""
-    store: dict[str, Tensor] = {}
-    with saved_tensor_storages(bridge.parameters()) as storages:
-        logits = forward(bridge, ids, mask, input_leaf_hook(graph, store))
-        storages[-1] = logits.untyped_storage().nbytes()  # the logits the metric reads
-    return int(sum(storages.values()))
-
-
 #: the backward's transient memory (gradients of the activations, released layer by layer) as a share of
 #: the activations autograd keeps: measured as peak RSS above the estimate without it, on GPT-2 shapes of
 #: 16 layers x 64 tokens and 6 layers x 256 tokens, head and layer graphs (0.38-0.53; benchmarks/bench_shapes.py)
@@ -68,22 +58,23 @@ BACKWARD_TRANSIENT = 0.45
 RETAINED_BETWEEN_PASSES = 0.8
 
 
-def examples_per_chunk(graph: Graph, seq: int, budget: int, copies: float = 1, activations: int = 0) -> int:
+def examples_per_chunk(graph: Graph, seq: int, budget: Budget | int, copies: float = 1, activations: int = 0) -> int:
     """How many examples fit in `budget` bytes: `copies` float32 delta buffers, the destination gradients
     of one fused contraction and `activations` bytes per example (what autograd saves, probed by
     `saved_activation_bytes`) plus the backward's transient share of them. Refuses with the estimate when
     not even one fits."""
+    budget = budget if isinstance(budget, Budget) else Budget(budget, "memory_budget")
     deltas, grads = buffer_bytes(graph, 1, seq, copies), gradient_bytes(graph, 1, seq)
     one = peak_estimate(graph, 1, seq, copies, activations)
-    if one > budget:
+    if one > budget.bytes:
         raise MemoryBudgetError(
             f"one example needs {one / 2**20:.1f} MiB: {deltas / 2**20:.1f} MiB of activation-difference buffers "
             f"({graph.n_src} sources x {seq} tokens x d_model {graph.spec.d_model} x 4 bytes x {copies:.1f} "
             f"buffers), {activations / 2**20:.1f} MiB of activations kept for the backward and "
-            f"{grads / 2**20:.1f} MiB of gradients, but memory_budget is {budget / 2**20:.1f} MiB. Raise "
+            f"{grads / 2**20:.1f} MiB of gradients, but the budget is {budget.describe()}. Raise "
             "memory_budget, shorten the prompts, or use granularity='layer'."
         )
-    return max(1, budget // one)
+    return max(1, budget.bytes // one)
 
 
 def peak_estimate(graph: Graph, batch: int, seq: int, copies: float, activations: int) -> int:
@@ -257,5 +248,5 @@ def input_leaf_hook(graph: Graph, store: dict[str, Tensor], value: Callable[[Ten
 
 
 def forward(bridge: Any, ids: Tensor, mask: Tensor, hooks: HookList) -> Tensor:
-    with bridge.hooks(fwd_hooks=hooks):
-        return bridge(ids, attention_mask=mask.long())
+    with installed(bridge, hooks):
+        return bridge(ids, attention_mask=mask.long(), use_cache=False)  # no KV cache: nothing decodes

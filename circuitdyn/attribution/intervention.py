@@ -28,6 +28,7 @@ from torch import Tensor
 from circuitdyn.attribution.engine import HookList, forward
 from circuitdyn.attribution.errors import AttributionError
 from circuitdyn.attribution.objectives import ObjectiveFn, checked
+from circuitdyn.attribution.recompute import observer
 from circuitdyn.core.choices import parse_choice
 from circuitdyn.graph import Graph
 from circuitdyn.graph.head_forks import wrapped_module
@@ -152,6 +153,7 @@ def counterfactual_hooks(graph: Graph, buf: Tensor) -> HookList:
     """Hooks for the counterfactual forward: store each source's raw activation into buf."""
     hooks: HookList = []
     for sh in graph.source_hooks:
+        @observer
         def fn(act: Tensor, hook: Any, sh: Any = sh) -> Tensor:
             write_source(buf, sh.start, sh.stop, sh.per_head, act)
             return act
@@ -166,6 +168,7 @@ def delta_hooks(graph: Graph, bridge: Any, deltas: Deltas) -> HookList:
     hooks: HookList = []
     buf = deltas.raw if deltas.raw is not None else deltas.residual
     for sh in graph.source_hooks:
+        @observer
         def fn(act: Tensor, hook: Any, sh: Any = sh) -> Tensor:
             write_source(buf, sh.start, sh.stop, sh.per_head, act, subtract=True)
             if deltas.run is not None:
@@ -177,6 +180,7 @@ def delta_hooks(graph: Graph, bridge: Any, deltas: Deltas) -> HookList:
     for ph in graph.post_norm_hooks:
         norm = post_norm(bridge, ph.module)
 
+        @observer
         def fn_norm(out: Tensor, hook: Any, ph: Any = ph, norm: Any = norm) -> Tensor:
             with torch.no_grad():
                 o = out.detach()

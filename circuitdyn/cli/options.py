@@ -2,7 +2,8 @@
 
 Each field becomes `--field-name` (or the `flag` its metadata names), typed from its default: an Enum gives
 choices, a bool a switch (`--x` when the default is False, `--no-x` when it is True), a tuple a repeatable
-option, an int or a float a number. Its help is the field's `help` metadata and the default the field's.
+option, an int or a float a number (a None default takes the `type` its metadata names). Its help is the
+field's `help` metadata and the default the field's.
 Options that were not given are left out of the namespace, so `config_kwargs` passes only what the user
 set and the dataclass keeps its defaults and its own validation. A field with `cli: False` in its metadata
 has no option.
@@ -51,6 +52,8 @@ def add_config_options(parser: argparse.ArgumentParser, kind: type, *, skip: tup
                 kw["choices"] = list(f.metadata["choices"])
             else:
                 kw["metavar"] = f.metadata.get("metavar", "VALUE")
+        elif default is None and "type" in f.metadata:  # optional: None means "chosen at run time"
+            kw.update(type=f.metadata["type"], metavar=f.name.upper())
         elif isinstance(default, (int, float)):
             kw.update(type=type(default), metavar=f.name.upper())
         group.add_argument(_flag(f, default), **kw)

@@ -27,14 +27,15 @@ def is_finite_number(value: Any) -> bool:
 
 def check_numbers(obj: Any, error: type[Exception] = ConfigError) -> None:
     """Integer fields hold integers (not 2.5, not True), float fields finite numbers (not NaN, not inf);
-    `float | None` fields may also be None."""
+    `int | None` and `float | None` fields may also be None."""
     for f in fields(obj):
         v = getattr(obj, f.name)
-        if f.type not in ("int", "float", "float | None") or (f.type == "float | None" and v is None):
+        kind = str(f.type).removesuffix(" | None")
+        if kind not in ("int", "float") or (str(f.type).endswith(" | None") and v is None):
             continue
-        ok = is_integer(v) if f.type == "int" else is_finite_number(v)
+        ok = is_integer(v) if kind == "int" else is_finite_number(v)
         if not ok:
-            raise error(f"{f.name} must be {'an integer' if f.type == 'int' else 'a finite number'}, got {v!r}")
+            raise error(f"{f.name} must be {'an integer' if kind == 'int' else 'a finite number'}, got {v!r}")
 
 
 def check_positive(obj: Any, *names: str, error: type[Exception] = ConfigError) -> None:

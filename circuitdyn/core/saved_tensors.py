@@ -10,17 +10,20 @@ leak its activations and, through the graph, the model's parameters. So the prob
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor
 
 
 @contextlib.contextmanager
-def saved_tensor_storages(exclude: Iterable[Tensor]) -> Iterator[dict[int, int]]:
+def saved_tensor_storages(exclude: Iterable[Tensor], tags: dict[int, Any] | None = None,
+                          tag: Callable[[], Any] | None = None) -> Iterator[dict[int, int]]:
     """Yields {storage pointer: bytes} of every tensor autograd saves inside the block, with gradients on;
     storages of `exclude` (the parameters) are left out. Sum the values after the block. The block's
-    outputs have no backward (see the module docstring)."""
+    outputs have no backward (see the module docstring). With `tags`, each storage's `tag()` when it was
+    first saved goes there (e.g. the block that saved it)."""
     skip = {t.untyped_storage().data_ptr() for t in exclude}
     storages: dict[int, int] = {}
     alive: list[torch.UntypedStorage] = []  # held for the block, so a freed pointer is not reused and missed
@@ -28,6 +31,8 @@ def saved_tensor_storages(exclude: Iterable[Tensor]) -> Iterator[dict[int, int]]
     def pack(t: Tensor) -> None:
         storage = t.untyped_storage()
         if storage.data_ptr() not in skip:
+            if tags is not None and tag is not None and storage.data_ptr() not in storages:
+                tags[storage.data_ptr()] = tag()
             storages[storage.data_ptr()] = storage.nbytes()
             alive.append(storage)
 

@@ -1,0 +1,68 @@
+"""What autograd keeps for the backward of one forward, measured: the memory estimates of attribute() rest on it.
+
+Every saved tensor's storage is counted once, the parameters excluded, and attributed to the block that first
+saved it; measured rather than modelled, it holds for any architecture, hook flag and attention kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from circuitdyn.attribution.engine import forward, input_leaf_hook
+from circuitdyn.core.saved_tensors import saved_tensor_storages
+from circuitdyn.graph import Graph
+
+
+def saved_activation_bytes(bridge: Any, graph: Graph, ids: Tensor, mask: Tensor) -> int:
+    """Bytes autograd keeps for the backward of one run forward of `ids` with the graph's hooks on (call it
+    inside `graph.enable_hooks` and `frozen_parameters`): every saved tensor's storage, once, parameters
+    excluded. Measured, so it holds for any architecture and hook flag."""
+    return saved_activations(bridge, graph, ids, mask).total
+
+
+@dataclass(frozen=True)
+class SavedActivations:
+    """What autograd keeps for one forward, by where it was saved: outside the blocks (and the logits), and
+    inside each block."""
+
+    outside: int
+    per_block: tuple[int, ...]
+    block_inputs: int  # the residual entering every block: what recomputation keeps of them
+
+    @property
+    def total(self) -> int:
+        return self.outside + sum(self.per_block)
+
+    @property
+    def recomputed(self) -> int:
+        """Kept when every block is recomputed in the backward (recompute.py): the blocks' inputs, what lies
+        outside them, and one block's own activations at a time."""
+        return self.outside + self.block_inputs + max(self.per_block, default=0)
+
+
+def saved_activations(bridge: Any, graph: Graph, ids: Tensor, mask: Tensor) -> SavedActivations:
+    """`saved_activation_bytes`, split by block (each storage counted where autograd first saved it)."""
+    store: dict[str, Tensor] = {}
+    where: list[int] = [-1]
+    handles = []
+    for i, block in enumerate(bridge.blocks):
+        handles.append(block.register_forward_pre_hook(lambda m, a, i=i: where.__setitem__(0, i)))
+        handles.append(block.register_forward_hook(lambda m, a, o: where.__setitem__(0, -1)))
+    tags: dict[int, int] = {}
+    try:
+        with saved_tensor_storages(bridge.parameters(), tags, lambda: where[0]) as storages:
+            logits = forward(bridge, ids, mask, input_leaf_hook(graph, store))
+            storages[-1] = logits.untyped_storage().nbytes()  # the logits the metric reads
+    finally:
+        for h in handles:
+            h.remove()
+    per_block = [0] * len(bridge.blocks)
+    for ptr, n in storages.items():
+        if tags.get(ptr, -1) >= 0:
+            per_block[tags[ptr]] += n
+    element = next(bridge.parameters()).element_size()
+    inputs = len(per_block) * ids.numel() * graph.spec.d_model * element
+    return SavedActivations(sum(storages.values()) - sum(per_block), tuple(per_block), inputs)
