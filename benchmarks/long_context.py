@@ -7,7 +7,8 @@ estimate attribute() budgets (`peak_bytes_estimate`). Needs ~21 GB of RAM and a 
 
 `--table`: the memory each of the paper's pairs needs on an 80 GB GPU, batch 1, layer and head graph, at the
 lengths its protocol scores (prompt + cut_coeff x mean answer length; cut_coeff up to 0.5 of answers up to
-4,096 / 8,192 / 32,768 new tokens). What autograd keeps is measured (the same probe attribute() runs) on each
+4,096 / 8,192 / 32,768 new tokens), every activation kept and recomputed block by block (what attribute()
+switches to when one example does not fit). What autograd keeps is measured (the same probe attribute() runs) on each
 shape cut to one and two blocks at two lengths, and extended linearly in blocks and tokens (with scaled-dot-
 product attention nothing kept grows faster than the tokens); the buffers and gradients are computed exactly.
 
@@ -30,6 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 
 from circuitdyn.attribution import attribute
+from circuitdyn.attribution.destinations import QKVGradients, destination_reader
 from circuitdyn.attribution.engine import (
     buffer_bytes,
     frozen_parameters,
@@ -40,6 +42,7 @@ from circuitdyn.attribution.kept import saved_activation_bytes
 from circuitdyn.graph import Graph
 from circuitdyn.graph.nodes import GraphSpec
 from circuitdyn.models.attention import efficient_attention
+from circuitdyn.models.zoo import char_tokenizer
 from circuitdyn.tasks.base import PairBatch
 
 GB = 2**30
@@ -83,6 +86,7 @@ def random_bridge(shape: str, layers: int | None = None, dtype: torch.dtype = to
     model.eval()
     folder = tempfile.mkdtemp(prefix=f"circuitdyn-{shape}-")
     config.save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)  # ids are drawn, never tokenized: any tokenizer does
     bridge = TransformerBridge.boot_transformers(folder, hf_model=model, dtype=dtype, device="cpu")
     bridge.eval()
     return bridge
@@ -95,10 +99,14 @@ def one_example(tokens: int, vocab: int) -> PairBatch:
 
 
 def kept_bytes(bridge: Any, granularity: str, tokens: int) -> int:
+    """What attribute() measures for one example: the activations autograd keeps, with the hooks its
+    destination reader switches on, plus what the reader keeps per token."""
     graph = Graph.from_model(bridge, granularity)
     batch = one_example(tokens, bridge.cfg.d_vocab)
-    with graph.enable_hooks(bridge), frozen_parameters(bridge), efficient_attention(bridge):
-        return saved_activation_bytes(bridge, graph, batch.clean, batch.mask)
+    reader = destination_reader(bridge, graph, QKVGradients.AUTO, patches_destinations=False)
+    with graph.enable_hooks(bridge, split_qkv=not reader.projected), frozen_parameters(bridge), \
+            efficient_attention(bridge):
+        return saved_activation_bytes(bridge, graph, batch.clean, batch.mask) + reader.kept_bytes_per_token() * tokens
 
 
 def table() -> list[dict[str, Any]]:
@@ -129,6 +137,11 @@ def table() -> list[dict[str, Any]]:
                     est = peak_estimate(graph_of[granularity], 1, tokens, 1.0, activations)
                     row[f"{granularity}_GB"] = round(est / GB, 1)
                     row[f"{granularity}_fits_80GB"] = bool(n_params * 2 + est < 80 * GB)
+                    # recomputed block by block: the blocks' inputs (bf16) and one block's own activations kept
+                    kept = int((per_block + fixed) * tokens) + full["num_hidden_layers"] * tokens * full["hidden_size"] * 2
+                    recomputed = peak_estimate(graph_of[granularity], 1, tokens, 1.0, kept)
+                    row[f"{granularity}_recomputed_GB"] = round(recomputed / GB, 1)
+                    row[f"{granularity}_recomputed_fits_80GB"] = bool(n_params * 2 + recomputed < 80 * GB)
                     row[f"{granularity}_deltas_GB"] = round(buffer_bytes(graph_of[granularity], 1, tokens) / GB, 1)
                     row[f"{granularity}_grads_GB"] = round(gradient_bytes(graph_of[granularity], 1, tokens) / GB, 2)
                 rows.append(row)

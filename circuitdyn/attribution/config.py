@@ -38,8 +38,8 @@ class AttributionConfig:
     batch_size: int = field(default=32, metadata={"help": "prompts per pass (memory_budget may lower it)"})
     per_example: bool = field(default=False, metadata={"cli": False})
     memory_budget: int | None = field(default=None, metadata={"type": int, "help":
-        "bytes one pass may hold (difference buffers, kept activations, gradients); default: 90% of a CUDA "
-        "device's free memory, or 50% of the available RAM"})
+        "bytes one pass may hold (difference buffers, kept activations, gradients); default: 0.9 of a CUDA "
+        "device's free memory, or 0.5 of the available RAM"})
     answer_tokens: int = field(default=1, metadata={
         "help": "answer tokens scored by NLL / log-prob metrics when tokenizing examples"})
     progress: bool = field(default=False, metadata={"cli": False})
