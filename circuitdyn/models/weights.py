@@ -27,12 +27,19 @@ _HASHES: "weakref.WeakKeyDictionary[Any, tuple[tuple[tuple[int, int], ...], str]
 TRAINING_ATTRIBUTE = "circuitdyn_training"  # on the bridge: the run that wrote its current weights
 
 
+#: elements hashed at a time: their float32 copy is 64 MiB, whatever the tensor (a 7B model's embedding
+#: whole, cast and copied to bytes, held 4.4 GB)
+HASH_CHUNK = 1 << 24
+
+
 def state_sha256(state: dict[str, torch.Tensor]) -> str:
-    """sha256 of named tensors in name order (as float32 bytes, so dtype-cast copies agree)."""
+    """sha256 of named tensors in name order (as float32 bytes, so dtype-cast copies agree), read in chunks."""
     digest = hashlib.sha256()
     for name in sorted(state):
         digest.update(name.encode())
-        digest.update(state[name].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        flat = state[name].detach().reshape(-1)
+        for start in range(0, flat.numel(), HASH_CHUNK):
+            digest.update(flat[start:start + HASH_CHUNK].to("cpu", torch.float32).contiguous().numpy().data)
     return digest.hexdigest()
 
 
