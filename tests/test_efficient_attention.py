@@ -18,28 +18,19 @@ from circuitdyn.attribution.budget import CUDA_SHARE, RAM_SHARE, memory_budget
 from circuitdyn.attribution.config import AttributionConfig
 from circuitdyn.attribution.errors import AttributionError
 from circuitdyn.graph.hook_flags import attribution_hooks
-from circuitdyn.models import load_model
 from circuitdyn.models.attention import efficient_attention
 from circuitdyn.tasks import Addition, TaskExample, tokenize_pairs
 from tests.conftest import ALL_FAMILIES, zoo_model
-from tests.families import SUPPORT, TINY_FAMILIES, tiny_folder
+from tests.families import SUPPORT, TINY_FAMILIES
+from tests.test_families import family_model
 
 EAGER_ONLY = {"gemma2", "gptj", "gptneo", "opt"}  # softcapping; attention delegated to Hugging Face
 CASES = [f"zoo:{f}" for f in ALL_FAMILIES] + [f for f in TINY_FAMILIES if SUPPORT[f]]
-_MODELS: dict = {}
 
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory):
     return tmp_path_factory.mktemp("attention")
-
-
-def model_of(name, root):
-    if name.startswith("zoo:"):
-        return zoo_model(name[4:])
-    if name not in _MODELS:
-        _MODELS[name] = load_model(str(tiny_folder(name, root)), device="cpu")
-    return _MODELS[name]
 
 
 def padded_data(model):
@@ -52,7 +43,7 @@ def padded_data(model):
 @pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("granularity", ["head", "layer"])
 def test_sdpa_scores_equal_the_bridges_eager_attention(name, granularity, root):
-    model = model_of(name, root)
+    model = family_model(name, root)  # the family tests' loader and cache
     data = padded_data(model)
     for method in ("eap", "eap-ig-inputs"):
         eager = attribute(model, granularity, data, "logit_diff", method=method, steps=3, attention="eager")
