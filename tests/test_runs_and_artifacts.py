@@ -111,8 +111,13 @@ def test_a_study_killed_part_way_says_so(tmp_path):
     with pytest.raises(StudyError):
         _study(base, {"grpo": broken}, out)
     assert json.loads((out / "study.json").read_text())["status"] == "running"
+    # a study of the same labels resumes it (its caches are reused where their settings match); other labels
+    # are refused
     with pytest.raises(StudyError, match=r"holds a study of grpo \(running\)"):
-        _study(base, {"grpo": clone_model(base)}, out)
+        _study(base, {"dpo": clone_model(base)}, out)
+    _study(base, {"grpo": clone_model(base)}, out)
+    record = json.loads((out / "study.json").read_text())
+    assert record["status"] == "complete" and record["resumed"] and "report.md" in record["files"]
 
 
 # ---- checkpoints verified ----------------------------------------------------------------------------

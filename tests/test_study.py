@@ -209,7 +209,7 @@ def test_chat_template_model_end_to_end(chat_model, tmp_path, capsys):
                        min_kept=2, n_resamples=1000, granularities=("layer", "head"), progress=True,
                        out=tmp_path / "chat")
     said = capsys.readouterr().err  # every phase without a bar says what it does and how long it took
-    for phase in ("loading 2 model(s)", "building and probing the layer and head graph(s)", "statistics: paired tests",
+    for phase in ("opening 2 model(s)", "building and probing the layer and head graph(s)", "statistics: paired tests",
                   "writing tables and plots"):
         assert f"{phase}" in said and said.count(phase) == 2, phase
     gens = result.generations["base"]

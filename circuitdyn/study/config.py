@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any, no_type_check
 
+import torch
+
 from circuitdyn.core.choices import parse_choice
 from circuitdyn.core.fields import check_numbers, check_positive
 from circuitdyn.graph import Granularity
@@ -17,6 +19,13 @@ MIN_RESAMPLES = 1000
 class Protocol(str, Enum):
     PAPER = "paper"  # per pair: both-correct rows, the paper's filters and seeded sample, one cut length per pair
     COMMON = "common"  # circuitdyn's: one set that every model answers, each response scored on its own fraction
+
+
+class StudyDtype(str, Enum):
+    AUTO = "auto"  # bfloat16 on a CUDA device, float32 elsewhere
+    FLOAT32 = "float32"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
 
 
 class StudyError(ValueError):
@@ -60,6 +69,17 @@ class StudyConfig:
         "flag": "--granularity", "choices": [g.value for g in Granularity],
         "help": "graph(s) to attribute (repeatable; layer is the paper's q/k/v-split graph)"})
     chat_template: bool = field(default=True, metadata={"help": "encode questions with the tokenizer's chat template"})
+    template: str | None = field(default=None, metadata={
+        "type": str, "help": "a named prompt template instead of the chat template: plain, or one of the paper's "
+                             "(deepseek-math, mistral, qwen25-math-cot); its stop strings end the answers"})
+    dtype: StudyDtype | str = field(default=StudyDtype.AUTO, metadata={
+        "help": "weights of the models loaded from specs (auto: bfloat16 on CUDA, float32 elsewhere); scores are "
+                "float32 either way"})
+    device: str | None = field(default=None, metadata={"type": str, "help": "cpu, cuda, cuda:1 (default: cuda when "
+                                                                            "available)"})
+    model_dir: str | None = field(default=None, metadata={
+        "type": str, "help": "a folder of local model copies: a hub id org/name is loaded from DIR/org/name or "
+                             "DIR/name when that folder exists (offline machines)"})
     seed: int = field(default=0, metadata={"help": "seed of the statistics' resampling"})
     n_resamples: int = field(default=400_000, metadata={"flag": "--resamples",
                                                         "help": "bootstrap resamples per pooled test"})
@@ -75,6 +95,17 @@ class StudyConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "protocol", parse_choice(Protocol, self.protocol, "protocol", StudyError))
+        object.__setattr__(self, "dtype", parse_choice(StudyDtype, self.dtype, "dtype", StudyError))
+        if self.template is not None:
+            from circuitdyn.study.templates import template_named
+
+            try:
+                template_named(self.template)  # refused here, by name, when unknown
+            except ValueError as err:
+                raise StudyError(str(err)) from None
+        for name in ("device", "model_dir"):
+            if getattr(self, name) is not None and not (isinstance(getattr(self, name), str) and getattr(self, name)):
+                raise StudyError(f"{name} must be a non-empty string or None, got {getattr(self, name)!r}")
         cuts = self.cut_coeffs
         if not isinstance(cuts, (tuple, list)) or not cuts or not all(
                 isinstance(c, (int, float)) and not isinstance(c, bool) and 0 < c <= 1 for c in cuts):
@@ -106,6 +137,13 @@ class StudyConfig:
         label = label.lower()
         return any(label == o or (label.startswith(o) and not label[len(o)].isalpha())
                    for o in map(str.lower, self.offline))
+
+    def torch_dtype(self) -> torch.dtype:
+        """The dtype models loaded from specs get (`auto`: bfloat16 on a CUDA device, float32 elsewhere)."""
+        if self.dtype is StudyDtype.AUTO:
+            on_cuda = (self.device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+            return torch.bfloat16 if on_cuda else torch.float32
+        return getattr(torch, StudyDtype(self.dtype).value)
 
     def as_dict(self) -> dict[str, Any]:
         return {f.name: (v.value if isinstance(v := getattr(self, f.name), Enum) else v) for f in fields(self)}

@@ -1,9 +1,11 @@
 """A study's output folder: one study at a time (a lock naming its holder), never two studies' files mixed.
 
-A study records what it is in `study.json` when it starts (labels, status "running") and, when it ends,
-status "complete" and every file it wrote. A later study into a folder that holds one (or the files of a
-study from before this record) is refused unless told to replace it; it then deletes exactly the files the
-earlier study wrote, before any work. A study killed part-way leaves status "running": the folder says so.
+A study records what it is in `study.json` when it starts (labels, status "running", the files that were
+there before it) and, when it ends, status "complete" and every file it wrote. A study of the same labels
+into that folder resumes it: its per-model caches (study/cache.py) are reused where their settings match,
+and its tables are written again. A study of other labels (or into the files of a study from before this
+record) is refused unless told to replace it; it then deletes exactly the files the earlier study wrote,
+before any work. A study killed part-way leaves status "running": the folder says so, and a rerun resumes.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def study_folder(out: Path, labels: Sequence[str], *, replace: bool) -> Iterator
     with claim_folder(out, "study"):
         earlier = _read(out)
         legacy = earlier is None and any((out / mark).exists() for mark in STUDY_MARKS)
-        if earlier is not None or legacy:
+        resume = earlier is not None and earlier.get("labels") == list(labels) and not replace
+        if (earlier is not None or legacy) and not resume:
             what = (f"a study of {', '.join(earlier.get('labels', [])) or '?'} ({earlier.get('status', 'unknown')})"
                     if earlier else "a study's files")
             if not replace:
@@ -72,9 +75,12 @@ def study_folder(out: Path, labels: Sequence[str], *, replace: bool) -> Iterator
                                  "write to a new folder, or pass replace=True (circuitdyn study --replace) to "
                                  "replace it whole")
             _clear(out, earlier)
-        before = _files(out)
-        record: dict[str, Any] = {"status": "running", "labels": list(labels),
-                                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+        before = _files(out) - {MANIFEST}
+        if resume and earlier is not None:  # the files that were there before the first try, not its own
+            kept = earlier.get("preexisting")
+            before = set(kept) if isinstance(kept, list) else before - set(earlier.get("files") or [])
+        record: dict[str, Any] = {"status": "running", "labels": list(labels), "preexisting": sorted(before),
+                                  "started": time.strftime("%Y-%m-%d %H:%M:%S"), "resumed": resume}
         atomic_write_text(out / MANIFEST, json.dumps(record, indent=1))
         yield
         record.update(status="complete", finished=time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitdyn.models import LoadedModel, context_of
-from circuitdyn.models.sampling import sample
 from circuitdyn.models.surface import sampling_twin
 from circuitdyn.study.config import StudyError
 from circuitdyn.tasks.base import PairBatch, check_known
@@ -64,14 +64,35 @@ def encode_prompt(tokenizer: Any, question: str, *, chat_template: bool) -> list
     return [int(i) for i in tokenizer(question, add_special_tokens=True)["input_ids"]]
 
 
+def prompt_ids(tokenizer: Any, question: str, *, chat_template: bool, template: str | None = None) -> list[int]:
+    """A question's prompt ids: in the named template when one is given, else as encode_prompt."""
+    if template is not None:
+        from circuitdyn.study.templates import template_named
+
+        return template_named(template).encode(tokenizer, question)
+    return encode_prompt(tokenizer, question, chat_template=chat_template)
+
+
+def stop_ids(tokenizer: Any, template: str | None = None) -> set[int]:
+    """The tokens that end an answer: eos, and the template's single-token stop strings."""
+    if template is not None:
+        from circuitdyn.study.templates import template_named
+
+        return template_named(template).stop_ids(tokenizer)
+    return {tokenizer.eos_token_id} - {None}
+
+
 @torch.no_grad()
 def generate(model: LoadedModel, problems: Sequence[Problem], source: ProblemSet, *, chat_template: bool,
-             max_new_tokens: int, batch_size: int, progress: bool = False, desc: str = "generate") -> list[Generation]:
-    """Greedy answers of `model` to every problem, graded by `source.verify`."""
+             max_new_tokens: int, batch_size: int, progress: bool = False, desc: str = "generate",
+             template: str | None = None) -> list[Generation]:
+    """Greedy answers of `model` to every problem, graded by `source.verify`: transformers' own `generate`
+    (greedy, the template's stop tokens, no other processing) on the bridge's plain Hugging Face twin,
+    batched by prompt length."""
     tok, device = model.tokenizer, model.device
     twin = sampling_twin(model.bridge)
-    stops = {tok.eos_token_id} - {None}
-    prompts = [encode_prompt(tok, p.question, chat_template=chat_template) for p in problems]
+    stops = stop_ids(tok, template)
+    prompts = [prompt_ids(tok, p.question, chat_template=chat_template, template=template) for p in problems]
     check_prompts(tok, problems, prompts)
     room = generation_room(model, prompts, max_new_tokens)
     pad = pad_id(tok)
@@ -83,16 +104,32 @@ def generate(model: LoadedModel, problems: Sequence[Problem], source: ProblemSet
         rows = [prompts[i] for i in idx]
         width = max(map(len, rows))
         ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.bool, device=device)
-        rollout = sample(twin, tok, ids, mask, max_new_tokens=min(max_new_tokens, room(width)), greedy=True)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+        out = greedy(twin, ids, mask, min(max_new_tokens, room(width)), sorted(stops), pad)[:, width:].tolist()
         for row, i in enumerate(idx):
-            generated = rollout.completion_ids[row][rollout.completion_mask[row]].tolist()
-            stopped = bool(generated) and generated[-1] in stops
-            response = generated[:-1] if stopped else generated
+            generated = out[row]
+            end = next((j for j, t in enumerate(generated) if t in stops), None)
+            response = generated if end is None else generated[:end]
             text = tok.decode(response, skip_special_tokens=True)
             results[i] = Generation(tuple(rows[row]), tuple(response), text, bool(source.verify(problems[i], text)),
-                                    stopped)
+                                    end is not None)
     return [results[i] for i in range(len(problems))]
+
+
+def greedy(hf: Any, ids: Tensor, mask: Tensor, max_new_tokens: int, stops: list[int], pad: int) -> Tensor:
+    """transformers' greedy `generate`, and nothing else: the model's own generation settings
+    (generation_config.json: repetition penalties, suppressed tokens, sampling defaults) are set aside for the
+    call, so every model decodes the same way."""
+    from transformers import GenerationConfig
+
+    config = GenerationConfig(do_sample=False, num_beams=1, max_new_tokens=max_new_tokens, eos_token_id=stops,
+                              pad_token_id=pad, return_dict_in_generate=False)
+    own = hf.generation_config
+    hf.generation_config = GenerationConfig()
+    try:
+        return hf.generate(input_ids=ids, attention_mask=mask, generation_config=config)
+    finally:
+        hf.generation_config = own
 
 
 def distinct_problems(problems: Sequence[Problem], asked: int, source: str) -> list[Problem]:

@@ -23,12 +23,14 @@ from circuitdyn.analysis.metrics import edge_vector, example_correlations
 from circuitdyn.analysis.stats import N_PERMUTATIONS, PairedStat, paired_stat
 from circuitdyn.attribution import Attribution
 from circuitdyn.graph import Graph
+from circuitdyn.study.cache import StudyCache
 from circuitdyn.study.config import StudyConfig, StudyError
-from circuitdyn.study.generation import Generation, pad_id, scored_batch
+from circuitdyn.study.generation import Generation, scored_batch
 from circuitdyn.study.pair_files import PairRow
 from circuitdyn.study.result import HEADLINE, Entry, Test
+from circuitdyn.study.scoring import Job, score_models
 from circuitdyn.study.selection import RowLengths, Selection, select_rows
-from circuitdyn.study.statistics import paired_tests, score, seed_deltas
+from circuitdyn.study.statistics import paired_tests, seed_deltas
 
 DIVERSITY = "sample_diversity"
 
@@ -72,27 +74,36 @@ def select_pair(cfg: StudyConfig, rows: Sequence[PairRow]) -> Selection:
 
 
 def run_cells(cfg: StudyConfig, entries: Sequence[Entry], rows: Mapping[str, list[PairRow]],
-              selections: Mapping[str, Selection], graphs: Mapping[str, Graph]) -> list[Cell]:
-    """Attribute every (label, cut coefficient) cell: the base and each seed on the pair's rows."""
+              selections: Mapping[str, Selection], graphs: Mapping[str, Graph], records: Mapping[str, Mapping[str, Any]],
+              cache: StudyCache, pad: int) -> list[Cell]:
+    """Attribute every (label, cut coefficient) cell: the base and each seed on the pair's rows. Coefficients
+    that give one length share its attributions; each model is loaded once for all of its cells."""
     by_name = {e.name: e for e in entries}
-    cells = []
-    done: dict[tuple[str, int], tuple[dict[Any, Attribution], dict[Any, dict[str, np.ndarray]]]] = {}
+    plan: list[tuple[str, float, int, list[PairRow], tuple[Entry, ...]]] = []
+    jobs: dict[str, list[Job]] = {}
     for cut in cfg.cut_coeffs:
         for label, sel in selections.items():
             chosen = [rows[label][i] for i in sel.rows]
             members = (by_name["base"], *[e for e in entries if e.label == label])
             cut_len = sel.cut_len(cut)
-            if (label, cut_len) not in done:  # coefficients that give one length share its attributions
-                gens = {"base": [r.base for r in chosen], **{e.name: [r.tuned[e.replicate] for r in chosen]
-                                                              for e in members[1:]}}
-                attributions, metrics = {}, {}
+            if not any(p[0] == label and p[2] == cut_len for p in plan):
                 for e in members:
-                    batch = scored_batch(gens[e.name], None, pad_id(e.model.tokenizer), cut_len=cut_len)
-                    scored = score(cfg, e.name, e.model, batch, graphs)
-                    attributions.update(scored[0])
-                    metrics.update(scored[1])
-                done[(label, cut_len)] = attributions, metrics
-            cells.append(Cell(label, cut, cut_len, tuple(r.key for r in chosen), members, *done[(label, cut_len)]))
+                    gens = [r.base if e.label == "base" else r.tuned[e.replicate] for r in chosen]
+                    jobs.setdefault(e.name, []).append(((label, cut_len),
+                                                        scored_batch(gens, None, pad, cut_len=cut_len)))
+            plan.append((label, cut, cut_len, chosen, members))
+    scored = score_models(cfg, entries, jobs, graphs, records, cache)
+    cells = []
+    shared: dict[tuple[str, int], tuple[dict[Any, Attribution], dict[Any, dict[str, np.ndarray]]]] = {}
+    for label, cut, cut_len, chosen, members in plan:
+        if (label, cut_len) not in shared:  # one length, one set of attributions, whatever the coefficient
+            attributions: dict[tuple[str, str], Attribution] = {}
+            metrics: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
+            for e in members:
+                attributions.update(scored[(e.name, (label, cut_len))][0])
+                metrics.update(scored[(e.name, (label, cut_len))][1])
+            shared[(label, cut_len)] = attributions, metrics
+        cells.append(Cell(label, cut, cut_len, tuple(r.key for r in chosen), members, *shared[(label, cut_len)]))
     return cells
 
 

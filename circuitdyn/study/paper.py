@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from circuitdyn.core.phases import phase
-from circuitdyn.graph import Graph
+from circuitdyn.study.cache import StudyCache
 from circuitdyn.study.config import StudyConfig
-from circuitdyn.study.generation import Generation
+from circuitdyn.study.generation import Generation, pad_id
+from circuitdyn.study.opening import Opened
 from circuitdyn.study.pair_files import PairRow, pair_rows, read_pair_file, write_pair_files
 from circuitdyn.study.pairs import Cell, cell_tests, cross_tests, generated_rows, run_cells, select_pair, too_short
 from circuitdyn.study.result import Entry, StudyResult, Test
@@ -26,10 +27,9 @@ from circuitdyn.study.statistics import degraded_labels, state_claims, with_fdr
 logger = logging.getLogger(__name__)
 
 
-def pair_inputs(cfg: StudyConfig, entries: Sequence[Entry], generations: Mapping[str, list[Generation]],
-                files: Mapping[str, Sequence[str | Path]]) -> tuple[dict[str, list[PairRow]], dict[str, Any]]:
+def pair_inputs(entries: Sequence[Entry], generations: Mapping[str, list[Generation]],
+                files: Mapping[str, Sequence[str | Path]], vocab: int) -> tuple[dict[str, list[PairRow]], dict[str, Any]]:
     """Each label's rows, read from its files or taken from the generations, and where they came from."""
-    vocab = int(entries[0].model.cfg.d_vocab)
     rows: dict[str, list[PairRow]] = {}
     sources: dict[str, Any] = {}
     for label in dict.fromkeys(e.label for e in entries if e.label != "base"):
@@ -43,9 +43,9 @@ def pair_inputs(cfg: StudyConfig, entries: Sequence[Entry], generations: Mapping
 
 
 def run_paper(cfg: StudyConfig, entries: Sequence[Entry], generations: dict[str, list[Generation]],
-              files: Mapping[str, Sequence[str | Path]], graphs: Mapping[str, Graph], protocol: dict[str, Any],
-              out: Path | None, t0: float, seconds: dict[str, float]) -> StudyResult:
-    rows, sources = pair_inputs(cfg, entries, generations, files)
+              files: Mapping[str, Sequence[str | Path]], opened: Opened, protocol: dict[str, Any],
+              out: Path | None, cache: StudyCache, t0: float, seconds: dict[str, float]) -> StudyResult:
+    rows, sources = pair_inputs(entries, generations, files, opened.facts.d_vocab)
     selections = {label: select_pair(cfg, r) for label, r in rows.items()}
     protocol["pairs"] = {label: {**s.as_dict(cfg.cut_coeffs), "source": sources[label]} for label, s in selections.items()}
     if out is not None:  # before any attribution (or refusal): the generation work is never lost
@@ -61,7 +61,8 @@ def run_paper(cfg: StudyConfig, entries: Sequence[Entry], generations: dict[str,
         protocol["pairs"][label]["skipped"] = reason
         logger.warning("pair %s - base left out: %s", label, reason)
     t2 = time.perf_counter()
-    cells = run_cells(cfg, entries, rows, {k: s for k, s in selections.items() if k not in short}, graphs)
+    cells = run_cells(cfg, entries, rows, {k: s for k, s in selections.items() if k not in short}, opened.graphs,
+                      opened.records, cache, pad_id(opened.facts.tokenizer))
     seconds["attribute"] = time.perf_counter() - t2
     t3 = time.perf_counter()
     with phase(f"statistics: paired tests of {len(cells)} cell(s), {cfg.n_resamples:,} resamples each", cfg.progress):

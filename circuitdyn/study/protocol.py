@@ -26,69 +26,22 @@ import torch
 from circuitdyn.attribution import Attribution
 from circuitdyn.core.outputs import check_output_folder
 from circuitdyn.core.phases import phase
-from circuitdyn.graph import Graph
-from circuitdyn.models import LoadedModel, load_model, weights_sha256
+from circuitdyn.models import LoadedModel
+from circuitdyn.study.cache import StudyCache
 from circuitdyn.study.config import Protocol, StudyConfig, StudyError, check_label
 from circuitdyn.study.folder import study_folder
-from circuitdyn.study.generation import distinct_problems, generate, pad_id, scored_batch
+from circuitdyn.study.generation import distinct_problems, pad_id, scored_batch
+from circuitdyn.study.opening import Opened, open_models
 from circuitdyn.study.paper import run_paper
 from circuitdyn.study.result import Entry, StudyResult
-from circuitdyn.study.statistics import degraded_labels, paired_tests, score, state_claims, with_fdr
+from circuitdyn.study.scoring import score_models
+from circuitdyn.study.statistics import degraded_labels, paired_tests, state_claims, with_fdr
+from circuitdyn.study.streaming import ModelSource, local_folder
 from circuitdyn.tasks import ProblemSet, get_problem_set, problems_sha256
-from circuitdyn.train.trained import is_checkpoint, load_trained
 
 logger = logging.getLogger(__name__)
 
 ModelLike = str | LoadedModel
-
-def _load(spec: ModelLike, base_spec: str | None) -> LoadedModel:
-    if isinstance(spec, LoadedModel):
-        return spec
-    if not isinstance(spec, str):
-        raise StudyError(f"a model must be a spec string or a LoadedModel, got {type(spec).__name__}")
-    if is_checkpoint(spec):  # a circuitdyn training checkpoint (LoRA adapters merged), trained from the base
-        return load_trained(spec, base_spec)
-    return load_model(spec)
-
-
-def _warn_identical(entries: Sequence[Entry]) -> None:
-    """A tuned model with the base's weights (a null comparison: every delta is exactly 0), or one model
-    given twice (two seeds that are one), is allowed and said by name."""
-    seen: dict[str, str] = {}
-    for e in entries:
-        digest = weights_sha256(e.model)
-        if digest in seen:
-            what = "the base's weights: its comparison is a null one" if seen[digest] == "base" else \
-                f"the same weights as {seen[digest]}: the two are one model, not two seeds"
-            logger.warning("%s has %s (weights sha256 %s)", e.name, what, digest[:12])
-        seen.setdefault(digest, e.name)
-
-
-def _tokenizer_fingerprint(tok: Any) -> tuple[Any, ...]:
-    return (tuple(sorted(tok.get_vocab().items())), getattr(tok, "chat_template", None), tok.eos_token_id)
-
-
-def _check_compatible(entries: Sequence[Entry]) -> None:
-    base = entries[0]
-    arch = base.model.provenance.architecture
-    fp = _tokenizer_fingerprint(base.model.tokenizer)
-    for e in entries[1:]:
-        if e.model.provenance.architecture != arch:
-            raise StudyError(f"{e.name} is a {e.model.provenance.architecture} but the base is a {arch}: a study "
-                             "compares models of one architecture family (the same graph); compare tuned versions "
-                             "of the base only")
-        if _tokenizer_fingerprint(e.model.tokenizer) != fp:
-            raise StudyError(f"{e.name} has a different tokenizer (vocabulary, chat template or eos) from the base: "
-                             "its generations and scored tokens would not be comparable; use tuned copies that "
-                             "share the base's tokenizer")
-        ours, theirs = e.model.bridge.cfg, base.model.bridge.cfg
-        if ours.n_layers != theirs.n_layers or ours.d_model != theirs.d_model:
-            raise StudyError(f"{e.name} has a different shape from the base; a study needs one graph for all models")
-        mine, its = (next(m.bridge.parameters()).dtype for m in (e.model, base.model))
-        if mine != its:
-            raise StudyError(f"{e.name} runs in {str(mine).replace('torch.', '')} and the base in "
-                             f"{str(its).replace('torch.', '')}: the precision difference would read as a change of "
-                             "the circuit; load every model in one dtype")
 
 
 def run_study(
@@ -100,6 +53,7 @@ def run_study(
     out: str | Path | None = None,
     generations: Mapping[str, str | Path | Sequence[str | Path]] | None = None,
     replace: bool = False,
+    fresh: bool = False,
     **overrides: Any,
 ) -> StudyResult:
     """Run the protocol (module docstring). `tuned` maps a label ("grpo") to a model or a list of models
@@ -108,45 +62,43 @@ def run_study(
     label to the pair's generations file (the paper's all_correct.jsonl rows; one per seed), read instead of
     generating (paper protocol). With `out`, every table, plot and the protocol record are written there
     (generations are saved before any refusal); the folder is held by this study while it runs, and one
-    that holds another study is refused unless `replace` (study/folder.py)."""
+    that holds another study is refused unless `replace` (study/folder.py). Models given as specs are
+    loaded one at a time and freed after each step (study/streaming.py); LoadedModels stay the caller's.
+    With `out`, each model's generations and attributions are cached there (study/cache.py): a rerun of
+    the same study resumes from them, and `fresh` recomputes them."""
     cfg = dataclasses.replace(config, **overrides) if config else StudyConfig(**overrides)
     files = {label: [f] if isinstance(f, (str, Path)) else list(f) for label, f in (generations or {}).items()}
     _check_request(cfg, tuned, files, problems)
     if out is None:
-        return _run(cfg, base, tuned, problems, files, None)
+        return _run(cfg, base, tuned, problems, files, None, StudyCache(None))
     out = check_output_folder(out, "study output folder")
     with study_folder(out, list(tuned), replace=replace):
-        return _run(cfg, base, tuned, problems, files, out)
+        return _run(cfg, base, tuned, problems, files, out, StudyCache(out, fresh=fresh))
 
 
 def _run(cfg: StudyConfig, base: ModelLike, tuned: Mapping[str, ModelLike | Sequence[ModelLike]], problems: Any,
-         files: dict[str, list[Any]], out: Path | None) -> StudyResult:
+         files: dict[str, list[Any]], out: Path | None, cache: StudyCache) -> StudyResult:
     t0 = time.perf_counter()
-    with phase(f"loading {1 + sum(len(v) if isinstance(v, (list, tuple)) else 1 for v in tuned.values())} model(s)",
-               cfg.progress):
-        entries = _entries(base, tuned)
-    seconds = {"load": time.perf_counter() - t0}
-    t1 = time.perf_counter()
-    generate_for = [e for e in entries if e.label not in files] if len(files) < len(tuned) else []
-    items, source, gens = [], None, {}
+    entries = _entries(cfg, base, tuned)
+    generate_for = {e.name for e in entries if e.label not in files} if len(files) < len(tuned) else set()
+    items, source = [], None
     if generate_for:
         source = get_problem_set(problems) if isinstance(problems, str) else problems
         if source is None:  # _check_request refused this already
             raise StudyError("no problems to generate from")
         items = distinct_problems(source.problems(cfg.samples, seed=cfg.seed), cfg.samples, source.name)
-        for e in generate_for:
-            gens[e.name] = generate(e.model, items, source, chat_template=cfg.chat_template,
-                                    max_new_tokens=cfg.max_new_tokens, batch_size=cfg.batch_size,
-                                    progress=cfg.progress, desc=f"generate {e.name}")
-    seconds["generate"] = time.perf_counter() - t1
+    with phase(f"opening {len(entries)} model(s) one at a time" + (", generating" if generate_for else ""),
+               cfg.progress):
+        entries, opened = open_models(cfg, entries, items, source, generate_for, cache)
+    seconds = {"open_and_generate": time.perf_counter() - t0}
+    gens = opened.generations
     correct = {name: sum(g.correct for g in gs) for name, gs in gens.items()}
     protocol = _protocol(cfg, entries, source, items, correct)
-    with phase(f"building and probing the {' and '.join(cfg.granularities)} graph(s)", cfg.progress):
-        graphs = {g: Graph.from_model(entries[0].model, g) for g in cfg.granularities}
     if cfg.protocol is Protocol.PAPER:
-        result = run_paper(cfg, entries, gens, files, graphs, protocol, out, t0, seconds)
+        result = run_paper(cfg, entries, gens, files, opened, protocol, out, cache, t0, seconds)
     else:
-        result = _run_common(cfg, entries, items, gens, graphs, protocol, out, t0, seconds)
+        result = _run_common(cfg, entries, items, opened, protocol, out, cache, t0, seconds)
+    protocol["cache"] = {"reused": len(cache.hits), "computed": len(cache.misses), "fresh": cache.fresh}
     if out is not None:
         from circuitdyn.study.report import write_study
 
@@ -181,26 +133,27 @@ def _check_request(cfg: StudyConfig, tuned: Mapping[str, Any], files: Mapping[st
                          "every tuned label")
 
 
-def _entries(base: ModelLike, tuned: Mapping[str, ModelLike | Sequence[ModelLike]]) -> list[Entry]:
-    base_spec = base if isinstance(base, str) else None
-    entries = [Entry("base", 0, _load(base, None))]
+def _entries(cfg: StudyConfig, base: ModelLike, tuned: Mapping[str, ModelLike | Sequence[ModelLike]]) -> list[Entry]:
+    """The study's models in order (the base first), none loaded yet."""
+    def local(spec: ModelLike) -> ModelLike:
+        return local_folder(spec, cfg.model_dir) if isinstance(spec, str) else spec
+
+    base_spec = local_folder(base, cfg.model_dir) if isinstance(base, str) else None
+    dtype, device = cfg.torch_dtype(), cfg.device
+    entries = [Entry("base", 0, ModelSource(local(base), None, dtype, device))]
     for label, models in tuned.items():
         group = [models] if isinstance(models, (str, LoadedModel)) else list(models)
         if not group:
             raise StudyError(f"tuned label {label!r} has no models")
-        entries += [Entry(label, r, _load(m, base_spec)) for r, m in enumerate(group)]
-    _check_compatible(entries)
-    for e in entries:
-        if e.model.bridge.training:
-            raise StudyError(f"{e.name} is in training mode (dropout): call model.bridge.eval() first")
-    _warn_identical(entries)
+        entries += [Entry(label, r, ModelSource(local(m), base_spec, dtype, device)) for r, m in enumerate(group)]
     return entries
 
 
-def _run_common(cfg: StudyConfig, entries: Sequence[Entry], items: Sequence[Any], generations: dict[str, Any],
-                graphs: Mapping[str, Graph], protocol: dict[str, Any], out: Path | None, t0: float,
+def _run_common(cfg: StudyConfig, entries: Sequence[Entry], items: Sequence[Any], opened: Opened,
+                protocol: dict[str, Any], out: Path | None, cache: StudyCache, t0: float,
                 seconds: dict[str, float]) -> StudyResult:
     """One set of problems that every model answers correctly; each response scored on its own fraction."""
+    generations = opened.generations
     kept = tuple(i for i in range(len(items)) if all(generations[e.name][i].correct and generations[e.name][i].response_ids
                                                      for e in entries))
     protocol["n_kept"] = len(kept)
@@ -218,11 +171,12 @@ def _run_common(cfg: StudyConfig, entries: Sequence[Entry], items: Sequence[Any]
     t2 = time.perf_counter()
     attributions: dict[tuple[str, str], Attribution] = {}
     metrics: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
-    for e in entries:
-        batch = scored_batch([generations[e.name][i] for i in kept], cfg.fraction, pad_id(e.model.tokenizer))
-        scored = score(cfg, e.name, e.model, batch, graphs)
-        attributions.update(scored[0])
-        metrics.update(scored[1])
+    pad = pad_id(opened.facts.tokenizer)
+    jobs = {e.name: [("kept", scored_batch([generations[e.name][i] for i in kept], cfg.fraction, pad))]
+            for e in entries}
+    for attrs, tables in score_models(cfg, entries, jobs, opened.graphs, opened.records, cache).values():
+        attributions.update(attrs)
+        metrics.update(tables)
     seconds["attribute"] = time.perf_counter() - t2
     t3 = time.perf_counter()
     with phase(f"statistics: paired tests, {cfg.n_resamples:,} resamples each", cfg.progress):
@@ -251,10 +205,10 @@ def _protocol(cfg: StudyConfig, entries: Sequence[Entry], source: ProblemSet | N
                      "dataset_sha256": dataset},
         "dataset_sha256": dataset,
         "generation": {"greedy": True, "max_new_tokens": cfg.max_new_tokens, "chat_template": cfg.chat_template,
+                       "template": cfg.template,
                        "batch_size": cfg.batch_size},
         # the hash of the weights each model actually ran with (a modified copy keeps its base's provenance)
-        "models": {e.name: {**e.model.provenance.as_dict(), "weights_sha256": weights_sha256(e.model)}
-                   for e in entries},
+        "models": {e.name: dict(e.record) for e in entries},
         "correct": correct,
         "torch": torch.__version__,
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -9,10 +10,10 @@ import numpy as np
 
 from circuitdyn.analysis.stats import PairedStat
 from circuitdyn.attribution import Attribution
-from circuitdyn.models import LoadedModel
 from circuitdyn.study.config import StudyConfig
 from circuitdyn.study.generation import Generation
 from circuitdyn.study.selection import Selection
+from circuitdyn.study.streaming import ModelSource
 
 HEADLINE = ("intensity", "entropy", "normalized_entropy", "effective_edges", "gini", "top_share_0.01",
             "top_share_0.05", "top_share_0.1", "kurtosis", "node_output_entropy")
@@ -27,11 +28,13 @@ LAYER_METRICS = ("intensity", "normalized_entropy", "gini")  # tested per destin
 
 @dataclass(frozen=True)
 class Entry:
-    """One model of the study: its label ("base", "grpo", ...) and replicate index (training seed)."""
+    """One model of the study: its label ("base", "grpo", ...), replicate index (training seed), where it comes
+    from, and (once opened) what it ran as: provenance and weights sha256."""
 
     label: str
     replicate: int
-    model: LoadedModel
+    source: ModelSource
+    record: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:

@@ -1,49 +1,17 @@
-"""The study's statistics: per-prompt metric tables, the paired tests over them (FDR-controlled over the
-whole study) and the paper's claims stated as measured."""
+"""The study's statistics: the paired tests over the per-prompt metric tables (FDR-controlled over the whole
+study) and the paper's claims stated as measured."""
 
 from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any
 
 import numpy as np
-import torch
 
-from circuitdyn.analysis.metrics import circuit_metrics, per_layer_metrics
 from circuitdyn.analysis.stats import N_PERMUTATIONS, Direction, PairedStat, fdr_adjust, paired_stat
-from circuitdyn.attribution import Attribution, attribute
-from circuitdyn.graph import Graph
-from circuitdyn.study.config import StudyConfig, StudyError
+from circuitdyn.study.config import StudyConfig
 from circuitdyn.study.result import CONCENTRATION, HEADLINE, LAYER_METRICS, Entry, Test
-from circuitdyn.tasks.base import PairBatch
-
-
-def score(cfg: StudyConfig, name: str, model: Any, batch: PairBatch, graphs: Mapping[str, Graph],
-          ) -> tuple[dict[tuple[str, str], Attribution], dict[tuple[str, str, str], dict[str, np.ndarray]]]:
-    """One model's zero-ablation attribution of its scored batch on every graph (summed over positions, per
-    example), with its per-prompt metric tables: ({(name, graph): Attribution}, {(name, graph, scope): table})."""
-    attributions, metrics = {}, {}
-    for gran, graph in graphs.items():
-        attr = attribute(model, graph, batch, "answer_nll", ablation="zero", aggregation="sum", per_example=True,
-                         batch_size=cfg.batch_size, progress=cfg.progress)
-        attributions[(name, gran)] = attr
-        for scope, table in metric_table(attr, cfg.per_layer).items():
-            metrics[(name, gran, scope)] = table
-    return attributions, metrics
-
-
-def metric_table(attribution: Attribution, per_layer: bool) -> dict[str, dict[str, np.ndarray]]:
-    """Per-prompt metrics: {"pooled": {...}, "layer l": {...}, "logits": {...}}."""
-    if attribution.per_example is None or not torch.isfinite(attribution.per_example).all():
-        raise StudyError("some per-example scores are not finite: check the model's dtype and the responses")
-    out = {"pooled": circuit_metrics(attribution, per_example=True)}
-    if per_layer:
-        n_layers = attribution.graph.spec.n_layers
-        for layer, table in per_layer_metrics(attribution, per_example=True).items():
-            out["logits" if layer == n_layers else f"layer {layer}"] = table
-    return {scope: {k: v.numpy() for k, v in table.items()} for scope, table in out.items()}
 
 
 def seed_deltas(metrics: Mapping[tuple[str, str, str], dict[str, np.ndarray]], names: Sequence[str], gran: str,
