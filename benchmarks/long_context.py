@@ -32,18 +32,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import psutil
 import torch
 
-from circuitdyn.attribution import attribute
-from circuitdyn.attribution.destinations import QKVGradients, destination_reader
-from circuitdyn.attribution.engine import (
-    buffer_bytes,
-    frozen_parameters,
-    gradient_bytes,
-    peak_estimate,
-)
-from circuitdyn.attribution.kept import saved_activation_bytes
+from circuitdyn.attribution import attribute, estimate
+from circuitdyn.attribution.engine import buffer_bytes, gradient_bytes, peak_estimate
 from circuitdyn.graph import Graph
 from circuitdyn.graph.nodes import GraphSpec
-from circuitdyn.models.attention import efficient_attention
 from circuitdyn.models.zoo import char_tokenizer
 from circuitdyn.tasks.base import PairBatch
 
@@ -101,14 +93,7 @@ def one_example(tokens: int, vocab: int) -> PairBatch:
 
 
 def kept_bytes(bridge: Any, granularity: str, tokens: int) -> int:
-    """What attribute() measures for one example: the activations autograd keeps, with the hooks its
-    destination reader switches on, plus what the reader keeps per token."""
-    graph = Graph.from_model(bridge, granularity)
-    batch = one_example(tokens, bridge.cfg.d_vocab)
-    reader = destination_reader(bridge, graph, QKVGradients.AUTO, patches_destinations=False)
-    with graph.enable_hooks(bridge, split_qkv=not reader.projected), frozen_parameters(bridge), \
-            efficient_attention(bridge):
-        return saved_activation_bytes(bridge, graph, batch.clean, batch.mask) + reader.kept_bytes_per_token() * tokens
+    return estimate.kept_bytes(bridge, granularity, tokens)[0]
 
 
 def table() -> list[dict[str, Any]]:

@@ -1,5 +1,5 @@
-"""Command line: `circuitdyn attribute | compare | study | train | report` (and `view | export | import`:
-circuit_files.py), mirroring the Python API.
+"""Command line: `circuitdyn attribute | compare | study | train | report` (`study`: study_command.py; `view |
+export | import`: circuit_files.py), mirroring the Python API.
 
     circuitdyn study --base zoo:llama --tuned grpo=runs/grpo/final --tuned dpo=runs/dpo/final \
         --task addition --samples 100 --out runs/study
@@ -28,13 +28,12 @@ from circuitdyn.cli.inputs import (
     count,
     out_path,
     parse_sets,
-    parse_tuned,
     read_json,
     read_json_object,
 )
 from circuitdyn.cli.options import add_config_options, config_kwargs
+from circuitdyn.cli.study_command import add_study_command
 from circuitdyn.graph import Granularity
-from circuitdyn.study.config import StudyConfig
 from circuitdyn.train.config import Algorithm
 
 
@@ -104,20 +103,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         to_csv(records, out / "comparison.csv")
         save_records(records, out / "comparison.json")
         print(f"wrote {out}")
-    return 0
-
-
-def cmd_study(args: argparse.Namespace) -> int:
-    from circuitdyn.study import run_study
-
-    out = Path(args.out)  # run_study refuses a folder it cannot write before any work
-    config = StudyConfig(**config_kwargs(args, StudyConfig))
-    result = run_study(args.base, parse_tuned(args.tuned), args.task, config=config, out=out, replace=args.replace,
-                       generations=parse_tuned(args.generations, "--generations", "LABEL=FILE"))
-    print((out / "report.md").read_text())
-    scored = ", ".join(f"{label} {len(s.rows)} of {s.n_rows}" for label, s in result.selections.items())
-    print(f"rows scored per pair: {scored}; wrote {out}" if scored else
-          f"kept {len(result.kept)} of {result.n_generated}; wrote {out}")
     return 0
 
 
@@ -203,21 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(a, AttributionConfig)
     a.set_defaults(fn=cmd_attribute)
 
-    s = sub.add_parser("study", help="the RL-circuitry paper's protocol: own generations, both-correct filter, "
-                       "zero-ablation EAP of the mean NLL of each response's first tokens, paired tests",
-                       formatter_class=HelpFormatter)
-    s.add_argument("--base", required=True, help="base model spec")
-    s.add_argument("--tuned", action="append", required=True, metavar="LABEL=MODEL",
-                   help="a tuned model (spec, folder or circuitdyn checkpoint of the base); repeat a label for seeds")
-    s.add_argument("--generations", action="append", default=[], metavar="LABEL=FILE",
-                   help="read a pair's generations (the paper's all_correct.jsonl rows) instead of generating; one "
-                        "file per seed of the label")
-    s.add_argument("--task", default="word_problems",
-                   help="word_problems, gsm8k:FILE.jsonl, math:FILE.jsonl, or a task (addition, ...)")
-    s.add_argument("--out", type=out_path, required=True, help="output folder")
-    s.add_argument("--replace", action="store_true", help="replace a study the output folder already holds")
-    add_config_options(s, StudyConfig)
-    s.set_defaults(fn=cmd_study)
+    add_study_command(sub)
 
     c = sub.add_parser("compare", help="paired comparison of two attribution files on the same prompts; it does "
                        "NOT generate, grade or filter to both-correct prompts (use `study` for the paper's protocol)",
@@ -266,8 +237,8 @@ def interrupted(args: argparse.Namespace) -> str:
         return (f"{args.out} keeps {', '.join(kept)} (every step up to the newest) and log.jsonl; continue with the "
                 f"same command and --resume latest")
     if args.command == "study":
-        return (f"{args.out} keeps what was finished (generations.jsonl once every model has answered); run the "
-                "same command again to start over")
+        return (f"{args.out}/cache keeps each model's finished generations and attributions; run the same command "
+                "again to resume from them (--fresh recomputes them)")
     return "nothing was written (outputs are written whole at the end, never partly)"
 
 
