@@ -68,12 +68,17 @@ def test_models_given_by_spec_are_loaded_one_at_a_time(folders, monkeypatch):
     assert result.protocol["models"]["grpo#0"]["weights_sha256"] != result.protocol["models"]["base"]["weights_sha256"]
 
 
-def test_a_rerun_reuses_every_cache_and_equals_the_first_run(folders, tmp_path):
+def test_a_rerun_reuses_every_cache_and_equals_the_first_run(folders, tmp_path, monkeypatch):
     out = tmp_path / "study"
     first = run_study(folders["base"], _tuned(folders), "addition", out=out, **SETTINGS)
     assert first.protocol["cache"] == {"reused": 0, "computed": 8, "fresh": False}  # 4 generations, 4 attributions
+    loads, real = [], ModelSource.load
+    monkeypatch.setattr(ModelSource, "load", lambda self: loads.append(self.spec) or real(self))
     again = run_study(folders["base"], _tuned(folders), "addition", out=out, **SETTINGS)
     assert again.protocol["cache"] == {"reused": 8, "computed": 0, "fresh": False}
+    # only the base is loaded again (its graph); each tuned model is known by its files' sha256
+    assert loads == [folders["base"]]
+    monkeypatch.setattr(ModelSource, "load", real)
     _same(first, again)
     record = json.loads((out / "study.json").read_text())
     assert record["status"] == "complete" and record["resumed"] and any(f.startswith("cache/") for f in record["files"])
@@ -91,7 +96,7 @@ def test_a_damaged_cache_file_is_said_and_recomputed(folders, tmp_path, caplog):
     first = run_study(folders["base"], {"grpo": folders["t0"]}, "addition", out=out, **SETTINGS)
     damaged = sorted((out / "cache").glob("grpo_seed0.generations.*.json"))[0]
     document = json.loads(damaged.read_text())
-    document["rows"][0]["correct"] = not document["rows"][0]["correct"]
+    document["body"]["rows"][0]["correct"] = not document["body"]["rows"][0]["correct"]
     damaged.write_text(json.dumps(document))
     with caplog.at_level("WARNING"):
         again = run_study(folders["base"], {"grpo": folders["t0"]}, "addition", out=out, **SETTINGS)
@@ -156,3 +161,19 @@ def test_study_settings_are_validated():
                          (dict(device=""), "device must be")]:
         with pytest.raises(StudyError, match=message):
             run_study("zoo:llama", {"grpo": "zoo:llama"}, "addition", **bad)
+
+
+def test_a_tuned_model_whose_files_changed_is_loaded_again(folders, tmp_path):
+    import shutil
+
+    mine = tmp_path / "mine"
+    shutil.copytree(folders["t0"], mine)
+    out = tmp_path / "study"
+    first = run_study(folders["base"], {"grpo": str(mine)}, "addition", out=out, **SETTINGS)
+    shutil.rmtree(mine)
+    shutil.copytree(folders["t1"], mine)  # same path, other weights
+    again = run_study(folders["base"], {"grpo": str(mine)}, "addition", out=out, **SETTINGS)
+    digests = [r.protocol["models"]["grpo#0"]["weights_sha256"] for r in (first, again)]
+    # its generations and attributions are made again (the base's too where the kept problems changed); the
+    # base's generations are reused
+    assert digests[0] != digests[1] and again.protocol["cache"]["computed"] >= 2 and again.protocol["cache"]["reused"] >= 1

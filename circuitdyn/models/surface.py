@@ -4,6 +4,7 @@ Hugging Face twin that samples fast, and random generators on the model's own de
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch
@@ -65,13 +66,26 @@ def seeded_generator(device: torch.device | str, seed: int) -> torch.Generator:
     return torch.Generator(device=torch.device(device)).manual_seed(seed)
 
 
-def sampling_twin(bridge: Any) -> torch.nn.Module:
+def _no_init_weights() -> Any:
+    from transformers.initialization import no_init_weights
+
+    return no_init_weights()
+
+
+def sampling_twin(bridge: Any, attention: str | None = None) -> torch.nn.Module:
     """A plain Hugging Face model whose parameters ARE the bridge's (the same Parameter objects), without the
     bridge's wrapper components: ~1.7x faster sampling, identical samples. Updates to the bridge are seen at
-    once. Falls back to `bridge.original_model` when any weight cannot be shared."""
+    once. Falls back to `bridge.original_model` when any weight cannot be shared. `attention` ("sdpa") gives
+    the twin its own copy of the configuration with that attention implementation (the bridge's stays)."""
     hf = bridge.original_model
     state = {strip_wrappers(k): v for k, v in hf.state_dict(keep_vars=True).items()}
-    twin = type(hf)(hf.config)
+    config = hf.config
+    if attention is not None:
+        config = copy.deepcopy(config)
+        config.output_attentions = False  # the bridge's setting, which only eager attention supports
+        config._attn_implementation = attention
+    with _no_init_weights():  # its weights are the bridge's: initialising them first would be wasted (1.6 s at 135M)
+        twin = type(hf)(config)
     add_lora_to_twin(bridge, twin)  # the same adapters, so the twin can hold the bridge's adapter weights
     expected = list(twin.state_dict().keys())
     if any(k not in state for k in expected):
@@ -80,6 +94,8 @@ def sampling_twin(bridge: Any) -> torch.nn.Module:
     # The parameters the bridge actually computes with must all be the twin's: the GPT-2 bridge, for one,
     # computes with split q/k/v copies of c_attn and adds an unembedding bias, so its twin would be stale.
     params = list(bridge.parameters())
+    if {id(p) for p in params} <= {id(p) for p in twin.parameters()}:  # every parameter shared: nothing to probe
+        return twin.eval()
     probe = torch.zeros(1, 2, dtype=torch.long, device=params[0].device if params else None)
     with requires_grad(params, True), torch.enable_grad():  # a frozen reference is probed too, then re-frozen
         grads = torch.autograd.grad(bridge(probe).float().sum(), params, allow_unused=True) if params else []

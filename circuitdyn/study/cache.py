@@ -58,17 +58,49 @@ class StudyCache:
         return path is not None and not self.fresh and path.is_file()
 
     def generations(self, name: str, key: Mapping[str, Any], compute: Callable[[], list[Generation]]) -> list[Generation]:
-        path = self.path(name, "generations", key, ".json")
-        if path is not None and not self.fresh and path.is_file():
-            rows = _read_generations(path, key)
-            if rows is not None:
-                self.hits.append(path.name)
-                return rows
+        rows = self.cached_generations(name, key)
+        if rows is not None:
+            return rows
         rows = compute()
-        if path is not None:
-            _write_generations(path, key, rows)
-            self.misses.append(path.name)
+        self.put(name, "generations", key, {"rows": _rows(rows)})
         return rows
+
+    def cached_generations(self, name: str, key: Mapping[str, Any]) -> list[Generation] | None:
+        body = self.get(name, "generations", key)
+        if body is None:
+            return None
+        return [Generation(tuple(r["prompt_ids"]), tuple(r["response_ids"]), str(r["text"]), bool(r["correct"]),
+                           bool(r["stopped"])) for r in body["rows"]]
+
+    def get(self, name: str, kind: str, key: Mapping[str, Any], *, count: bool = True) -> dict[str, Any] | None:
+        """A JSON entry's body, or None when there is none, or (said) when it is unreadable, for another key
+        or altered. `count`: a generation or an attribution (what `hits` and `misses` count)."""
+        path = self.path(name, kind, key, ".json")
+        if path is None or self.fresh or not path.is_file():
+            return None
+        try:
+            document = json.loads(path.read_text(encoding="utf-8"))
+            body = document["body"]
+            if document.get("key") != json.loads(json.dumps(dict(key))):
+                raise ValueError("it was written for other settings")
+            if document_sha256({"body": body}) != document.get("body_sha256"):
+                raise ValueError("its contents do not match their sha256 (altered or damaged)")
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            logger.warning("cached %s %s cannot be used (%s): computing it again", kind, path, err)
+            return None
+        if count:
+            self.hits.append(path.name)
+        return dict(body)
+
+    def put(self, name: str, kind: str, key: Mapping[str, Any], body: dict[str, Any], *, count: bool = True) -> None:
+        path = self.path(name, kind, key, ".json")
+        if path is None:
+            return
+        document = {"schema": SCHEMA, "key": dict(key), "body": body, "body_sha256": document_sha256({"body": body})}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, json.dumps(document))
+        if count:
+            self.misses.append(path.name)
 
     def attribution(self, name: str, key: Mapping[str, Any], graph: Graph,
                     compute: Callable[[], Attribution]) -> Attribution:
@@ -92,26 +124,3 @@ class StudyCache:
 def _rows(rows: list[Generation]) -> list[dict[str, Any]]:
     return [{"prompt_ids": list(g.prompt_ids), "response_ids": list(g.response_ids), "text": g.text,
              "correct": g.correct, "stopped": g.stopped} for g in rows]
-
-
-def _write_generations(path: Path, key: Mapping[str, Any], rows: list[Generation]) -> None:
-    body = _rows(rows)
-    document = {"schema": SCHEMA, "key": dict(key), "rows": body, "rows_sha256": document_sha256({"rows": body})}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(document))
-
-
-def _read_generations(path: Path, key: Mapping[str, Any]) -> list[Generation] | None:
-    """The cached rows, or None (said) when the file is unreadable, for another key or altered."""
-    try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-        body = document["rows"]
-        if document.get("key") != json.loads(json.dumps(dict(key))):
-            raise ValueError("it was written for other settings")
-        if document_sha256({"rows": body}) != document.get("rows_sha256"):
-            raise ValueError("its rows do not match their sha256 (altered or damaged)")
-        return [Generation(tuple(r["prompt_ids"]), tuple(r["response_ids"]), str(r["text"]), bool(r["correct"]),
-                           bool(r["stopped"])) for r in body]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        logger.warning("cached generations %s cannot be used (%s): generating again", path, err)
-        return None

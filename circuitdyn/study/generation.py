@@ -90,7 +90,7 @@ def generate(model: LoadedModel, problems: Sequence[Problem], source: ProblemSet
     (greedy, the template's stop tokens, no other processing) on the bridge's plain Hugging Face twin,
     batched by prompt length."""
     tok, device = model.tokenizer, model.device
-    twin = sampling_twin(model.bridge)
+    twin = sampling_twin(model.bridge, attention="sdpa")  # transformers' default attention, not the bridge's eager
     stops = stop_ids(tok, template)
     prompts = [prompt_ids(tok, p.question, chat_template=chat_template, template=template) for p in problems]
     check_prompts(tok, problems, prompts)

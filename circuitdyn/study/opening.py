@@ -7,20 +7,24 @@ kept, so that no later step has to hold the base while another model is loaded.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from circuitdyn.core.digest import file_sha256
 from circuitdyn.core.phases import phase
 from circuitdyn.core.version import package_version
 from circuitdyn.graph import Graph
 from circuitdyn.models import LoadedModel
+from circuitdyn.models.files import ModelSpecError
+from circuitdyn.models.load import resolve_spec
 from circuitdyn.study.cache import StudyCache
 from circuitdyn.study.config import StudyConfig
 from circuitdyn.study.generation import Generation, generate
 from circuitdyn.study.result import Entry
-from circuitdyn.study.streaming import BaseFacts, model_record, with_model
+from circuitdyn.study.streaming import BaseFacts, ModelSource, model_record, with_model
 from circuitdyn.tasks import ProblemSet, problems_sha256
 from circuitdyn.tasks.problems import Problem
 
@@ -40,8 +44,6 @@ class Opened:
 def generation_key(cfg: StudyConfig, record: Mapping[str, Any], facts: BaseFacts, items: Sequence[Problem],
                    source: ProblemSet) -> dict[str, Any]:
     """What determines a model's generations."""
-    import hashlib
-
     return {"kind": "generations", "weights_sha256": record["weights_sha256"], "dtype": record["dtype"],
             "device": str(record["device"]).split(":")[0], "problems_sha256": problems_sha256(items),
             "problem_set": source.name, "chat_template": cfg.chat_template, "template": cfg.template,
@@ -58,6 +60,15 @@ def open_models(cfg: StudyConfig, entries: Sequence[Entry], items: Sequence[Prob
     records: dict[str, dict[str, Any]] = {}
     gens: dict[str, list[Generation]] = {}
     for e in entries:
+        digest = files_sha256(e.source) if facts is not None and cache.folder is not None else None
+        if digest is not None and facts is not None:  # a tuned model whose record and generations are cached is not loaded again
+            known = _known(cfg, e, digest, facts, records["base"], items, source, e.name in generate_for, cache)
+            if known is not None:
+                records[e.name], rows = known
+                if rows is not None:
+                    gens[e.name] = rows
+                continue
+
         def visit(model: LoadedModel, e: Entry = e) -> None:
             nonlocal facts
             if facts is None:
@@ -73,10 +84,51 @@ def open_models(cfg: StudyConfig, entries: Sequence[Entry], items: Sequence[Prob
                     batch_size=cfg.batch_size, progress=cfg.progress, desc=f"generate {e.name}", template=cfg.template))
 
         with_model(e.source, visit)
+        if digest is not None:
+            cache.put(e.name, "model", _model_key(cfg, e, digest, records["base"]), {"record": records[e.name]},
+                      count=False)
     assert facts is not None  # the base is always the first entry
     entries = [Entry(e.label, e.replicate, e.source, records[e.name]) for e in entries]
     _warn_identical(entries)
     return entries, Opened(facts, graphs, records, gens)
+
+
+def files_sha256(source: ModelSource) -> str | None:
+    """The sha256 of a model's files, for a spec that is a complete local model folder (a zoo model, a real
+    model's converted folder, a Hugging Face folder, a merged checkpoint); None otherwise (a LoadedModel, a hub
+    id, an adapter-only checkpoint)."""
+    if not isinstance(source.spec, str):
+        return None
+    try:
+        target = resolve_spec(source.spec)
+    except (ModelSpecError, OSError):
+        return None
+    if isinstance(target, str) or not (target / "config.json").is_file():
+        return None
+    files = sorted(p for p in target.rglob("*") if p.is_file() and not p.name.startswith("."))
+    return hashlib.sha256("".join(f"{p.relative_to(target).as_posix()}:{file_sha256(p)}\n"
+                                  for p in files).encode()).hexdigest()
+
+
+def _model_key(cfg: StudyConfig, e: Entry, digest: str, base: Mapping[str, Any]) -> dict[str, Any]:
+    return {"kind": "model", "files_sha256": digest, "base_spec": e.source.base_spec,
+            "dtype": str(cfg.torch_dtype()), "device": cfg.device, "base_weights_sha256": base["weights_sha256"],
+            "circuitdyn": package_version()}
+
+
+def _known(cfg: StudyConfig, e: Entry, digest: str, facts: BaseFacts, base: Mapping[str, Any],
+           items: Sequence[Problem], source: ProblemSet | None, generating: bool,
+           cache: StudyCache) -> tuple[dict[str, Any], list[Generation] | None] | None:
+    """A model's record (checked against this base when it was made) and its generations, when both are
+    cached for its files (`digest`) as they are now; None when it must be loaded."""
+    body = cache.get(e.name, "model", _model_key(cfg, e, digest, base), count=False)
+    if body is None:
+        return None
+    record = dict(body["record"])
+    if not generating or source is None:
+        return record, None
+    rows = cache.cached_generations(e.name, generation_key(cfg, record, facts, items, source))
+    return (record, rows) if rows is not None else None
 
 
 def _warn_identical(entries: Sequence[Entry]) -> None:
