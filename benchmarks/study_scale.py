@@ -74,7 +74,7 @@ def _run_child(folders: dict[str, str], n_tuned: int, out: Path, args: argparse.
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def generation(folder: str, problems: int, max_new_tokens: int, rounds: int, threads: int | None) -> dict[str, Any]:
+def generation(folder: str, problems: int, max_new_tokens: int, rounds: int, threads: int) -> dict[str, Any]:
     """circuitdyn's generate / transformers' generate, interleaved, with identical tokens asserted."""
     from transformers import AutoModelForCausalLM
 
@@ -82,8 +82,7 @@ def generation(folder: str, problems: int, max_new_tokens: int, rounds: int, thr
     from circuitdyn.study.generation import encode_prompt, generate, pad_id
     from circuitdyn.tasks import WordProblems
 
-    if threads is not None:
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     ours = load_model(folder, device="cpu")
     hf = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
     source = WordProblems(**PROBLEMS)
@@ -116,7 +115,7 @@ def generation(folder: str, problems: int, max_new_tokens: int, rounds: int, thr
     by_prompt = {g.prompt_ids: list(g.response_ids) for g in gens}
     identical = all(by_prompt[tuple(p)] == r for p, r in zip(prompts, ref))
     ratios = [a / b for a, b in zip(times["circuitdyn"], times["transformers"])]
-    return {"threads": threads or torch.get_num_threads(), "problems": problems, "max_new_tokens": max_new_tokens,
+    return {"threads": threads, "problems": problems, "max_new_tokens": max_new_tokens,
             "rounds": rounds, "identical_tokens": identical, "ratio_min": round(min(ratios), 3),
             "ratio_median": round(statistics.median(ratios), 3),
             "seconds": {k: [round(x, 2) for x in v] for k, v in times.items()}}
@@ -137,6 +136,7 @@ def main() -> None:
         folders, n_tuned, out, samples, max_new_tokens = json.loads(args.child)
         print(json.dumps(child(folders, n_tuned, out, samples, max_new_tokens)))
         return
+    default_threads = torch.get_num_threads()
     folders = prepare(Path(args.models))
     with tempfile.TemporaryDirectory(prefix="circuitdyn-study-scale-") as tmp:
         one = _run_child(folders, 1, Path(tmp) / "one", args)
@@ -147,7 +147,7 @@ def main() -> None:
         "peak_3_over_1": round(three["peak_rss_GB"] / one["peak_rss_GB"], 3),
         "rerun_over_first": round(rerun["wall_s"] / three["wall_s"], 3),
         "generation": [generation(folders["base"], args.gen_problems, args.gen_tokens, args.rounds, threads)
-                       for threads in (1, None)],
+                       for threads in (1, default_threads)],
     }
     print(json.dumps(results, indent=1))
     if args.json:

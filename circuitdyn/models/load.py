@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -85,6 +86,17 @@ def resolve_spec(spec: str) -> Path | str:
     return spec
 
 
+def folder_tokenizer(target: Path | str) -> Any:
+    """A model folder's own tokenizer, as Hugging Face loads it, with eos as its pad token where it has none.
+    (The bridge rewraps its copy to always prepend BOS, which models trained without one, like the zoo, never
+    saw.)"""
+    tokenizer = load_tokenizer(target)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    check_round_trip(tokenizer, str(target))
+    return tokenizer
+
+
 def _valid_specs() -> str:
     return ", ".join(["zoo:" + f for f in sorted(zoo.FAMILIES)] + list(REAL_MODELS)) + \
         ", a local HF folder, a .gguf file, or a hub id (with hub access)"
@@ -115,12 +127,7 @@ def load_model(
     except (OSError, ValueError) as err:
         raise ModelSpecError(f"could not load model {spec!r}: {err}. Valid specs: {_valid_specs()}") from err
     bridge.eval()
-    # The folder's own tokenizer, as Hugging Face loads it. (The bridge rewraps its copy to always prepend
-    # BOS, which models trained without one, like the zoo, never saw.)
-    tokenizer = load_tokenizer(target)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    check_round_trip(tokenizer, str(target))
+    tokenizer = folder_tokenizer(target)
     architecture = str(getattr(bridge.cfg, "architecture", type(bridge.original_model).__name__))
     provenance = Provenance(
         spec=spec,

@@ -16,10 +16,10 @@ from typing import Any
 from circuitdyn.core.digest import file_sha256
 from circuitdyn.core.phases import phase
 from circuitdyn.core.version import package_version
-from circuitdyn.graph import Graph
+from circuitdyn.graph import Graph, GraphSpec
 from circuitdyn.models import LoadedModel
 from circuitdyn.models.files import ModelSpecError
-from circuitdyn.models.load import resolve_spec
+from circuitdyn.models.load import folder_tokenizer, resolve_spec
 from circuitdyn.study.cache import StudyCache
 from circuitdyn.study.config import StudyConfig
 from circuitdyn.study.generation import Generation, generate
@@ -60,11 +60,18 @@ def open_models(cfg: StudyConfig, entries: Sequence[Entry], items: Sequence[Prob
     records: dict[str, dict[str, Any]] = {}
     gens: dict[str, list[Generation]] = {}
     for e in entries:
-        digest = files_sha256(e.source) if facts is not None and cache.folder is not None else None
-        if digest is not None and facts is not None:  # a tuned model whose record and generations are cached is not loaded again
-            known = _known(cfg, e, digest, facts, records["base"], items, source, e.name in generate_for, cache)
-            if known is not None:
-                records[e.name], rows = known
+        digest = files_sha256(e.source) if cache.folder is not None else None
+        key = _model_key(cfg, e, digest, records.get("base")) if digest is not None else None
+        known = cache.get(e.name, "model", key, count=False) if key is not None else None
+        if known is not None:  # a model whose record (and generations) are cached for its files is not loaded
+            rows, own = None, facts or _cached_facts(known, e.source)
+            if e.name in generate_for and source is not None:
+                rows = cache.cached_generations(e.name, generation_key(cfg, known["record"], own, items, source))
+            if rows is not None or e.name not in generate_for:
+                if facts is None:
+                    facts = own
+                    graphs.update({g: Graph(GraphSpec(**spec)) for g, spec in known["graphs"].items()})
+                records[e.name] = dict(known["record"])
                 if rows is not None:
                     gens[e.name] = rows
                 continue
@@ -84,9 +91,11 @@ def open_models(cfg: StudyConfig, entries: Sequence[Entry], items: Sequence[Prob
                     batch_size=cfg.batch_size, progress=cfg.progress, desc=f"generate {e.name}", template=cfg.template))
 
         with_model(e.source, visit)
-        if digest is not None:
-            cache.put(e.name, "model", _model_key(cfg, e, digest, records["base"]), {"record": records[e.name]},
-                      count=False)
+        if key is not None and facts is not None:
+            body: dict[str, Any] = {"record": records[e.name]}
+            if e.label == "base":  # what later steps need from the base, so that a rerun need not load it
+                body.update(facts=facts.as_record(), graphs={g: graph.spec.as_dict() for g, graph in graphs.items()})
+            cache.put(e.name, "model", key, body, count=False)
     assert facts is not None  # the base is always the first entry
     entries = [Entry(e.label, e.replicate, e.source, records[e.name]) for e in entries]
     _warn_identical(entries)
@@ -110,25 +119,19 @@ def files_sha256(source: ModelSource) -> str | None:
                                   for p in files).encode()).hexdigest()
 
 
-def _model_key(cfg: StudyConfig, e: Entry, digest: str, base: Mapping[str, Any]) -> dict[str, Any]:
-    return {"kind": "model", "files_sha256": digest, "base_spec": e.source.base_spec,
-            "dtype": str(cfg.torch_dtype()), "device": cfg.device, "base_weights_sha256": base["weights_sha256"],
-            "circuitdyn": package_version()}
+def _model_key(cfg: StudyConfig, e: Entry, digest: str, base: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What a model's cached record depends on: its files, how it is loaded, and for a tuned model the base it
+    was checked against (for the base: the graphs built from it)."""
+    key = {"kind": "model", "files_sha256": digest, "base_spec": e.source.base_spec, "dtype": str(cfg.torch_dtype()),
+           "device": cfg.device, "circuitdyn": package_version()}
+    if e.label == "base":
+        return {**key, "granularities": list(cfg.granularities)}
+    return {**key, "base_weights_sha256": base["weights_sha256"] if base else None}
 
 
-def _known(cfg: StudyConfig, e: Entry, digest: str, facts: BaseFacts, base: Mapping[str, Any],
-           items: Sequence[Problem], source: ProblemSet | None, generating: bool,
-           cache: StudyCache) -> tuple[dict[str, Any], list[Generation] | None] | None:
-    """A model's record (checked against this base when it was made) and its generations, when both are
-    cached for its files (`digest`) as they are now; None when it must be loaded."""
-    body = cache.get(e.name, "model", _model_key(cfg, e, digest, base), count=False)
-    if body is None:
-        return None
-    record = dict(body["record"])
-    if not generating or source is None:
-        return record, None
-    rows = cache.cached_generations(e.name, generation_key(cfg, record, facts, items, source))
-    return (record, rows) if rows is not None else None
+def _cached_facts(known: Mapping[str, Any], source: ModelSource) -> BaseFacts:
+    """The base's facts from its cached record, with its tokenizer read from its folder."""
+    return BaseFacts.from_record(known["facts"], folder_tokenizer(resolve_spec(str(source.spec))))
 
 
 def _warn_identical(entries: Sequence[Entry]) -> None:

@@ -10,7 +10,7 @@ is first opened.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -90,6 +90,17 @@ class BaseFacts:
         return BaseFacts(model.provenance.architecture, model.tokenizer, tokenizer_fingerprint(model.tokenizer),
                          (int(model.bridge.cfg.n_layers), int(model.bridge.cfg.d_model)), _dtype(model),
                          int(model.cfg.d_vocab))
+
+    def as_record(self) -> dict[str, Any]:
+        """The facts but the tokenizer, as JSON (the tokenizer is read again from the model's folder)."""
+        return {"architecture": self.architecture, "shape": list(self.shape), "dtype": _name(self.dtype),
+                "d_vocab": self.d_vocab}
+
+    @staticmethod
+    def from_record(record: Mapping[str, Any], tokenizer: Any) -> "BaseFacts":
+        return BaseFacts(str(record["architecture"]), tokenizer, tokenizer_fingerprint(tokenizer),
+                         (int(record["shape"][0]), int(record["shape"][1])), getattr(torch, str(record["dtype"])),
+                         int(record["d_vocab"]))
 
     def check(self, name: str, model: LoadedModel) -> None:
         """Refuse a model the base cannot be compared with, naming what differs and the fix."""
