@@ -178,3 +178,17 @@ def test_a_tuned_model_whose_files_changed_is_loaded_again(folders, tmp_path):
     # its generations and attributions are made again (the base's too where the kept problems changed); the
     # base's generations are reused
     assert digests[0] != digests[1] and again.protocol["cache"]["computed"] >= 2 and again.protocol["cache"]["reused"] >= 1
+
+
+def test_the_paper_protocol_streams_and_resumes_too(folders, tmp_path):
+    settings = {**SETTINGS, "protocol": "paper", "cut_coeffs": (0.5, 1.0), "samples": 32}
+    out = tmp_path / "study"
+    first = run_study(folders["base"], {"grpo": folders["t0"], "dpo": folders["t1"]}, "addition", out=out, **settings)
+    assert first.cells and first.protocol["cache"]["reused"] == 0
+    again = run_study(folders["base"], {"grpo": folders["t0"], "dpo": folders["t1"]}, "addition", out=out, **settings)
+    assert again.protocol["cache"]["computed"] == 0 and again.protocol["cache"]["reused"] == first.protocol["cache"]["computed"]
+    _same(first, again)
+    for name, cell in first.cells.items():
+        for key, table in cell.metrics.items():
+            for metric, values in table.items():
+                np.testing.assert_array_equal(values, again.cells[name].metrics[key][metric])
