@@ -165,8 +165,11 @@ def test_bad_inputs_fail_clearly():
         attribute(m, "head", data, "accuracy")
     with pytest.raises(AttributionError, match="empty"):
         attribute(m, "head", [], "logit_diff")
-    with pytest.raises(MemoryBudgetError, match="memory_budget"):
+    with pytest.raises(MemoryBudgetError, match="memory_budget.*or use granularity='layer'"):
         attribute(m, "head", data, memory_budget=1024)
+    with pytest.raises(MemoryBudgetError, match="memory_budget") as refused:  # already layer: not suggested
+        attribute(m, "layer", data, memory_budget=1024)
+    assert "granularity='layer'" not in str(refused.value)
     with pytest.raises(TaskError, match="same shape"):
         from circuitdyn.tasks import PairBatch
         PairBatch(data.clean, data.corrupt[:, :-1], data.mask, data.answer_pos, data.answers, data.foils)

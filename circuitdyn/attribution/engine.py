@@ -21,7 +21,7 @@ from circuitdyn.attribution.destinations import DestinationReader, HookList
 from circuitdyn.attribution.head_gradients import FactoredGradient
 from circuitdyn.attribution.recompute import installed
 from circuitdyn.core.grads import requires_grad
-from circuitdyn.graph import Graph
+from circuitdyn.graph import Granularity, Graph
 from circuitdyn.tasks.base import PairBatch
 
 __all__ = ["HookList", "ScoreAccumulator"]
@@ -72,7 +72,8 @@ def examples_per_chunk(graph: Graph, seq: int, budget: Budget | int, copies: flo
             f"({graph.n_src} sources x {seq} tokens x d_model {graph.spec.d_model} x 4 bytes x {copies:.1f} "
             f"buffers), {activations / 2**20:.1f} MiB of activations kept for the backward and "
             f"{grads / 2**20:.1f} MiB of gradients, but the budget is {budget.describe()}. Raise "
-            "memory_budget, shorten the prompts, or use granularity='layer'."
+            "memory_budget or shorten the prompts"
+            + (", or use granularity='layer'." if Granularity(graph.spec.granularity) is Granularity.HEAD else ".")
         )
     return max(1, budget.bytes // one)
 

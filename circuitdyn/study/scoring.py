@@ -24,6 +24,7 @@ from circuitdyn.models import LoadedModel
 from circuitdyn.study.cache import StudyCache
 from circuitdyn.study.config import StudyConfig, StudyError
 from circuitdyn.study.result import Entry
+from circuitdyn.study.streaming import with_model
 from circuitdyn.tasks.base import PairBatch
 
 Attributions = dict[tuple[str, str], Attribution]
@@ -53,8 +54,6 @@ def score_models(cfg: StudyConfig, entries: Sequence[Entry], jobs: Mapping[str, 
                  graphs: Mapping[str, Graph], records: Mapping[str, Mapping[str, Any]],
                  cache: StudyCache) -> dict[tuple[str, Hashable], tuple[Attributions, Metrics]]:
     """{(model name, job id): (attributions, metric tables)} for every job of every model."""
-    from circuitdyn.study.streaming import with_model
-
     out: dict[tuple[str, Hashable], tuple[Attributions, Metrics]] = {}
     for e in entries:
         mine = list(jobs.get(e.name, ()))
