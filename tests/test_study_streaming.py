@@ -103,6 +103,14 @@ def test_a_damaged_cache_file_is_said_and_recomputed(folders, tmp_path, caplog):
         again = run_study(folders["base"], {"grpo": folders["t0"]}, "addition", out=out, **SETTINGS)
     assert "do not match their sha256" in caplog.text and again.protocol["cache"]["computed"] == 1
     _same(first, again)
+    # a damaged attribution of a model that would not otherwise be loaded: said, the model loaded, recomputed
+    attribution = sorted((out / "cache").glob("grpo_seed0.attribution.*.safetensors"))[0]
+    attribution.write_bytes(attribution.read_bytes()[:-64])
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        third = run_study(folders["base"], {"grpo": folders["t0"]}, "addition", out=out, **SETTINGS)
+    assert "cannot be used" in caplog.text and third.protocol["cache"] == {"reused": 3, "computed": 1, "fresh": False}
+    _same(first, third)
 
 
 KILLED = textwrap.dedent("""

@@ -85,8 +85,8 @@ def open_models(cfg: StudyConfig, entries: Sequence[Entry], items: Sequence[Prob
             facts.check(e.name, model)
             records[e.name] = model_record(model)
             if e.name in generate_for and source is not None:
-                key = generation_key(cfg, records[e.name], facts, items, source)
-                gens[e.name] = cache.generations(e.name, key, lambda: generate(
+                wanted = generation_key(cfg, records[e.name], facts, items, source)
+                gens[e.name] = cache.generations(e.name, wanted, lambda: generate(
                     model, items, source, chat_template=cfg.chat_template, max_new_tokens=cfg.max_new_tokens,
                     batch_size=cfg.batch_size, progress=cfg.progress, desc=f"generate {e.name}", template=cfg.template))
 

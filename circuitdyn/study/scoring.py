@@ -66,11 +66,17 @@ def score_models(cfg: StudyConfig, entries: Sequence[Entry], jobs: Mapping[str, 
             for job, batch in mine:
                 out[(e.name, job)] = score(cfg, e.name, model, batch, graphs, records[e.name], cache)
 
-        if cached:
+        try:
+            if not cached:
+                raise NotCached
             work(None)
-        else:
+        except NotCached:  # not cached, or a cached file did not verify (said): load the model and compute
             with_model(e.source, work)
     return out
+
+
+class NotCached(Exception):
+    """An attribution that must be computed, where the model was not loaded because it looked cached."""
 
 
 def score(cfg: StudyConfig, name: str, model: LoadedModel | None, batch: PairBatch, graphs: Mapping[str, Graph],
@@ -82,7 +88,7 @@ def score(cfg: StudyConfig, name: str, model: LoadedModel | None, batch: PairBat
     for gran, graph in graphs.items():
         def compute(graph: Graph = graph) -> Attribution:
             if model is None:
-                raise StudyError(f"{name}: its attribution is not cached, and the model was not loaded")
+                raise NotCached(name)
             return attribute(model, graph, batch, "answer_nll", ablation="zero", aggregation="sum", per_example=True,
                              batch_size=cfg.batch_size, progress=cfg.progress)
 
