@@ -104,14 +104,17 @@ def generation(folder: str, problems: int, max_new_tokens: int, rounds: int, thr
             answers += [r[:r.index(tok.eos_token_id)] if tok.eos_token_id in r else r for r in out]
         return answers
 
+    def circuitdyn() -> list[Any]:
+        return generate(ours, items, source, chat_template=True, max_new_tokens=max_new_tokens, batch_size=16)
+
     times: dict[str, list[float]] = {"circuitdyn": [], "transformers": []}
-    for _ in range(rounds):
-        t = time.perf_counter()
-        gens = generate(ours, items, source, chat_template=True, max_new_tokens=max_new_tokens, batch_size=16)
-        times["circuitdyn"].append(time.perf_counter() - t)
-        t = time.perf_counter()
-        ref = reference()
-        times["transformers"].append(time.perf_counter() - t)
+    outputs: dict[str, Any] = {}
+    for r in range(rounds):  # who goes first alternates between rounds
+        for name, run in (("circuitdyn", circuitdyn), ("transformers", reference))[::1 if r % 2 == 0 else -1]:
+            t = time.perf_counter()
+            outputs[name] = run()
+            times[name].append(time.perf_counter() - t)
+    gens, ref = outputs["circuitdyn"], outputs["transformers"]
     by_prompt = {g.prompt_ids: list(g.response_ids) for g in gens}
     identical = all(by_prompt[tuple(p)] == r for p, r in zip(prompts, ref))
     ratios = [a / b for a, b in zip(times["circuitdyn"], times["transformers"])]
