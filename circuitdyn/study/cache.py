@@ -2,11 +2,12 @@
 
 Each entry is keyed by everything that determines it: for a model's generations, its weights' sha256, the
 problems' hash, the prompt template and the generation settings; for an attribution, the weights, the
-graph, the scored batch and the attribution settings. The key's sha256 names the file, so a changed
-setting never finds an old entry. Files are written atomically (a kill leaves the old file or none) and
-verified on reuse: a generations file carries a sha256 of its rows, an attribution file its own hash
-(attribution/files.py). A file that fails verification is said and recomputed. `fresh` recomputes every
-entry and overwrites it.
+graph, the scored batch and the attribution settings; for a model's record (what it ran as, so that a
+rerun need not load it), its files' sha256 and how it is loaded. The key's sha256 names the file, so a
+changed setting never finds an old entry. Files are written atomically (a kill leaves the old file or none)
+and verified on reuse: a JSON entry (generations, model record) carries its key and a sha256 of its body, an
+attribution file its own hash (attribution/files.py). A file that fails verification is said and
+recomputed. `fresh` recomputes every entry and overwrites it.
 """
 
 from __future__ import annotations
