@@ -262,6 +262,7 @@ def test_scores_do_not_depend_on_how_destinations_are_fused(monkeypatch):
 
 def test_recording_forwards_stop_before_the_unembedding_and_record_every_source():
     """The counterfactual forward records every source as a full forward does, and never unembeds."""
+    from circuitdyn.attribution.head_sources import results_off
     from circuitdyn.attribution.intervention import Counterfactual, counterfactual_hooks, fill_counterfactual
     from circuitdyn.graph import split_qkv_off
 
@@ -276,7 +277,8 @@ def test_recording_forwards_stop_before_the_unembedding_and_record_every_source(
             with graph.enable_hooks(m), torch.no_grad():
                 fill_counterfactual(m.bridge, graph, data, Counterfactual.CORRUPT, stopped, None)
                 assert not calls
-                with split_qkv_off(m.bridge), m.bridge.hooks(fwd_hooks=counterfactual_hooks(graph, full)):
+                with split_qkv_off(m.bridge), results_off(m.bridge, graph), \
+                        m.bridge.hooks(fwd_hooks=counterfactual_hooks(graph, m.bridge, full)):
                     m.bridge(data.corrupt, attention_mask=data.mask.long())
                 assert calls
         finally:

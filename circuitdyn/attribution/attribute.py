@@ -41,7 +41,7 @@ from circuitdyn.attribution.engine import (
 from circuitdyn.attribution.errors import AttributionError
 from circuitdyn.attribution.exact import ExactPatching, FirstOrder
 from circuitdyn.attribution.intervention import Intervention, as_batch, source_means
-from circuitdyn.attribution.kept import saved_activations
+from circuitdyn.attribution.kept import probed_activations
 from circuitdyn.attribution.method import AttributionMethod, BatchJob, Method
 from circuitdyn.attribution.objectives import (
     NotFiniteError,
@@ -154,7 +154,7 @@ def attribute(
         seq = batch_all.clean.shape[1]
         budget = memory_budget(device, config.memory_budget)
         copies = method.buffer_copies(graph, reader, config.steps)
-        kept = saved_activations(bridge, graph, batch_all.clean[:1], batch_all.mask[:1])
+        kept = probed_activations(bridge, graph, batch_all.clean[:1], batch_all.mask[:1], AttentionKernel(config.attention).value)
         activations = _with_passes(kept.total + reader.kept_bytes_per_token() * seq, method, config)
         # recomputation saves memory only where a backward reads the activations: EAP and EAP-IG
         recompute = peak_estimate(graph, 1, seq, copies, activations) > budget.bytes and not method.patches_destinations

@@ -8,6 +8,7 @@ from torch import Tensor
 
 from circuitdyn.attribution.destinations import DestinationReader, HookList
 from circuitdyn.attribution.engine import forward, input_leaf_hook
+from circuitdyn.attribution.head_sources import results_off
 from circuitdyn.attribution.intervention import delta_hooks, fill_counterfactual, new_deltas
 from circuitdyn.attribution.method import BatchJob, BatchResult, Method
 from circuitdyn.attribution.objectives import checked
@@ -24,7 +25,7 @@ def gradient_pass(job: BatchJob, ids: Tensor, sources: HookList, destinations: H
     `weight` x the metric whose destination gradients arrive in `destinations`. Returns the metric."""
     store: dict[str, Tensor] = {}
     hooks = sources + input_leaf_hook(job.graph, store) + destinations
-    with torch.enable_grad():
+    with torch.enable_grad(), results_off(job.bridge, job.graph):  # sources are read at z (head_sources.py)
         values = checked(job.metric(forward(job.bridge, ids, job.batch.mask, hooks), job.batch), job.batch)
         backward_to(values * weight, store["leaf"])  # x 1.0 is exact
     return values.detach()
@@ -41,7 +42,8 @@ class EAP:
     def run(self, job: BatchJob) -> BatchResult:
         graph, batch, bridge = job.graph, job.batch, job.bridge
         deltas = new_deltas(graph, batch, batch.clean.device)
-        fill_counterfactual(bridge, graph, batch, job.counterfactual, deltas.residual, job.means)
+        fill_counterfactual(bridge, graph, batch, job.counterfactual, deltas.residual, job.means,
+                            deltas.counterfactual_z)
         values = gradient_pass(job, batch.clean, delta_hooks(graph, bridge, deltas),
                                job.accumulator.contracting_hooks(deltas.residual, job.weights))
         job.accumulator.flush(deltas.residual, job.weights)

@@ -69,9 +69,11 @@ class EAPIGInputs:
         at_counterfactual = next((w for a, w in points if a == 1.0), None) \
             if job.counterfactual is Counterfactual.CORRUPT else None
         if at_counterfactual is None:
-            fill_counterfactual(bridge, graph, batch, job.counterfactual, deltas.residual, job.means)
+            fill_counterfactual(bridge, graph, batch, job.counterfactual, deltas.residual, job.means,
+                                deltas.counterfactual_z)
         else:  # the corrupted prompt's forward is the point alpha = 1: the same input embedding, the same mask
-            _gradient_pass(job, batch.corrupt, counterfactual_hooks(graph, deltas.residual), at_counterfactual, grads)
+            recording = counterfactual_hooks(graph, bridge, deltas.residual, deltas.counterfactual_z)
+            _gradient_pass(job, batch.corrupt, recording, at_counterfactual, grads)
         if at_run is None:
             values = record_run(bridge, graph, batch, deltas, job.metric)
         else:

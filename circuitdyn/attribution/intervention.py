@@ -16,8 +16,8 @@ post-attention norm where the model has one (Gemma3): `N(out + r_cf - r) - N(out
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -27,6 +27,7 @@ from torch import Tensor
 
 from circuitdyn.attribution.engine import HookList, forward
 from circuitdyn.attribution.errors import AttributionError
+from circuitdyn.attribution.head_sources import HeadSource, head_sources, results_off
 from circuitdyn.attribution.objectives import ObjectiveFn, checked
 from circuitdyn.attribution.recompute import observer
 from circuitdyn.core.choices import parse_choice
@@ -116,16 +117,47 @@ class Deltas:
     residual: SourceBuffer  # float32
     raw: SourceBuffer | None = None
     run: SourceBuffer | None = None
+    #: the counterfactual's z of per-head sources read at z (head_sources.py), by source hook: their rows
+    #: are written once, in the run forward, as (z_cf - z) W_O
+    counterfactual_z: dict[str, Tensor] = field(default_factory=dict)
 
 
 def write_source(buf: Tensor, start: int, stop: int, per_head: bool, act: Tensor, subtract: bool = False) -> None:
-    """Store (or subtract) one source hook's activation into rows start:stop of a source buffer."""
-    value = act.detach().float()
+    """Store (or subtract) one source hook's activation into rows start:stop of a source buffer (float32:
+    a bf16 activation is converted inside the in-place operation, with no float32 copy of its own)."""
+    value = act.detach()
     value = value.permute(2, 0, 1, 3) if per_head else value[None]
     if subtract:
-        buf[start:stop] -= value
+        buf[start:stop].sub_(value)
     else:
-        buf[start:stop] = value
+        buf[start:stop].copy_(value)
+
+
+def _source_hooks(graph: Graph, at_z: dict[str, HeadSource], write: Callable[[Any, Tensor], None]) -> HookList:
+    """One observer hook per source that hands its value to `write(source, act)`: per-head results read at
+    z where the model allows it (`at_z`, head_sources.py), every other source at its own hook."""
+    hooks: HookList = []
+    for sh in graph.source_hooks:
+        @observer
+        def fn(act: Tensor, hook: Any, sh: Any = sh) -> Tensor:
+            write(sh, act)
+            return act
+        hooks.append((at_z[sh.name].hook if sh.name in at_z else sh.name, fn))
+    return hooks
+
+
+def _writer(at_z: dict[str, HeadSource], buf: Tensor, subtract: bool,
+            counterfactual_z: dict[str, Tensor] | None = None) -> Callable[[Any, Tensor], None]:
+    """Store (or subtract) a source's value into its rows of `buf`, from z for per-head results read there.
+    Subtracting, a per-head source whose counterfactual z is in `counterfactual_z` gets (z_cf - z) W_O."""
+    def write(sh: Any, act: Tensor) -> None:
+        if counterfactual_z is not None and sh.name in counterfactual_z:
+            at_z[sh.name].write_difference(buf[sh.start:sh.stop], counterfactual_z.pop(sh.name), act)
+        elif sh.name in at_z:
+            at_z[sh.name].write(buf[sh.start:sh.stop], act, subtract)
+        else:
+            write_source(buf, sh.start, sh.stop, sh.per_head, act, subtract)
+    return write
 
 
 class _SourcesRecorded(Exception):
@@ -149,34 +181,39 @@ def record_sources(bridge: Any, ids: Tensor, mask: Tensor, hooks: HookList) -> N
         forward(bridge, ids, mask, hooks + [(UNEMBED_INPUT, stop)])
 
 
-def counterfactual_hooks(graph: Graph, buf: Tensor) -> HookList:
-    """Hooks for the counterfactual forward: store each source's raw activation into buf."""
-    hooks: HookList = []
-    for sh in graph.source_hooks:
-        @observer
-        def fn(act: Tensor, hook: Any, sh: Any = sh) -> Tensor:
-            write_source(buf, sh.start, sh.stop, sh.per_head, act)
-            return act
-        hooks.append((sh.name, fn))
-    return hooks
+def counterfactual_hooks(graph: Graph, bridge: Any, buf: Tensor, z_store: dict[str, Tensor] | None = None) -> HookList:
+    """Hooks for the counterfactual forward: store each source's raw activation into buf; with `z_store`
+    (a Deltas' counterfactual_z), the z of per-head sources read at z is kept there instead, for the run
+    forward to write their deltas in one product (delta_hooks)."""
+    at_z = head_sources(bridge, graph)
+    write = _writer(at_z, buf, subtract=False)
+    if z_store is None:
+        return _source_hooks(graph, at_z, write)
+
+    def keep_z(sh: Any, act: Tensor) -> None:
+        if sh.name in at_z:
+            z_store[sh.name] = act.detach().clone()  # the model's own values, in its dtype
+        else:
+            write(sh, act)
+    return _source_hooks(graph, at_z, keep_z)
 
 
 def delta_hooks(graph: Graph, bridge: Any, deltas: Deltas) -> HookList:
     """Hooks for the run forward: delta = counterfactual - run (buffer pre-filled with the counterfactual),
     mapped through the post-attention norm where the model has one. When the Deltas carry `raw`, it keeps
     the unmapped difference; when they carry `run`, it receives the run activations."""
-    hooks: HookList = []
     buf = deltas.raw if deltas.raw is not None else deltas.residual
-    for sh in graph.source_hooks:
-        @observer
-        def fn(act: Tensor, hook: Any, sh: Any = sh) -> Tensor:
-            write_source(buf, sh.start, sh.stop, sh.per_head, act, subtract=True)
-            if deltas.run is not None:
-                write_source(deltas.run, sh.start, sh.stop, sh.per_head, act)
-            if buf is not deltas.residual:
-                deltas.residual[sh.start:sh.stop] = buf[sh.start:sh.stop]
-            return act
-        hooks.append((sh.name, fn))
+    at_z = head_sources(bridge, graph)
+    subtract = _writer(at_z, buf, subtract=True, counterfactual_z=deltas.counterfactual_z)
+    keep = _writer(at_z, deltas.run, subtract=False) if deltas.run is not None else None
+
+    def write(sh: Any, act: Tensor) -> None:
+        subtract(sh, act)
+        if keep is not None:
+            keep(sh, act)
+        if buf is not deltas.residual:
+            deltas.residual[sh.start:sh.stop] = buf[sh.start:sh.stop]
+    hooks = _source_hooks(graph, at_z, write)
     for ph in graph.post_norm_hooks:
         norm = post_norm(bridge, ph.module)
 
@@ -202,33 +239,37 @@ def source_means(bridge: Any, graph: Graph, batches: list[PairBatch]) -> Float[T
     for batch in batches:
         buf = torch.zeros(graph.n_src, *batch.clean.shape, graph.spec.d_model, device=device)
         mask = batch.mask.to(device)
-        with split_qkv_off(bridge):
-            record_sources(bridge, batch.clean.to(device), mask, counterfactual_hooks(graph, buf))
+        with split_qkv_off(bridge), results_off(bridge, graph):
+            record_sources(bridge, batch.clean.to(device), mask, counterfactual_hooks(graph, bridge, buf))
         total += (buf * mask[None, :, :, None]).sum((1, 2)).double()
         count += int(mask.sum())
     return (total / count).float()
 
 
 def fill_counterfactual(
-    bridge: Any, graph: Graph, batch: PairBatch, cf: Counterfactual, buf: Tensor, means: Tensor | None
+    bridge: Any, graph: Graph, batch: PairBatch, cf: Counterfactual, buf: Tensor, means: Tensor | None,
+    z_store: dict[str, Tensor] | None = None,
 ) -> None:
-    """Write every source's counterfactual value into `buf`."""
+    """Write every source's counterfactual value into `buf` (for a corrupt run with `z_store`, the z of per-head
+    sources read at z go there instead: see counterfactual_hooks)."""
     if cf is Counterfactual.ZERO:
         buf.zero_()
     elif cf is Counterfactual.MEAN:
         assert means is not None
         buf.copy_(means[:, None, None, :].expand_as(buf))
     else:
-        with torch.no_grad(), split_qkv_off(bridge):
-            record_sources(bridge, batch.corrupt, batch.mask, counterfactual_hooks(graph, buf))
+        with torch.no_grad(), split_qkv_off(bridge), results_off(bridge, graph):
+            record_sources(bridge, batch.corrupt, batch.mask, counterfactual_hooks(graph, bridge, buf, z_store))
 
 
 def new_deltas(graph: Graph, batch: PairBatch, device: torch.device, *, raw: bool = False, run: bool = False) -> Deltas:
+    """Buffers for one batch. The one the counterfactual goes into (`raw` where kept apart, else `residual`)
+    is left uninitialised: the counterfactual forward (or fill_counterfactual) writes every element of it."""
     shape = (graph.n_src, *batch.clean.shape, graph.spec.d_model)
     separate_raw = raw and bool(graph.post_norm_hooks)
     return Deltas(
-        residual=torch.zeros(shape, device=device),
-        raw=torch.zeros(shape, device=device) if separate_raw else None,
+        residual=torch.zeros(shape, device=device) if separate_raw else torch.empty(shape, device=device),
+        raw=torch.empty(shape, device=device) if separate_raw else None,
         run=torch.zeros(shape, device=device) if run else None,
     )
 
@@ -240,13 +281,14 @@ def prepare_deltas(
     """Deltas of the batch (counterfactual forward, then a run forward), without gradients. Returns the
     metric at the run when `metric` is given."""
     deltas = new_deltas(graph, batch, batch.clean.device, raw=raw, run=run)
-    fill_counterfactual(bridge, graph, batch, cf, deltas.raw if deltas.raw is not None else deltas.residual, means)
+    fill_counterfactual(bridge, graph, batch, cf, deltas.raw if deltas.raw is not None else deltas.residual, means,
+                        deltas.counterfactual_z)
     return deltas, record_run(bridge, graph, batch, deltas, metric)
 
 
 def record_run(bridge: Any, graph: Graph, batch: PairBatch, deltas: Deltas, metric: ObjectiveFn | None) -> Tensor | None:
     """The run forward without gradients: subtracts the run's sources from the counterfactual ones in
     `deltas` (see delta_hooks). Returns the metric at the run when `metric` is given."""
-    with torch.no_grad(), split_qkv_off(bridge):
+    with torch.no_grad(), split_qkv_off(bridge), results_off(bridge, graph):
         logits = forward(bridge, batch.clean, batch.mask, delta_hooks(graph, bridge, deltas))
     return checked(metric(logits, batch), batch) if metric is not None else None

@@ -6,12 +6,15 @@ saved it; measured rather than modelled, it holds for any architecture, hook fla
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor
 
 from circuitdyn.attribution.engine import forward, input_leaf_hook
+from circuitdyn.attribution.head_sources import results_off
 from circuitdyn.core.saved_tensors import saved_tensor_storages
 from circuitdyn.graph import Graph
 
@@ -43,6 +46,25 @@ class SavedActivations:
         return self.outside + self.block_inputs + max(self.per_block, default=0)
 
 
+#: probes already measured, per bridge: what autograd keeps depends on the shapes, not on the values
+_PROBED: weakref.WeakKeyDictionary[Any, dict[Hashable, SavedActivations]] = weakref.WeakKeyDictionary()
+
+
+def probed_activations(bridge: Any, graph: Graph, ids: Tensor, mask: Tensor, kernel: str) -> SavedActivations:
+    """`saved_activations`, measured once per bridge and everything that shapes it: the graph, the ids' shape,
+    whether the mask pads (a padded mask is a tensor the attention keeps), the hook flags, the attention
+    `kernel` in effect, and the parameters (an added adapter keeps more). A repeated attribution of the
+    same shapes (every batch of a study's cell) skips the probe's forward."""
+    flags = tuple(bool(getattr(bridge.cfg, f, False)) for f in ("use_attn_result", "use_split_qkv_input",
+                                                                 "use_hook_mlp_in", "use_attn_in"))
+    params = tuple((tuple(p.shape), p.dtype, p.device) for p in bridge.parameters())
+    key = (graph.spec, tuple(ids.shape), bool(mask.all()), flags, kernel, hash(params))
+    cache = _PROBED.setdefault(bridge, {})
+    if key not in cache:
+        cache[key] = saved_activations(bridge, graph, ids, mask)
+    return cache[key]
+
+
 def saved_activations(bridge: Any, graph: Graph, ids: Tensor, mask: Tensor) -> SavedActivations:
     """`saved_activation_bytes`, split by block (each storage counted where autograd first saved it)."""
     store: dict[str, Tensor] = {}
@@ -51,18 +73,19 @@ def saved_activations(bridge: Any, graph: Graph, ids: Tensor, mask: Tensor) -> S
     for i, block in enumerate(bridge.blocks):
         handles.append(block.register_forward_pre_hook(lambda m, a, i=i: where.__setitem__(0, i)))
         handles.append(block.register_forward_hook(lambda m, a, o: where.__setitem__(0, -1)))
-    tags: dict[int, int] = {}
+    tags: dict[Any, int] = {}
     try:
-        with saved_tensor_storages(bridge.parameters(), tags, lambda: where[0]) as storages:
+        with saved_tensor_storages(bridge.parameters(), tags, lambda: where[0]) as storages, \
+                results_off(bridge, graph):  # as the gradient pass runs (head_sources.py)
             logits = forward(bridge, ids, mask, input_leaf_hook(graph, store))
-            storages[-1] = logits.untyped_storage().nbytes()  # the logits the metric reads
+            storages["logits"] = logits.untyped_storage().nbytes()  # the logits the metric reads
     finally:
         for h in handles:
             h.remove()
     per_block = [0] * len(bridge.blocks)
-    for ptr, n in storages.items():
-        if tags.get(ptr, -1) >= 0:
-            per_block[tags[ptr]] += n
+    for key, n in storages.items():
+        if tags.get(key, -1) >= 0:
+            per_block[tags[key]] += n
     element = next(bridge.parameters()).element_size()
     inputs = len(per_block) * ids.numel() * graph.spec.d_model * element
     return SavedActivations(sum(storages.values()) - sum(per_block), tuple(per_block), inputs)

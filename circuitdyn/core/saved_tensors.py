@@ -18,23 +18,38 @@ from torch import Tensor
 
 
 @contextlib.contextmanager
-def saved_tensor_storages(exclude: Iterable[Tensor], tags: dict[int, Any] | None = None,
-                          tag: Callable[[], Any] | None = None) -> Iterator[dict[int, int]]:
-    """Yields {storage pointer: bytes} of every tensor autograd saves inside the block, with gradients on;
-    storages of `exclude` (the parameters) are left out. Sum the values after the block. The block's
+def saved_tensor_storages(exclude: Iterable[Tensor], tags: dict[Any, Any] | None = None,
+                          tag: Callable[[], Any] | None = None) -> Iterator[dict[Any, int]]:
+    """Yields {key: bytes} of every storage autograd saves inside the block, with gradients on, one key per
+    storage; storages of `exclude` (the parameters) are left out. Sum the values after the block. The block's
     outputs have no backward (see the module docstring). With `tags`, each storage's `tag()` when it was
-    first saved goes there (e.g. the block that saved it)."""
+    first saved goes there (e.g. the block that saved it).
+
+    A saved storage is held, so that a freed pointer reused by a new storage is not mistaken for it, until the
+    probe is two blocks further on (`tag()` an int block index >= 0; anything else, e.g. -1 for outside the
+    blocks, is held to the end): the probe then holds about what a run that recomputes block by block keeps,
+    not every activation of the forward. A storage released and saved again later counts twice (an
+    overestimate, never an underestimate)."""
     skip = {t.untyped_storage().data_ptr() for t in exclude}
-    storages: dict[int, int] = {}
-    alive: list[torch.UntypedStorage] = []  # held for the block, so a freed pointer is not reused and missed
+    storages: dict[Any, int] = {}
+    alive: dict[int, tuple[torch.UntypedStorage, Any]] = {}  # pointer -> (the storage, held), its tag
+    newest = [-1]
 
     def pack(t: Tensor) -> None:
         storage = t.untyped_storage()
-        if storage.data_ptr() not in skip:
-            if tags is not None and tag is not None and storage.data_ptr() not in storages:
-                tags[storage.data_ptr()] = tag()
-            storages[storage.data_ptr()] = storage.nbytes()
-            alive.append(storage)
+        ptr = storage.data_ptr()
+        if ptr in skip or ptr in alive:
+            return
+        where = tag() if tag is not None else None
+        if isinstance(where, int) and where > newest[0]:  # a new block: release the ones two blocks back
+            newest[0] = where
+            for old in [p for p, (_, w) in alive.items() if isinstance(w, int) and 0 <= w <= where - 2]:
+                del alive[old]
+        key = len(storages)
+        storages[key] = storage.nbytes()
+        if tags is not None:
+            tags[key] = where
+        alive[ptr] = (storage, where)
 
     def unpack(_: None) -> Tensor:
         raise RuntimeError("a forward probed by saved_tensor_storages keeps no tensors and has no backward")
