@@ -88,3 +88,26 @@ def test_the_mid_sequence_pairs_differ_from_the_middle_on():
     for ex in mid:
         assert ex.clean[:32] == ex.corrupt[:32] and ex.clean[-1] != ex.corrupt[-1]
     assert sum(a != b for ex in mid for a, b in zip(ex.clean[32:-1], ex.corrupt[32:-1])) > 8 * 20
+
+
+def test_the_bf16_head_rows_are_the_recorded_medians():
+    run = json.loads((RESULTS / "bf16_head.json").read_text())
+    med = lambda dtype, threads, key: run[f"{dtype}_threads_{threads}"]["ratios"][key]
+    head = _row("| EAP head / bare passes, SmolLM2-135M, 2 x 512 tokens")
+    one, two = med("bfloat16", 1, "eap_head/bare"), med("bfloat16", 2, "eap_head/bare")
+    assert f"bf16: {one['median']:.2f} (min {one['min']:.2f}) / {two['median']:.2f} (min {two['min']:.2f})" in head
+    one, two = med("float32", 1, "eap_head/bare"), med("float32", 2, "eap_head/bare")
+    assert f"float32: {one['median']:.2f} / {two['median']:.2f}" in head
+    assert ("not met" in head.rsplit("|", 2)[-2]) == (max(med("bfloat16", t, "eap_head/bare")["median"] for t in (1, 2)) > 1.4)
+    layer = _row("| EAP layer / bare passes, the same")
+    assert (f"bf16: {med('bfloat16', 1, 'eap_layer/bare')['median']:.2f} / {med('bfloat16', 2, 'eap_layer/bare')['median']:.2f};"
+            in layer)
+
+
+def test_the_7b_row_is_the_recorded_run():
+    run = json.loads((RESULTS / "long_context_7b.json").read_text())["run_7b"]
+    row = _row("| random-weight Qwen2.5-7B shape")
+    ratio = run["measured_over_estimate"]
+    assert f"{run['above_loaded_GB']:.2f} / {run['estimate_GB']:.2f} GB = {ratio:.2f}" in row
+    assert run["recompute"] == "blocks" and run["scores_finite"]
+    assert ("within 25%: met" in row) == (abs(ratio - 1) <= 0.25)
