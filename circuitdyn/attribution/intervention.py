@@ -184,7 +184,8 @@ def record_sources(bridge: Any, ids: Tensor, mask: Tensor, hooks: HookList) -> N
 def counterfactual_hooks(graph: Graph, bridge: Any, buf: Tensor, z_store: dict[str, Tensor] | None = None) -> HookList:
     """Hooks for the counterfactual forward: store each source's raw activation into buf; with `z_store`
     (a Deltas' counterfactual_z), the z of per-head sources read at z is kept there instead, for the run
-    forward to write their deltas in one product (delta_hooks)."""
+    forward to write their deltas in one product (delta_hooks). The run forward frees them layer by layer
+    while its own activations grow, so the memory estimate counts those activations, not both."""
     at_z = head_sources(bridge, graph)
     write = _writer(at_z, buf, subtract=False)
     if z_store is None:
