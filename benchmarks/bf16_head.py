@@ -4,8 +4,9 @@ backward), against the same in float32.
 SmolLM2-135M (`circuitdyn install-real`), 2 prompts of 512 tokens (ids drawn at random; the corrupt prompt
 differs from the middle on), logit_diff, noising, one chunk. Both contenders run the model's attention
 through scaled-dot-product attention. Contenders are interleaved over rounds in one process (who goes
-first alternates), at 1 thread and at the default thread count; min and median of the per-round ratios
-are reported (this machine is noisy: compare ratios, never seconds). Scores stay float32 in both dtypes.
+first rotates, as in bench_shapes; the recorded run alternated them), at 1 thread and at the default thread
+count; min and median of the per-round ratios are reported (this machine is noisy: compare ratios, never
+seconds). Scores stay float32 in both dtypes.
 
     python benchmarks/bf16_head.py [--rounds 5] [--json benchmarks/results/bf16_head.json]
 """
@@ -16,7 +17,6 @@ import argparse
 import json
 import os
 import statistics
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,8 +32,10 @@ from circuitdyn.tasks.base import PairBatch
 
 try:  # run as a script or as a module of the benchmarks package
     from bench_attribution import bare_passes
+    from bench_shapes import measure
 except ImportError:
     from benchmarks.bench_attribution import bare_passes
+    from benchmarks.bench_shapes import measure
 
 TOKENS, PROMPTS = 512, 2
 
@@ -63,18 +65,6 @@ def contenders(model: LoadedModel, data: PairBatch) -> dict[str, Callable[[], An
         "eap_head": lambda: attribute(model, head, data, "logit_diff", batch_size=len(data), memory_budget=big),
         "eap_layer": lambda: attribute(model, layer, data, "logit_diff", batch_size=len(data), memory_budget=big),
     }
-
-
-def measure(fns: dict[str, Callable[[], Any]], rounds: int) -> dict[str, list[float]]:
-    for fn in fns.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for r in range(rounds):
-        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
-            t0 = time.perf_counter()
-            fns[name]()
-            times[name].append(time.perf_counter() - t0)
-    return times
 
 
 def ratios(times: dict[str, list[float]]) -> dict[str, dict[str, float]]:
