@@ -89,6 +89,6 @@ def _plain_linear(module: Any) -> bool:
 
 def results_off(bridge: Any, graph: Graph) -> contextlib.AbstractContextManager[Any]:
     """Per-head results off for a pass whose sources are all read at z (else nothing changes)."""
-    if any(sh.per_head for sh in graph.source_hooks) and head_sources(bridge, graph):
+    if head_sources(bridge, graph):  # empty for a graph without per-head sources
         return per_head_flag_off(bridge, "use_attn_result")
     return contextlib.nullcontext()

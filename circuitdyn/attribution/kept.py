@@ -17,6 +17,7 @@ from circuitdyn.attribution.engine import forward, input_leaf_hook
 from circuitdyn.attribution.head_sources import results_off
 from circuitdyn.core.saved_tensors import saved_tensor_storages
 from circuitdyn.graph import Graph
+from circuitdyn.graph.hook_flags import HOOK_FLAGS
 
 
 def saved_activation_bytes(bridge: Any, graph: Graph, ids: Tensor, mask: Tensor) -> int:
@@ -55,8 +56,7 @@ def probed_activations(bridge: Any, graph: Graph, ids: Tensor, mask: Tensor, ker
     whether the mask pads (a padded mask is a tensor the attention keeps), the hook flags, the attention
     `kernel` in effect, and the parameters (an added adapter keeps more). A repeated attribution of the
     same shapes (every batch of a study's cell) skips the probe's forward."""
-    flags = tuple(bool(getattr(bridge.cfg, f, False)) for f in ("use_attn_result", "use_split_qkv_input",
-                                                                 "use_hook_mlp_in", "use_attn_in"))
+    flags = tuple(bool(getattr(bridge.cfg, f, False)) for f in HOOK_FLAGS + ("use_attn_in",))
     params = tuple((tuple(p.shape), p.dtype, p.device) for p in bridge.parameters())
     key = (graph.spec, tuple(ids.shape), bool(mask.all()), flags, kernel, hash(params))
     cache = _PROBED.setdefault(bridge, {})
